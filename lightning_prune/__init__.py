@@ -1,0 +1,15 @@
+"""lightning-prune: PyTorch Lightning callbacks that make neural-network pruning cheap, composable and measurable.
+
+Add a callback to your own ``Trainer``::
+
+    from lightning_prune import IterativePruning
+    trainer = Trainer(callbacks=[IterativePruning(target_sparsity=0.8, step_ratio=0.3)])
+
+or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
+"""
+
+from lightning_prune.callbacks import IterativePruning, PruningCallback, PruningListener, PruningState
+from lightning_prune.core.export import load_pruned
+
+__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "load_pruned"]
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""Glue between the framework-free core and a running Trainer, shared by every callback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
+
+from lightning_prune.core.structured import resize_like
+
+
+def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
+    """One input on the module's device: ``example_input_array`` if set, else the first validation sample.
+
+    Raises:
+        ValueError: when neither exists, saying how to provide one.
+    """
+    example = pl_module.example_input_array
+    if example is None:
+        loader = _first_loader(trainer)
+        batch = next(iter(loader)) if loader is not None else None
+        if not isinstance(batch, (tuple, list)) or not isinstance(batch[0], Tensor):
+            raise ValueError(
+                f"{type(pl_module).__name__} has no example_input_array and no (x, y) validation batch to take "
+                "an input shape from; set `self.example_input_array = torch.zeros(1, *input_shape)`"
+            )
+        example = batch[0][:1]
+    if not isinstance(example, Tensor):
+        raise ValueError(f"example_input_array must be a single tensor, got {type(example).__name__}")
+    return example.to(pl_module.device)
+
+
+def _first_loader(trainer: pl.Trainer) -> Any:
+    datamodule = trainer.datamodule
+    for source in (trainer.val_dataloaders, datamodule.val_dataloader() if datamodule is not None else None):
+        if source is not None:
+            return source[0] if isinstance(source, (list, tuple)) else source
+    return None
+
+
+def broadcast(trainer: pl.Trainer, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank: decisions are made once, never per rank."""
+    return trainer.strategy.broadcast(obj, src=0)
+
+
+def rebuild_after_shrink(trainer: pl.Trainer) -> None:
+    """After layers were physically replaced: new optimizer (and scheduler) over the new parameters.
+
+    Under DDP the wrapper keeps references to the old parameters, so it is rebuilt too; every rank
+    calls this at the same point since the shrink plan was broadcast.
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = strategy._setup_model(strategy.model.module)
+    strategy.setup_optimizers(trainer)
+
+
+def resize_on_load(pl_module: pl.LightningModule) -> RemovableHandle:
+    """Let a checkpoint of a physically shrunk model load into the freshly built one.
+
+    Lightning loads the model's ``state_dict`` before any callback state, so the layers are resized
+    from the incoming tensor shapes in a ``load_state_dict`` pre-hook; the checkpoint is never edited.
+    """
+
+    def hook(module: torch.nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        resize_like(module, state_dict, prefix)
+
+    return pl_module.register_load_state_dict_pre_hook(hook)
+
+
+def output_dir(trainer: pl.Trainer, export_dir: str | None) -> Path:
+    """Where a callback writes its exports: ``export_dir`` if given, else the Trainer's root dir."""
+    return Path(export_dir if export_dir is not None else trainer.default_root_dir or os.getcwd())

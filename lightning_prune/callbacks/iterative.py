@@ -1,0 +1,391 @@
+"""Iterative pruning: prune a little, fine-tune, repeat until the target. The baseline of the suite."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_prune.callbacks._lightning import (
+    broadcast,
+    example_input,
+    output_dir,
+    rebuild_after_shrink,
+    resize_on_load,
+)
+from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
+from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
+from lightning_prune.core.schedules import SCHEDULES, sparsity_schedule
+from lightning_prune.core.scores import SCORES
+from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters, validate_selector
+from lightning_prune.core.structured import (
+    dependency_graph,
+    inner_convs,
+    l1_filter_scores,
+    lowest_channels,
+    remove_out_channels,
+)
+
+log = logging.getLogger(__name__)
+MODES = ("unstructured", "structured")
+
+
+class IterativePruning(PruningCallback):
+    """Prune the selected weights in steps up to a target sparsity, fine-tuning between steps.
+
+    Two modes share one loop. ``"unstructured"``: magnitude (or LAMP) masks, global or per layer,
+    following a sparsity schedule; masks are held by zeroing pruned weights after every optimizer
+    step. ``"structured"``: one block per step (network order), removing ``step_ratio`` of the block's
+    inner filters by L1 norm, physically, through torch-pruning (ICE-Pruning's setting, Sec. IV); the
+    optimizer is rebuilt after each shrink. A step runs at the start of an epoch, after
+    ``warmup_epochs`` dense epochs and then every ``finetune_epochs`` epochs; when the last step's
+    fine-tune is over, training stops. Cooperating :class:`PruningListener` callbacks (ICE's gate,
+    freezing, LR) may skip fine-tunes or act around them.
+
+    Requires from your LightningModule: nothing for unstructured mode; for structured mode an
+    ``example_input_array`` or an ``(x, y)`` validation batch (to trace the graph), and a
+    ``configure_optimizers`` over all parameters (it is called again after each shrink).
+
+    Args:
+        target_sparsity: fraction of the selected weights zero (or removed) at the end, in (0, 1).
+            Required in unstructured mode; optional in structured mode, where it stops early.
+        mode: ``"unstructured"`` or ``"structured"``.
+        schedule: unstructured only: ``"fixed"`` (``step_ratio`` of the remaining weights per step),
+            ``"cubic"`` (Zhu & Gupta) or ``"linear"`` over ``num_steps``.
+        step_ratio: fixed schedule: fraction of remaining weights pruned per step; structured: fraction
+            of each block's inner filters removed at its step. In (0, 1).
+        num_steps: number of steps of the cubic/linear schedules.
+        finetune_epochs: epochs of training after each step (0: all steps at once, no fine-tune).
+        warmup_epochs: dense epochs before the first step.
+        importance: ``"magnitude"`` or ``"lamp"`` (unstructured); structured uses filter L1 norms.
+        scope: ``"global"`` (one ranking over all layers) or ``"layer"`` (same sparsity per layer).
+        include_types, include_names, exclude_names, prune_head, include_biases: which weights are
+            selected (see :func:`~lightning_prune.core.selection.select_parameters`).
+        block_types: structured: class names of the blocks pruned one per step.
+        stop_when_done: stop training once the last fine-tune is over.
+        log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
+        monitor: metric recorded as the accuracy before each step in the history.
+        export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
+
+    Raises:
+        ValueError: for arguments out of range, unknown names, a selection matching nothing, or a Trainer
+            whose ``max_epochs`` cannot fit the schedule (naming the numbers).
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import IterativePruning
+        >>> from lightning_prune.data import DigitsDataModule
+        >>> from lightning_prune.models import Classifier, SmallCNN
+        >>> pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.3, finetune_epochs=1, export_dir=None)
+        >>> model = Classifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
+        >>> round(pruning.pruning_state.sparsity, 2)
+        0.5
+    """
+
+    def __init__(
+        self,
+        target_sparsity: float | None = None,
+        mode: str = "unstructured",
+        schedule: str = "fixed",
+        step_ratio: float | None = 0.2,
+        num_steps: int | None = None,
+        finetune_epochs: int = 1,
+        warmup_epochs: int = 0,
+        importance: str = "magnitude",
+        scope: str = "global",
+        include_types: Sequence[str] = DEFAULT_TYPES,
+        include_names: str | None = None,
+        exclude_names: Sequence[str] = (),
+        prune_head: bool = False,
+        include_biases: bool = False,
+        block_types: Sequence[str] = ("BasicBlock",),
+        stop_when_done: bool = True,
+        log_layers: bool = True,
+        monitor: str = "val/acc",
+        export_dir: str | None = None,
+    ) -> None:
+        _check_choice("mode", mode, MODES)
+        _check_choice("schedule", schedule, SCHEDULES)
+        _check_choice("importance", importance, tuple(SCORES))
+        _check_choice("scope", scope, SCOPES)
+        if target_sparsity is None and mode == "unstructured":
+            raise ValueError("target_sparsity is required in unstructured mode: a fraction in (0, 1)")
+        if target_sparsity is not None and not 0 < target_sparsity < 1:
+            raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}")
+        if (schedule == "fixed" or mode == "structured") and not (step_ratio is not None and 0 < step_ratio < 1):
+            raise ValueError(f"step_ratio must be in (0, 1) for schedule='fixed' and structured mode, got {step_ratio}")
+        if schedule != "fixed" and mode == "unstructured" and (num_steps is None or num_steps < 1):
+            raise ValueError(f"num_steps must be an integer >= 1 for schedule={schedule!r}, got {num_steps}")
+        for name, value in [("finetune_epochs", finetune_epochs), ("warmup_epochs", warmup_epochs)]:
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        validate_selector(include_types, include_names, exclude_names)
+        if mode == "structured" and (isinstance(block_types, str) or not block_types):
+            raise ValueError(f"block_types must be a non-empty list of class names, got {block_types!r}")
+        self.target_sparsity, self.mode, self.schedule = target_sparsity, mode, schedule
+        self.step_ratio, self.num_steps = step_ratio, num_steps
+        self.finetune_epochs, self.warmup_epochs = finetune_epochs, warmup_epochs
+        self.importance, self.scope = importance, scope
+        self.include_types, self.include_names, self.exclude_names = (
+            list(include_types),
+            include_names,
+            list(exclude_names),
+        )
+        self.prune_head, self.include_biases, self.block_types = prune_head, include_biases, list(block_types)
+        self.stop_when_done, self.log_layers, self.monitor, self.export_dir = (
+            stop_when_done,
+            log_layers,
+            monitor,
+            export_dir,
+        )
+        self.pruning_state = PruningState(target_sparsity=target_sparsity)
+        self._names: list[str] = []
+        self._original_numel: dict[str, int] = {}
+        self._masks: MaskSet | None = None
+        self._sparsities: list[float] = []
+        self._blocks: list[str] = []
+        self._listeners: list[PruningListener] = []
+        self._epoch_started = 0.0
+        self._restored = False
+        self._load_hook = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            mode=self.mode, target_sparsity=self.target_sparsity, include_names=self.include_names
+        )
+
+    # ---------------------------------------------------------------- setup
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._listeners = [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+        self._names = select_parameters(
+            pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
+        )
+        if self.mode == "structured":
+            self._blocks = [name for name, m in pl_module.named_modules() if type(m).__name__ in self.block_types]
+            if not self._blocks:
+                raise ValueError(f"block_types={self.block_types} matched no module of {type(pl_module).__name__}")
+            self._sparsities = [self.step_ratio] * len(self._blocks)
+            if self._load_hook is None:
+                self._load_hook = resize_on_load(pl_module)
+        else:
+            self._sparsities = sparsity_schedule(self.schedule, self.target_sparsity, self.step_ratio, self.num_steps)
+        if not self._restored:
+            self._original_numel = {name: pl_module.get_parameter(name).numel() for name in self._names}
+            self._masks = MaskSet.dense(pl_module, self._names) if self.mode == "unstructured" else None
+            self.pruning_state.num_steps = len(self._sparsities)
+        self._check_epoch_budget(trainer)
+
+    def _check_epoch_budget(self, trainer: pl.Trainer) -> None:
+        needed = self.warmup_epochs + max(1, len(self._sparsities) * self.finetune_epochs)
+        max_epochs = trainer.max_epochs
+        if trainer.fast_dev_run or max_epochs is None or max_epochs < 0 or max_epochs >= needed:
+            return
+        raise ValueError(
+            f"IterativePruning needs Trainer(max_epochs >= {needed}) (warmup_epochs={self.warmup_epochs} + "
+            f"{len(self._sparsities)} steps x finetune_epochs={self.finetune_epochs}), got max_epochs={max_epochs}"
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._masks is not None:
+            self._masks.bind(pl_module).apply()
+
+    # ---------------------------------------------------------------- the loop
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._step_due(trainer.current_epoch):
+            self._run_steps(trainer, pl_module)
+        self._epoch_started = time.perf_counter()
+
+    def _step_due(self, epoch: int) -> bool:
+        state = self.pruning_state
+        if state.phase == "done" or state.step >= state.num_steps:
+            return False
+        if state.step == 0:
+            return epoch >= self.warmup_epochs
+        return epoch - state.last_step_epoch >= self.finetune_epochs
+
+    def _run_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune; while listeners skip the fine-tune (or there is none), prune again."""
+        state = self.pruning_state
+        while state.step < state.num_steps and not self._target_reached():
+            for listener in self._listeners:
+                listener.on_prune_step_start(trainer, pl_module, state)
+            self._prune_step(trainer, pl_module)
+            if self.finetune_epochs == 0:
+                state.history[-1]["finetune"] = "none"
+                continue
+            skips = [listener.skip_finetune(trainer, pl_module, state) for listener in self._listeners]
+            state.history[-1]["finetune"] = "skipped" if any(skips) else "ran"
+            if not any(skips):
+                state.phase = "finetune"
+                for listener in self._listeners:
+                    listener.on_finetune_start(trainer, pl_module, state)
+                return
+        self._finish(trainer)
+
+    def _target_reached(self) -> bool:
+        target = self.pruning_state.target_sparsity
+        return target is not None and self.pruning_state.sparsity >= target - 1e-6
+
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self.pruning_state
+        record: dict[str, Any] = {"step": state.step + 1, "epoch": trainer.current_epoch}
+        if self.monitor in trainer.callback_metrics:
+            record[f"{self.monitor}_before"] = float(trainer.callback_metrics[self.monitor])
+        with state.timed("prune"):
+            started = time.perf_counter()
+            if self.mode == "unstructured":
+                self._prune_unstructured(trainer, pl_module)
+            else:
+                record["block"] = self._prune_block(trainer, pl_module)
+            state.step += 1
+            state.last_step_epoch = trainer.current_epoch
+            state.sparsity = self._current_sparsity(pl_module)
+            record.update(sparsity=state.sparsity, prune_s=time.perf_counter() - started)
+        state.history.append(record)
+        _info(f"pruning step {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
+
+    def _prune_unstructured(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        plan = None
+        if trainer.is_global_zero:
+            weights = {name: pl_module.get_parameter(name) for name in self._names}
+            scores = SCORES[self.importance](weights)
+            sparsity = self._sparsities[self.pruning_state.step]
+            plan = masks_from_scores(scores, sparsity, self._masks.masks, self.scope)
+        self._masks.update(broadcast(trainer, plan))
+        self._masks.apply()
+
+    def _prune_block(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        block = self._blocks[self.pruning_state.step]
+        example = example_input(trainer, pl_module)
+        plan = None
+        if trainer.is_global_zero:
+            graph = dependency_graph(pl_module, example)
+            convs = inner_convs(pl_module, graph, block)
+            plan = {
+                name: lowest_channels(l1_filter_scores(pl_module.get_submodule(name)), self.step_ratio)
+                for name in convs
+            }
+        remove_out_channels(pl_module, example, broadcast(trainer, plan))
+        rebuild_after_shrink(trainer)
+        return block
+
+    def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
+        if self._masks is not None:
+            return self._masks.sparsity()
+        present = sum(pl_module.get_parameter(name).numel() for name in self._names)
+        return 1.0 - present / sum(self._original_numel.values())
+
+    def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        if self._masks is not None:
+            return self._masks.layer_sparsity()
+        return {n: 1.0 - pl_module.get_parameter(n).numel() / self._original_numel[n] for n in self._names}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._masks is not None and self.pruning_state.step > 0:
+            self._masks.apply()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self.pruning_state
+        phase = "finetune" if state.phase in ("finetune", "done") and state.step > 0 else "dense"
+        state.time_s[phase] += time.perf_counter() - self._epoch_started
+        self._log_state(pl_module)
+        epochs_into_finetune = trainer.current_epoch - state.last_step_epoch + 1
+        if state.phase == "finetune" and epochs_into_finetune == self.finetune_epochs:
+            for listener in self._listeners:
+                listener.on_finetune_end(trainer, pl_module, state)
+            if state.step >= state.num_steps or self._target_reached():
+                self._finish(trainer)
+
+    def _finish(self, trainer: pl.Trainer) -> None:
+        self.pruning_state.phase = "done"
+        if self.stop_when_done:
+            trainer.should_stop = True
+
+    def _log_state(self, pl_module: pl.LightningModule) -> None:
+        state = self.pruning_state
+        pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
+        pl_module.log("prune/step", float(state.step), on_step=False, on_epoch=True)
+        if state.target_sparsity is not None:
+            pl_module.log("prune/target_sparsity", state.target_sparsity, on_step=False, on_epoch=True)
+        if self.log_layers:
+            for name, value in self._layer_sparsity(pl_module).items():
+                pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
+
+    # ---------------------------------------------------------------- export and state
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self._export(trainer, pl_module)
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
+        model_path = export_pruned(pl_module, directory / "pruned_model.pt")
+        measured = zero_fraction(pl_module, self._names) if self._masks is not None else {}
+        params = sum(p.numel() for p in pl_module.parameters())
+        nonzero = sum(int((p != 0).sum()) for p in pl_module.parameters())
+        write_summary(
+            directory / "summary.json",
+            "iterative",
+            {
+                "mode": self.mode,
+                "target_sparsity": state.target_sparsity,
+                "sparsity": state.sparsity,
+                "steps": state.step,
+                "finetunes_run": sum(r.get("finetune") == "ran" for r in state.history),
+                "finetunes_skipped": sum(r.get("finetune") == "skipped" for r in state.history),
+                "layer_sparsity": self._layer_sparsity(pl_module),
+                "layer_zero_fraction": measured,
+                "params": params,
+                "params_nonzero": nonzero,
+                "time_s": state.time_s,
+                "history": state.history,
+                "metrics": {
+                    k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("prune_layer/")
+                },
+                "exported_model": str(model_path),
+            },
+        )
+        _info(f"pruned to sparsity {state.sparsity:.3f} in {state.step} steps; exported {model_path}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pruning_state": self.pruning_state.to_dict(),
+            "masks": self._masks.state_dict() if self._masks is not None else None,
+            "original_numel": dict(self._original_numel),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruning_state = PruningState.from_dict(state_dict.get("pruning_state", {}))
+        self._original_numel = state_dict.get("original_numel", self._original_numel)
+        masks = state_dict.get("masks")
+        self._masks = MaskSet(masks) if masks is not None else None
+        self._restored = True
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+@rank_zero_only
+def _info(message: str) -> None:
+    log.info(message)

@@ -1,0 +1,57 @@
+"""Sparsity schedules: the sparsity to reach after each pruning step, as plain lists of floats."""
+
+from __future__ import annotations
+
+
+def fixed_ratio(target_sparsity: float, step_ratio: float) -> list[float]:
+    """Prune ``step_ratio`` of the *remaining* weights per step until ``target_sparsity`` (last step clipped).
+
+    Example::
+
+        >>> [round(s, 3) for s in fixed_ratio(0.8, 0.5)]
+        [0.5, 0.75, 0.8]
+    """
+    steps, sparsity = [], 0.0
+    while sparsity < target_sparsity - 1e-9:
+        sparsity = min(target_sparsity, 1.0 - (1.0 - sparsity) * (1.0 - step_ratio))
+        steps.append(sparsity)
+    return steps
+
+
+def cubic(target_sparsity: float, num_steps: int, initial_sparsity: float = 0.0) -> list[float]:
+    """Zhu & Gupta's gradual schedule: fast at first, slower as the network gets sparse.
+
+    Example::
+
+        >>> [round(s, 3) for s in cubic(0.8, 4)]
+        [0.462, 0.7, 0.787, 0.8]
+    """
+    return [
+        target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - step / num_steps) ** 3
+        for step in range(1, num_steps + 1)
+    ]
+
+
+def linear(target_sparsity: float, num_steps: int, initial_sparsity: float = 0.0) -> list[float]:
+    """Equal sparsity increments."""
+    return [
+        initial_sparsity + (target_sparsity - initial_sparsity) * step / num_steps for step in range(1, num_steps + 1)
+    ]
+
+
+SCHEDULES = ("fixed", "cubic", "linear")
+
+
+def sparsity_schedule(
+    name: str, target_sparsity: float, step_ratio: float | None, num_steps: int | None
+) -> list[float]:
+    """The per-step sparsities of schedule ``name`` (``"fixed"`` uses ``step_ratio``, the others ``num_steps``)."""
+    if name == "fixed":
+        if step_ratio is None:
+            raise ValueError("schedule='fixed' needs step_ratio (fraction of remaining weights pruned per step)")
+        return fixed_ratio(target_sparsity, step_ratio)
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+    if num_steps is None:
+        raise ValueError(f"schedule={name!r} needs num_steps >= 1")
+    return cubic(target_sparsity, num_steps) if name == "cubic" else linear(target_sparsity, num_steps)

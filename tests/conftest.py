@@ -8,10 +8,6 @@ import lightning.pytorch as pl
 import pytest
 
 from lightning_prune.data import DigitsDataModule
-from lightning_prune.models import Classifier, ResNet, SmallCNN
-
-REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +35,3 @@ def trainer_kwargs(tmp_path: Path) -> dict:
         "num_sanity_val_steps": 0,
         "default_root_dir": str(tmp_path),
     }
-
-
-def cnn_classifier(widths: tuple[int, ...] = (16, 16, 32, 32), **kwargs: object) -> Classifier:
-    return Classifier(SmallCNN((1, 8, 8), 10, widths=widths), 10, (1, 8, 8), **kwargs)
-
-
-def resnet_classifier(
-    blocks: tuple[int, ...] = (2, 2), widths: tuple[int, ...] = (16, 32), **kwargs: object
-) -> Classifier:
-    return Classifier(ResNet((1, 8, 8), 10, blocks=blocks, widths=widths), 10, (1, 8, 8), **kwargs)

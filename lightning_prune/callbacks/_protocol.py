@@ -3,7 +3,7 @@
 ICE-Pruning's gate, layer freezing and pruning-aware LR all act *around* pruning steps and
 fine-tunes. Rather than each one re-deriving when those happen, a pruner (:class:`PruningCallback`)
 owns a :class:`PruningState` and calls every :class:`PruningListener` in ``trainer.callbacks`` at
-four moments; listeners find the pruner with :func:`find_pruner` (as ``trainer.checkpoint_callback``
+five moments; listeners find the pruner with :func:`find_pruner` (as ``trainer.checkpoint_callback``
 finds ``ModelCheckpoint``) and fail in ``setup`` when there is none.
 """
 
@@ -73,13 +73,17 @@ class PruningListener:
     """Mix-in for callbacks that act around a pruner's steps; every method is optional.
 
     The pruner calls, in order: :meth:`on_prune_step_start` before each step (the model is still
-    unpruned for that step), :meth:`skip_finetune` right after it (any ``True`` skips the fine-tune and
-    moves on to the next step at once), then :meth:`on_finetune_start` / :meth:`on_finetune_end` around
-    the fine-tune epochs that run. All ranks call these with identical state.
+    unpruned for that step), :meth:`on_prune_step_end` once the step is applied, :meth:`skip_finetune`
+    (any ``True`` skips the fine-tune and moves on to the next step at once), then
+    :meth:`on_finetune_start` / :meth:`on_finetune_end` around the fine-tune epochs that run. All ranks
+    call these at the same points with identical state.
     """
 
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         """Called before a pruning step."""
+
+    def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        """Called once a pruning step is applied (``state.history[-1]`` describes it)."""
 
     def skip_finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
         """Return ``True`` to skip the fine-tune after the step just applied."""

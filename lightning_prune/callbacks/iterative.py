@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_prune.callbacks._lightning import (
@@ -69,6 +70,9 @@ class IterativePruning(PruningCallback):
         block_types: structured: class names of the blocks pruned one per step.
         stop_when_done: stop training once the last fine-tune is over.
         log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
+        rewind_epoch: unstructured only: after every step, reset the surviving weights (and all other
+            parameters and buffers) to their values at the start of this epoch and rebuild the optimizer
+            (lottery-ticket IMP with rewinding; 0 rewinds to the initialisation). ``None``: no rewinding.
         monitor: metric recorded as the accuracy before each step in the history.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
@@ -110,30 +114,13 @@ class IterativePruning(PruningCallback):
         block_types: Sequence[str] = ("BasicBlock",),
         stop_when_done: bool = True,
         log_layers: bool = True,
+        rewind_epoch: int | None = None,
         monitor: str = "val/acc",
         export_dir: str | None = None,
     ) -> None:
-        _check_choice("mode", mode, MODES)
-        _check_choice("schedule", schedule, SCHEDULES)
-        _check_choice("importance", importance, tuple(SCORES))
-        _check_choice("scope", scope, SCOPES)
-        if target_sparsity is None and mode == "unstructured":
-            raise ValueError("target_sparsity is required in unstructured mode: a fraction in (0, 1)")
-        if target_sparsity is not None and not 0 < target_sparsity < 1:
-            raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}")
-        if (schedule == "fixed" or mode == "structured") and not (step_ratio is not None and 0 < step_ratio < 1):
-            raise ValueError(f"step_ratio must be in (0, 1) for schedule='fixed' and structured mode, got {step_ratio}")
-        if schedule != "fixed" and mode == "unstructured" and (num_steps is None or num_steps < 1):
-            raise ValueError(f"num_steps must be an integer >= 1 for schedule={schedule!r}, got {num_steps}")
-        for name, value in [("finetune_epochs", finetune_epochs), ("warmup_epochs", warmup_epochs)]:
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        validate_selector(include_types, include_names, exclude_names)
-        if mode == "structured" and (isinstance(block_types, str) or not block_types):
-            raise ValueError(f"block_types must be a non-empty list of class names, got {block_types!r}")
         self.target_sparsity, self.mode, self.schedule = target_sparsity, mode, schedule
         self.step_ratio, self.num_steps = step_ratio, num_steps
-        self.finetune_epochs, self.warmup_epochs = finetune_epochs, warmup_epochs
+        self.finetune_epochs, self.warmup_epochs, self.rewind_epoch = finetune_epochs, warmup_epochs, rewind_epoch
         self.importance, self.scope = importance, scope
         self.include_types, self.include_names, self.exclude_names = (
             list(include_types),
@@ -147,16 +134,47 @@ class IterativePruning(PruningCallback):
             monitor,
             export_dir,
         )
+        self._validate()
         self.pruning_state = PruningState(target_sparsity=target_sparsity)
         self._names: list[str] = []
         self._original_numel: dict[str, int] = {}
         self._masks: MaskSet | None = None
+        self._rewind_state: dict[str, torch.Tensor] | None = None
         self._sparsities: list[float] = []
         self._blocks: list[str] = []
         self._listeners: list[PruningListener] = []
         self._epoch_started = 0.0
         self._restored = False
         self._load_hook = None
+
+    def _validate(self) -> None:
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("importance", self.importance, tuple(SCORES))
+        _check_choice("scope", self.scope, SCOPES)
+        validate_selector(self.include_types, self.include_names, self.exclude_names)
+        structured, target = self.mode == "structured", self.target_sparsity
+        if target is None and not structured:
+            raise ValueError("target_sparsity is required in unstructured mode: a fraction in (0, 1)")
+        if target is not None and not 0 < target < 1:
+            raise ValueError(f"target_sparsity must be in (0, 1), got {target}")
+        if (self.schedule == "fixed" or structured) and not (self.step_ratio is not None and 0 < self.step_ratio < 1):
+            raise ValueError(
+                f"step_ratio must be in (0, 1) for schedule='fixed' and structured mode, got {self.step_ratio}"
+            )
+        if self.schedule != "fixed" and not structured and (self.num_steps is None or self.num_steps < 1):
+            raise ValueError(f"num_steps must be an integer >= 1 for schedule={self.schedule!r}, got {self.num_steps}")
+        for name in ("finetune_epochs", "warmup_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if structured and not self.block_types:
+            raise ValueError(f"block_types must be a non-empty list of class names, got {self.block_types!r}")
+        if self.rewind_epoch is not None and (structured or not 0 <= self.rewind_epoch <= self.warmup_epochs):
+            raise ValueError(
+                f"rewind_epoch must be an integer in [0, warmup_epochs={self.warmup_epochs}] and needs "
+                f"mode='unstructured', got rewind_epoch={self.rewind_epoch!r}, mode={self.mode!r}"
+            )
 
     @property
     def state_key(self) -> str:
@@ -205,6 +223,8 @@ class IterativePruning(PruningCallback):
     # ---------------------------------------------------------------- the loop
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.rewind_epoch and self._rewind_state is None:
+            self._rewind_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         if self._step_due(trainer.current_epoch):
             self._run_steps(trainer, pl_module)
         self._epoch_started = time.perf_counter()
@@ -224,6 +244,10 @@ class IterativePruning(PruningCallback):
             for listener in self._listeners:
                 listener.on_prune_step_start(trainer, pl_module, state)
             self._prune_step(trainer, pl_module)
+            if self._rewind_state is not None:
+                self._rewind(trainer, pl_module)
+            for listener in self._listeners:
+                listener.on_prune_step_end(trainer, pl_module, state)
             if self.finetune_epochs == 0:
                 state.history[-1]["finetune"] = "none"
                 continue
@@ -282,6 +306,12 @@ class IterativePruning(PruningCallback):
         remove_out_channels(pl_module, example, broadcast(trainer, plan))
         rebuild_after_shrink(trainer)
         return block
+
+    def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lottery-ticket rewinding: early weights under the current masks, and a fresh optimizer."""
+        pl_module.load_state_dict(self._rewind_state)
+        self._masks.bind(pl_module).apply()
+        trainer.strategy.setup_optimizers(trainer)
 
     def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
         if self._masks is not None:
@@ -366,11 +396,13 @@ class IterativePruning(PruningCallback):
             "pruning_state": self.pruning_state.to_dict(),
             "masks": self._masks.state_dict() if self._masks is not None else None,
             "original_numel": dict(self._original_numel),
+            "rewind_state": self._rewind_state,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruning_state = PruningState.from_dict(state_dict.get("pruning_state", {}))
         self._original_numel = state_dict.get("original_numel", self._original_numel)
+        self._rewind_state = state_dict.get("rewind_state")
         masks = state_dict.get("masks")
         self._masks = MaskSet(masks) if masks is not None else None
         self._restored = True

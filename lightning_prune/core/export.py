@@ -59,20 +59,20 @@ def write_summary(path: str | os.PathLike, section: str, data: Mapping[str, Any]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = json.loads(path.read_text()) if path.exists() else {}
-    summary[section] = _jsonable(data)
+    summary[section] = to_jsonable(data)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=False))
     tmp.replace(path)
     return path
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
+        return to_jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -1,0 +1,125 @@
+"""What every benchmark shares: argument parsing, the default data set, quiet Trainers, JSON + table out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from lightning_prune.core.export import to_jsonable
+from lightning_prune.data import DigitsDataModule, MNISTDataModule
+from lightning_prune.data.arrays import ArrayDataModule
+from lightning_prune.data.mnist import FILES
+
+DEFAULT_MNIST = Path("../shared/data/mnist")
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    """``--out``, ``--data-dir``, ``--seed`` and ``--quick`` (a smoke-sized run), common to all benchmarks."""
+    p = argparse.ArgumentParser(prog=f"python -m lightning_prune.bench {name}", description=description)
+    p.add_argument("--out", default=f"{name}.json", help="where the JSON result goes")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"MNIST IDX folder; default {DEFAULT_MNIST} when it exists, else scikit-learn's digits",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, not the claim")
+    return p
+
+
+def default_data(
+    data_dir: str | None, seed: int, batch_size: int = 128, digits: bool = False
+) -> tuple[ArrayDataModule, str]:
+    """MNIST from ``data_dir`` (or ../shared/data/mnist when present), else digits; returns (module, name).
+
+    Raises:
+        FileNotFoundError: when ``data_dir`` is given but holds no MNIST files.
+    """
+    directory = Path(data_dir) if data_dir else DEFAULT_MNIST
+    has_mnist = any((directory / f"{stem}{ext}").exists() for stem in FILES.values() for ext in (".gz", ""))
+    if data_dir and not has_mnist:
+        raise FileNotFoundError(f"--data-dir {data_dir!r} holds no MNIST IDX files ({list(FILES.values())})")
+    if has_mnist and not digits:
+        datamodule: ArrayDataModule = MNISTDataModule(str(directory), batch_size=batch_size, seed=seed)
+        name = "mnist"
+    else:
+        datamodule, name = DigitsDataModule(batch_size=batch_size, seed=seed), "digits"
+    datamodule.setup()
+    return datamodule, name
+
+
+def quiet() -> None:
+    """Benchmarks print their own table; Lightning's per-fit chatter would bury it."""
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_prune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def trainer(
+    max_epochs: int, callbacks: Sequence[pl.Callback] = (), root: str | os.PathLike = "bench_out", **kwargs: Any
+) -> pl.Trainer:
+    """A CPU (or given accelerator) Trainer without logger, checkpoints or progress bars."""
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(root),
+        **kwargs,
+    }
+    return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **options)
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write_json(path: str | os.PathLike, result: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(result), indent=2))
+    return path
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)

@@ -1,0 +1,247 @@
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_prune import IterativePruning, PruningListener, load_pruned
+from lightning_prune.core.structured import architecture_spec
+from tests.helpers import cnn_classifier, resnet_classifier
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "target_sparsity is required in unstructured mode"),
+        ({"target_sparsity": 1.0}, r"target_sparsity must be in \(0, 1\), got 1.0"),
+        ({"target_sparsity": -0.1}, r"target_sparsity must be in \(0, 1\)"),
+        ({"target_sparsity": 0.5, "step_ratio": 0}, r"step_ratio must be in \(0, 1\)"),
+        ({"target_sparsity": 0.5, "step_ratio": None}, r"step_ratio must be in \(0, 1\)"),
+        ({"target_sparsity": 0.5, "schedule": "cubic"}, "num_steps must be an integer >= 1 for schedule='cubic'"),
+        ({"target_sparsity": 0.5, "schedule": "cubic", "num_steps": 0}, "num_steps must be an integer >= 1"),
+        ({"target_sparsity": 0.5, "schedule": "exp"}, r"schedule must be one of \['fixed', 'cubic', 'linear'\]"),
+        ({"target_sparsity": 0.5, "mode": "channels"}, r"mode must be one of \['unstructured', 'structured'\]"),
+        ({"target_sparsity": 0.5, "importance": "taylor"}, "importance must be one of"),
+        ({"target_sparsity": 0.5, "scope": "row"}, "scope must be one of"),
+        ({"target_sparsity": 0.5, "finetune_epochs": -1}, "finetune_epochs must be an integer >= 0, got -1"),
+        ({"target_sparsity": 0.5, "warmup_epochs": 1.5}, "warmup_epochs must be an integer >= 0"),
+        ({"target_sparsity": 0.5, "include_types": ["Conv9d"]}, r"unknown module type\(s\)"),
+        ({"target_sparsity": 0.5, "include_names": "("}, "include_names: '\\(' is not a valid regular expression"),
+        ({"mode": "structured", "block_types": []}, "block_types must be a non-empty list"),
+        ({"target_sparsity": 0.5, "rewind_epoch": 2, "warmup_epochs": 1}, r"rewind_epoch must be an integer in \[0, "),
+        ({"mode": "structured", "rewind_epoch": 0}, "needs mode='unstructured'"),
+    ],
+)
+def test_iterative_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IterativePruning(**kwargs)
+
+
+def test_iterative_state_key():
+    a = IterativePruning(target_sparsity=0.5)
+    b = IterativePruning(target_sparsity=0.8)
+    assert a.state_key != b.state_key
+    assert a.state_key == IterativePruning(target_sparsity=0.5).state_key
+    assert "IterativePruning" in a.state_key
+
+
+class ZeroChecker(pl.Callback):
+    """Placed after the pruner: after every optimizer step, pruned weights must be exactly zero."""
+
+    def __init__(self, pruning: IterativePruning) -> None:
+        self.pruning, self.checked = pruning, 0
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if self.pruning.pruning_state.step == 0:
+            return
+        for name, mask in self.pruning.state_dict()["masks"].items():
+            assert pl_module.get_parameter(name)[~mask.to(pl_module.device)].abs().max() == 0, name
+        self.checked += 1
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_masks_hold_after_every_optimizer_step(optimizer, digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.7, step_ratio=0.5, warmup_epochs=1, finetune_epochs=1)
+    checker = ZeroChecker(pruning)
+    model = cnn_classifier(optimizer=optimizer, lr=0.01 if optimizer != "sgd" else 0.05, weight_decay=0.01)
+    trainer = pl.Trainer(max_epochs=10, callbacks=[pruning, checker], limit_train_batches=5, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    assert checker.checked == 2 * 5  # two fine-tune epochs of five batches each
+    assert pruning.pruning_state.sparsity == pytest.approx(0.7, abs=1e-3)
+    assert trainer.current_epoch == 3  # warm-up + 2 steps x 1 fine-tune epoch, then stopped
+
+
+def test_fit_reaches_target_logs_and_exports(digits, trainer_kwargs, tmp_path):
+    pruning = IterativePruning(target_sparsity=0.8, step_ratio=0.5, warmup_epochs=2, finetune_epochs=1, scope="layer")
+    model = cnn_classifier()
+    trainer = pl.Trainer(max_epochs=20, callbacks=[pruning], **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    assert [round(r["sparsity"], 3) for r in pruning.pruning_state.history] == [0.5, 0.75, 0.8]
+    assert trainer.callback_metrics["prune/sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert trainer.callback_metrics["prune/step"] == 3
+    assert trainer.callback_metrics["prune_layer/net.features.0.weight"] == pytest.approx(0.8, abs=0.01)
+    assert trainer.callback_metrics["val/acc"] > 0.9
+
+    summary = json.loads((tmp_path / "summary.json").read_text())["iterative"]
+    assert summary["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert summary["finetunes_run"] == 3
+    assert all(v == pytest.approx(0.8, abs=0.01) for v in summary["layer_zero_fraction"].values())
+    assert summary["time_s"]["finetune"] > 0
+    assert summary["time_s"]["dense"] > 0
+    fresh = cnn_classifier()
+    load_pruned(fresh, tmp_path / "pruned_model.pt")
+    state = torch.load(tmp_path / "pruned_model.pt", weights_only=True)["state_dict"]
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.state_dict(), model.state_dict())
+
+
+def test_accumulated_gradients_and_cubic_schedule(digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.6, schedule="cubic", num_steps=3, finetune_epochs=1)
+    trainer = pl.Trainer(
+        max_epochs=3, callbacks=[pruning], accumulate_grad_batches=3, limit_train_batches=7, **trainer_kwargs
+    )
+    model = cnn_classifier()
+    trainer.fit(model, datamodule=digits)
+    assert pruning.pruning_state.sparsity == pytest.approx(0.6, abs=1e-3)
+    zeros = sum(int((model.get_parameter(n) == 0).sum()) for n in pruning.state_dict()["masks"])
+    assert zeros >= 0.6 * sum(m.numel() for m in pruning.state_dict()["masks"].values()) - 1
+
+
+def test_too_few_epochs_fail_at_setup_naming_the_numbers(digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.8, step_ratio=0.5, warmup_epochs=2, finetune_epochs=2)
+    trainer = pl.Trainer(max_epochs=5, callbacks=[pruning], **trainer_kwargs)
+    with pytest.raises(
+        ValueError, match=r"needs Trainer\(max_epochs >= 8\).*3 steps x finetune_epochs=2\), got max_epochs=5"
+    ):
+        trainer.fit(cnn_classifier(), datamodule=digits)
+
+
+def test_fast_dev_run_prunes_once_and_exports_nothing(digits, trainer_kwargs, tmp_path):
+    pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5)
+    pl.Trainer(
+        fast_dev_run=True, callbacks=[pruning], **{k: v for k, v in trainer_kwargs.items() if k != "logger"}
+    ).fit(cnn_classifier(), datamodule=digits)
+    assert pruning.pruning_state.step == 1
+    assert not (tmp_path / "summary.json").exists()
+
+
+class SkipEveryOther(PruningListener, pl.Callback):
+    def __init__(self) -> None:
+        self.events = []
+
+    def on_prune_step_start(self, trainer, pl_module, state):
+        self.events.append(("start", state.step))
+
+    def on_prune_step_end(self, trainer, pl_module, state):
+        self.events.append(("end", state.step))
+
+    def skip_finetune(self, trainer, pl_module, state):
+        return state.step % 2 == 1
+
+    def on_finetune_start(self, trainer, pl_module, state):
+        self.events.append(("finetune", state.step))
+
+    def on_finetune_end(self, trainer, pl_module, state):
+        self.events.append(("finetune_end", state.step))
+
+
+def test_listeners_can_skip_finetunes(digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.9, step_ratio=0.5, finetune_epochs=1)
+    listener = SkipEveryOther()
+    trainer = pl.Trainer(max_epochs=10, callbacks=[pruning, listener], limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(cnn_classifier(), datamodule=digits)
+    history = pruning.pruning_state.history
+    assert [r["finetune"] for r in history] == ["skipped", "ran", "skipped", "ran"]
+    assert [r["epoch"] for r in history] == [0, 0, 1, 1]
+    assert listener.events[:5] == [("start", 0), ("end", 1), ("start", 1), ("end", 2), ("finetune", 2)]
+    assert trainer.current_epoch == 2
+
+
+def test_structured_mode_removes_block_filters_physically(digits, trainer_kwargs):
+    pruning = IterativePruning(mode="structured", step_ratio=0.5, warmup_epochs=1, finetune_epochs=1)
+    model = resnet_classifier()
+    params_before = sum(p.numel() for p in model.parameters())
+    trainer = pl.Trainer(max_epochs=10, callbacks=[pruning], limit_train_batches=5, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    assert [r["block"] for r in pruning.pruning_state.history] == [
+        "net.stages.0.0",
+        "net.stages.0.1",
+        "net.stages.1.0",
+        "net.stages.1.1",
+    ]
+    assert [b.conv1.out_channels for b in (model.net.stages[0][0], model.net.stages[1][1])] == [8, 16]
+    assert model.net.stages[1][1].conv2.out_channels == 32  # residual width untouched
+    assert sum(p.numel() for p in model.parameters()) < params_before
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters()}
+
+
+class StopAt(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def _fit(digits, trainer_kwargs, tmp_path, make_model, pruning_kwargs, stop_at=None, ckpt_path=None):
+    # Same initial weights for the full and the interrupted run; a resumed run gets them from the checkpoint,
+    # so it is seeded differently to show it does not depend on the global RNG.
+    pl.seed_everything(0 if ckpt_path is None else 123, verbose=False)
+    pruning = IterativePruning(**pruning_kwargs)
+    callbacks = [pruning, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)]
+    if stop_at is not None:
+        callbacks.append(StopAt(stop_at))
+    kwargs = {**trainer_kwargs, "enable_checkpointing": True, "default_root_dir": str(tmp_path)}
+    trainer = pl.Trainer(max_epochs=12, callbacks=callbacks, limit_train_batches=6, **kwargs)
+    model = make_model()
+    trainer.fit(model, datamodule=digits, ckpt_path=ckpt_path)
+    return pruning, model, trainer
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])  # before the first step, and between steps
+def test_resume_equals_uninterrupted_run(digits, trainer_kwargs, tmp_path, stop_at):
+    args = {"target_sparsity": 0.8, "step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2}
+    full, full_model, full_trainer = _fit(digits, trainer_kwargs, tmp_path / "full", cnn_classifier, args)
+    _fit(digits, trainer_kwargs, tmp_path / "cut", cnn_classifier, args, stop_at=stop_at)
+    ckpt = tmp_path / "cut" / "ckpt" / "last.ckpt"
+    torch.load(ckpt, weights_only=True)
+    resumed, resumed_model, resumed_trainer = _fit(
+        digits, trainer_kwargs, tmp_path / "cut", cnn_classifier, args, ckpt_path=ckpt
+    )
+    torch.testing.assert_close(resumed.state_dict()["masks"], full.state_dict()["masks"])
+    torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
+    assert resumed_trainer.callback_metrics["val/acc"] == full_trainer.callback_metrics["val/acc"]
+    assert [r["epoch"] for r in resumed.pruning_state.history] == [r["epoch"] for r in full.pruning_state.history]
+
+
+def test_resume_after_physical_shrink_loads_into_fresh_model(digits, trainer_kwargs, tmp_path):
+    args = {"mode": "structured", "step_ratio": 0.5, "warmup_epochs": 1, "finetune_epochs": 1}
+    full, full_model, _ = _fit(digits, trainer_kwargs, tmp_path / "full", resnet_classifier, args)
+    _fit(digits, trainer_kwargs, tmp_path / "cut", resnet_classifier, args, stop_at=2)
+    ckpt = tmp_path / "cut" / "ckpt" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["state_dict"]["net.stages.0.0.conv1.weight"].shape[0] == 8
+    resumed, resumed_model, _ = _fit(digits, trainer_kwargs, tmp_path / "cut", resnet_classifier, args, ckpt_path=ckpt)
+    assert architecture_spec(resumed_model) == architecture_spec(full_model)
+    torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
+    assert resumed.pruning_state.sparsity == full.pruning_state.sparsity
+
+
+def test_rewinding_resets_surviving_weights_to_the_rewind_epoch(digits, trainer_kwargs):
+    class Snapshot(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.weights = pl_module.net.features[0].weight.detach().clone()
+
+    class AfterStep(PruningListener, pl.Callback):
+        def on_prune_step_end(self, trainer, pl_module, state):
+            self.weights = pl_module.net.features[0].weight.detach().clone()
+
+    pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=2, rewind_epoch=1)
+    snapshot, after = Snapshot(), AfterStep()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, snapshot, after], limit_train_batches=4, **trainer_kwargs)
+    trainer.fit(cnn_classifier(), datamodule=digits)
+    kept = pruning.state_dict()["masks"]["net.features.0.weight"]
+    torch.testing.assert_close(after.weights, snapshot.weights * kept)

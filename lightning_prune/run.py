@@ -48,11 +48,18 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     shape = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
-    net = instantiate(cfg.model.net, **shape)
-    module = instantiate(cfg.model.module, net=net, **shape)
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node]
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node and "_target_" in node]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # _convert_="all": plain lists and dicts, so hyper-parameters and callback state stay weights_only-loadable.
+    net = instantiate(cfg.model.net, **shape, _convert_="all")
+    module = instantiate(cfg.model.module, net=net, **shape, _convert_="all")
+    callbacks = [
+        instantiate(node, _convert_="all")
+        for node in (cfg.get("callbacks") or {}).values()
+        if node and "_target_" in node
+    ]
+    loggers = [
+        instantiate(node, _convert_="all") for node in (cfg.get("logger") or {}).values() if node and "_target_" in node
+    ]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return datamodule, module, trainer
 
 

@@ -57,6 +57,7 @@ class Classifier(pl.LightningModule):
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        input_shape = tuple(int(size) for size in input_shape)  # plain ints: the checkpoint loads weights_only
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.example_input_array = torch.zeros(1, *input_shape)

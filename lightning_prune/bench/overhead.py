@@ -1,0 +1,135 @@
+"""What holding masks costs per training step: dense vs our masks vs Lightning's ``ModelPruning``.
+
+``python -m lightning_prune.bench overhead --out overhead.json``
+
+Each arm trains the same model, from the same weights, on the same batches: one epoch to get pruned
+(ours prunes at the start of epoch 1, ``ModelPruning`` at the end of epoch 0, both to the same global
+magnitude sparsity over the same weights), then the timed epoch. Arms run interleaved over several
+rounds so drift on a shared machine hits all of them alike; the step time is the median over every
+timed step of every round (Lightning's whole training step: forward, backward, optimizer step, and
+each method's hooks — our post-step re-masking, ``ModelPruning``'s forward pre-hooks).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelPruning
+
+from lightning_prune import IterativePruning
+from lightning_prune.bench._common import default_data, environment, parser, print_table, quiet, trainer, write_json
+from lightning_prune.core.selection import select_parameters
+from lightning_prune.models import MLP, Classifier, SmallCNN
+
+ARMS = ("dense", "masked", "modelpruning")
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training step of the last epoch, from batch start to after every batch-end hook."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.times = epoch, []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.times.append(time.perf_counter() - self._start)
+
+
+def arm_callbacks(arm: str, module: Classifier, sparsity: float) -> list[pl.Callback]:
+    if arm == "masked":
+        return [
+            IterativePruning(
+                target_sparsity=sparsity, step_ratio=sparsity, warmup_epochs=1, log_layers=False, stop_when_done=False
+            )
+        ]
+    if arm == "modelpruning":
+        names = select_parameters(module)
+        targets = [(module.get_submodule(name.rsplit(".", 1)[0]), "weight") for name in names]
+        return [
+            ModelPruning(
+                "l1_unstructured",
+                parameters_to_prune=targets,
+                amount=lambda epoch: sparsity if epoch == 0 else 0.0,
+                use_global_unstructured=True,
+                verbose=0,
+            )
+        ]
+    return []
+
+
+def measure(
+    build: Callable[[], Classifier], datamodule: pl.LightningDataModule, steps: int, rounds: int, sparsity: float
+) -> dict[str, Any]:
+    """Median step time per arm over interleaved rounds, and the sparsity each arm actually held."""
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    held: dict[str, float] = {}
+    initial = build().state_dict()
+    for _ in range(rounds):
+        for arm in ARMS:
+            module = build()
+            module.load_state_dict(initial)
+            timer = StepTimer(epoch=1)
+            fit = trainer(
+                2, [*arm_callbacks(arm, module, sparsity), timer], limit_train_batches=steps, limit_val_batches=0
+            )
+            fit.fit(module, datamodule=datamodule)
+            times[arm] += timer.times[2:]  # the first steps of an epoch include allocator warm-up
+            weights = [module.get_parameter(name) for name in select_parameters(module)]
+            held[arm] = float(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights))
+    medians = {arm: statistics.median(values) * 1e3 for arm, values in times.items()}
+    return {
+        "step_ms": medians,
+        "sparsity_held": held,
+        "steps_timed": {arm: len(v) for arm, v in times.items()},
+        "masked_over_dense": medians["masked"] / medians["dense"],
+        "masked_over_modelpruning": medians["masked"] / medians["modelpruning"],
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = parser("overhead", "per-step cost of holding masks: dense vs lightning-prune vs ModelPruning")
+    p.add_argument("--sparsity", type=float, default=0.8)
+    p.add_argument("--steps", type=int, default=60, help="timed steps per arm per round")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    quiet()
+    if args.quick:
+        args.steps, args.rounds = 8, 1
+    datamodule, dataset = default_data(args.data_dir, args.seed, batch_size=128)
+    shape, classes = datamodule.input_shape, datamodule.num_classes
+    models = {
+        "cnn": lambda: Classifier(SmallCNN(shape, classes), classes, shape),
+        "mlp": lambda: Classifier(MLP(shape, classes, hidden=(300, 100)), classes, shape),
+    }
+    results = {}
+    for name, build in models.items():
+        pl.seed_everything(args.seed, verbose=False)
+        results[name] = measure(build, datamodule, args.steps, args.rounds, args.sparsity)
+    result = {"dataset": dataset, "sparsity": args.sparsity, "torch_threads": torch.get_num_threads(), **results["cnn"]}
+    result.update(models=results, environment=environment())
+    rows = [
+        [
+            name,
+            r["step_ms"]["dense"],
+            r["step_ms"]["masked"],
+            r["step_ms"]["modelpruning"],
+            r["masked_over_dense"],
+            r["masked_over_modelpruning"],
+        ]
+        for name, r in results.items()
+    ]
+    print_table(
+        f"median training-step time (ms), {dataset}, sparsity {args.sparsity}",
+        ["model", "dense", "ours (masked)", "ModelPruning", "ours/dense", "ours/ModelPruning"],
+        rows,
+    )
+    print(f"wrote {write_json(args.out, result)}")
+    return 0

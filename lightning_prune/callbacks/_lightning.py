@@ -9,9 +9,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.core.structured import resize_like
 
@@ -62,17 +62,41 @@ def rebuild_after_shrink(trainer: pl.Trainer) -> None:
     strategy.setup_optimizers(trainer)
 
 
-def resize_on_load(pl_module: pl.LightningModule) -> RemovableHandle:
-    """Let a checkpoint of a physically shrunk model load into the freshly built one.
+def resize_on_load(pl_module: torch.nn.Module) -> torch.nn.Module:
+    """Let a checkpoint of a physically shrunk model load into a freshly built, full-size one.
 
     Lightning loads the model's ``state_dict`` before any callback state, so the layers are resized
     from the incoming tensor shapes in a ``load_state_dict`` pre-hook; the checkpoint is never edited.
+    Shrinking callbacks call this in ``setup``. Call it yourself before ``fit`` under ``ddp_spawn``:
+    there the parent process reloads the workers' final weights without running any callback hook.
+    Idempotent; the hook is a module-level function, so the module still pickles for spawned workers.
     """
+    if not getattr(pl_module, RESIZE_ON_LOAD, False):
+        pl_module.register_load_state_dict_pre_hook(_resize_hook)
+        setattr(pl_module, RESIZE_ON_LOAD, True)
+    return pl_module
 
-    def hook(module: torch.nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        resize_like(module, state_dict, prefix)
 
-    return pl_module.register_load_state_dict_pre_hook(hook)
+RESIZE_ON_LOAD = "_lightning_prune_resize_on_load"
+
+
+def _resize_hook(module: torch.nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    resize_like(module, state_dict, prefix)
+
+
+def check_spawn_reload(trainer: pl.Trainer, pl_module: pl.LightningModule, requester: str) -> None:
+    """Fail early where a shrunk model could not travel back to a spawning parent process.
+
+    Raises:
+        ValueError: under a spawn launcher when :func:`resize_on_load` was not called before ``fit``.
+    """
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if isinstance(launcher, _MultiProcessingLauncher) and not getattr(pl_module, RESIZE_ON_LOAD, False):
+        raise ValueError(
+            f"{requester} shrinks layers physically; with strategy={type(trainer.strategy).__name__}"
+            f"(start_method={launcher._start_method!r}) the parent process reloads the final weights into its own "
+            "full-size model. Call `lightning_prune.resize_on_load(model)` before `trainer.fit`, or use strategy='ddp'."
+        )
 
 
 def output_dir(trainer: pl.Trainer, export_dir: str | None) -> Path:

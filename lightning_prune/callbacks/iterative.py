@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_prune.callbacks._lightning import (
     broadcast,
+    check_spawn_reload,
     example_input,
     output_dir,
     rebuild_after_shrink,
@@ -145,7 +146,6 @@ class IterativePruning(PruningCallback):
         self._listeners: list[PruningListener] = []
         self._epoch_started = 0.0
         self._restored = False
-        self._load_hook = None
 
     def _validate(self) -> None:
         _check_choice("mode", self.mode, MODES)
@@ -196,8 +196,8 @@ class IterativePruning(PruningCallback):
             if not self._blocks:
                 raise ValueError(f"block_types={self.block_types} matched no module of {type(pl_module).__name__}")
             self._sparsities = [self.step_ratio] * len(self._blocks)
-            if self._load_hook is None:
-                self._load_hook = resize_on_load(pl_module)
+            check_spawn_reload(trainer, pl_module, "IterativePruning(mode='structured')")
+            resize_on_load(pl_module)
         else:
             self._sparsities = sparsity_schedule(self.schedule, self.target_sparsity, self.step_ratio, self.num_steps)
         if not self._restored:
@@ -406,11 +406,6 @@ class IterativePruning(PruningCallback):
         masks = state_dict.get("masks")
         self._masks = MaskSet(masks) if masks is not None else None
         self._restored = True
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._load_hook is not None:
-            self._load_hook.remove()
-            self._load_hook = None
 
 
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:

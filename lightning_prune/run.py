@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -63,9 +64,29 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     return datamodule, module, trainer
 
 
+def check_resume_checkpoint(path: str | None) -> None:
+    """Fail before any work when ``ckpt_path`` is missing or unreadable, naming it.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it does not load as a weights-only checkpoint (truncated, corrupt, not a checkpoint).
+    """
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path!r} does not exist (expected <run dir>/checkpoints/last.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ValueError(f"ckpt_path={path!r} is not a readable checkpoint: {type(err).__name__}: {err}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"ckpt_path={path!r} is not a Lightning checkpoint (no 'state_dict' entry)")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (resuming from ``cfg.ckpt_path`` if set), test, and write the run's summary."""
     output_dir = Path(cfg.paths.output_dir)
+    check_resume_checkpoint(cfg.get("ckpt_path"))
     pl.seed_everything(cfg.seed, workers=True)
     started = time.perf_counter()
     datamodule, module, trainer = build(cfg)

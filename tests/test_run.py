@@ -76,3 +76,21 @@ def test_unknown_recipe_lists_the_available_ones(tmp_path):
     assert result.returncode != 0
     assert "Could not find 'recipe/nope'" in result.stderr
     assert "iterative" in result.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    result = run_app(
+        "-m",
+        "recipe=iterative",
+        "debug=fast",
+        "callbacks.iterative.target_sparsity=0.3,0.6",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sparsities = sorted(
+        json.loads((tmp_path / str(job) / "summary.json").read_text())["iterative"]["sparsity"] for job in (0, 1)
+    )
+    assert sparsities == pytest.approx([0.3, 0.6], abs=1e-3)
+    assert list((tmp_path / ".submitit").glob("*/*_result.pkl"))

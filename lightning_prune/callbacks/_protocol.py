@@ -101,6 +101,23 @@ class PruningCallback(Callback):
 
     pruning_state: PruningState
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse a checkpoint without this pruner's state: Lightning would only warn and start it afresh.
+
+        Raises:
+            ValueError: naming the checkpoint, this callback's state key and the states it does hold.
+        """
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states:
+            raise ValueError(
+                f"checkpoint {trainer.ckpt_path} holds no state for {self.state_key}; "
+                f"it holds {sorted(map(str, states))}. "
+                "It was written by a different pruning configuration: resume with the same callback arguments, "
+                "or load only the weights into your model to start a new pruning run."
+            )
+
 
 def find_pruner(trainer: pl.Trainer, requester: str) -> PruningCallback:
     """The one pruner among ``trainer.callbacks``.

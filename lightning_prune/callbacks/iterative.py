@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from lightning_prune.callbacks._lightning import (
 )
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
-from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
+from lightning_prune.core.masks import SCOPES, MaskSet, check_finite, masks_from_scores
 from lightning_prune.core.schedules import SCHEDULES, sparsity_schedule
 from lightning_prune.core.scores import SCORES
 from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters, validate_selector
@@ -35,6 +36,7 @@ from lightning_prune.core.structured import (
 
 log = logging.getLogger(__name__)
 MODES = ("unstructured", "structured")
+NONFINITE = ("raise", "skip")
 
 
 class IterativePruning(PruningCallback):
@@ -74,6 +76,8 @@ class IterativePruning(PruningCallback):
         rewind_epoch: unstructured only: after every step, reset the surviving weights (and all other
             parameters and buffers) to their values at the start of this epoch and rebuild the optimizer
             (lottery-ticket IMP with rewinding; 0 rewinds to the initialisation). ``None``: no rewinding.
+        on_nonfinite: ``"raise"`` (default) stops with an error when weights, scores or logged metrics are
+            NaN/inf at a step; ``"skip"`` records the skip and retries after the next fine-tune.
         monitor: metric recorded as the accuracy before each step in the history.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
@@ -116,12 +120,14 @@ class IterativePruning(PruningCallback):
         stop_when_done: bool = True,
         log_layers: bool = True,
         rewind_epoch: int | None = None,
+        on_nonfinite: str = "raise",
         monitor: str = "val/acc",
         export_dir: str | None = None,
     ) -> None:
         self.target_sparsity, self.mode, self.schedule = target_sparsity, mode, schedule
         self.step_ratio, self.num_steps = step_ratio, num_steps
         self.finetune_epochs, self.warmup_epochs, self.rewind_epoch = finetune_epochs, warmup_epochs, rewind_epoch
+        self.on_nonfinite = on_nonfinite
         self.importance, self.scope = importance, scope
         self.include_types, self.include_names, self.exclude_names = (
             list(include_types),
@@ -152,6 +158,7 @@ class IterativePruning(PruningCallback):
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("importance", self.importance, tuple(SCORES))
         _check_choice("scope", self.scope, SCOPES)
+        _check_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
         validate_selector(self.include_types, self.include_names, self.exclude_names)
         structured, target = self.mode == "structured", self.target_sparsity
         if target is None and not structured:
@@ -243,7 +250,8 @@ class IterativePruning(PruningCallback):
         while state.step < state.num_steps and not self._target_reached():
             for listener in self._listeners:
                 listener.on_prune_step_start(trainer, pl_module, state)
-            self._prune_step(trainer, pl_module)
+            if not self._prune_step(trainer, pl_module):
+                return
             if self._rewind_state is not None:
                 self._rewind(trainer, pl_module)
             for listener in self._listeners:
@@ -264,48 +272,67 @@ class IterativePruning(PruningCallback):
         target = self.pruning_state.target_sparsity
         return target is not None and self.pruning_state.sparsity >= target - 1e-6
 
-    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """One step: rank 0 plans, every rank applies. Returns False when a non-finite value skipped it."""
         state = self.pruning_state
         record: dict[str, Any] = {"step": state.step + 1, "epoch": trainer.current_epoch}
         if self.monitor in trainer.callback_metrics:
             record[f"{self.monitor}_before"] = float(trainer.callback_metrics[self.monitor])
         with state.timed("prune"):
             started = time.perf_counter()
+            plan = broadcast(trainer, self._plan(trainer, pl_module) if trainer.is_global_zero else None)
+            if "nonfinite" in plan:
+                return self._on_nonfinite(trainer, plan["nonfinite"], record)
             if self.mode == "unstructured":
-                self._prune_unstructured(trainer, pl_module)
+                self._masks.update(plan["masks"])
+                self._masks.apply()
             else:
-                record["block"] = self._prune_block(trainer, pl_module)
+                remove_out_channels(pl_module, example_input(trainer, pl_module), plan["channels"])
+                rebuild_after_shrink(trainer)
+                record["block"] = plan["block"]
             state.step += 1
             state.last_step_epoch = trainer.current_epoch
             state.sparsity = self._current_sparsity(pl_module)
             record.update(sparsity=state.sparsity, prune_s=time.perf_counter() - started)
         state.history.append(record)
         _info(f"pruning step {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
+        return True
 
-    def _prune_unstructured(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        plan = None
-        if trainer.is_global_zero:
-            weights = {name: pl_module.get_parameter(name) for name in self._names}
-            scores = SCORES[self.importance](weights)
-            sparsity = self._sparsities[self.pruning_state.step]
-            plan = masks_from_scores(scores, sparsity, self._masks.masks, self.scope)
-        self._masks.update(broadcast(trainer, plan))
-        self._masks.apply()
-
-    def _prune_block(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
-        block = self._blocks[self.pruning_state.step]
-        example = example_input(trainer, pl_module)
-        plan = None
-        if trainer.is_global_zero:
-            graph = dependency_graph(pl_module, example)
-            convs = inner_convs(pl_module, graph, block)
-            plan = {
-                name: lowest_channels(l1_filter_scores(pl_module.get_submodule(name)), self.step_ratio)
-                for name in convs
+    def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """What this step removes, or why it must not run (a NaN mask would prune arbitrary weights)."""
+        bad_metrics = [k for k, v in trainer.callback_metrics.items() if not math.isfinite(float(v))]
+        try:
+            if bad_metrics:
+                raise FloatingPointError(f"non-finite metrics {sorted(bad_metrics)}")
+            if self.mode == "unstructured":
+                weights = {name: pl_module.get_parameter(name) for name in self._names}
+                scores = SCORES[self.importance](weights)
+                sparsity = self._sparsities[self.pruning_state.step]
+                return {"masks": masks_from_scores(scores, sparsity, self._masks.masks, self.scope)}
+            block = self._blocks[self.pruning_state.step]
+            convs = inner_convs(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), block)
+            scores = {name: l1_filter_scores(pl_module.get_submodule(name)) for name in convs}
+            check_finite(scores, "filter L1 norms")
+            return {
+                "block": block,
+                "channels": {name: lowest_channels(s, self.step_ratio) for name, s in scores.items()},
             }
-        remove_out_channels(pl_module, example, broadcast(trainer, plan))
-        rebuild_after_shrink(trainer)
-        return block
+        except FloatingPointError as err:
+            return {"nonfinite": str(err)}
+
+    def _on_nonfinite(self, trainer: pl.Trainer, reason: str, record: dict[str, Any]) -> bool:
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"IterativePruning step {record['step']} at epoch {trainer.current_epoch}: {reason}; "
+                "pruning stopped (set on_nonfinite='skip' to skip such steps and retry later)"
+            )
+        state = self.pruning_state
+        state.last_step_epoch = trainer.current_epoch
+        state.history.append(
+            {**record, "step": state.step, "sparsity": state.sparsity, "finetune": "none", "skipped": reason}
+        )
+        _info(f"pruning step skipped: {reason}")
+        return False
 
     def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Lottery-ticket rewinding: early weights under the current masks, and a fresh optimizer."""

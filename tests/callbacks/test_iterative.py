@@ -245,3 +245,46 @@ def test_rewinding_resets_surviving_weights_to_the_rewind_epoch(digits, trainer_
     trainer.fit(cnn_classifier(), datamodule=digits)
     kept = pruning.state_dict()["masks"]["net.features.0.weight"]
     torch.testing.assert_close(after.weights, snapshot.weights * kept)
+
+
+class PoisonWeights(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            with torch.no_grad():
+                pl_module.net.features[0].weight[0, 0, 0, 0] = float("nan")
+
+
+def test_nonfinite_weights_stop_the_step_with_a_clear_error(digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, PoisonWeights()], limit_train_batches=2, **trainer_kwargs)
+    with pytest.raises(
+        FloatingPointError, match=r"IterativePruning step 1 at epoch 1: .*non-finite.*on_nonfinite='skip'"
+    ):
+        trainer.fit(cnn_classifier(), datamodule=digits)
+    assert pruning.state_dict()["masks"]["net.features.0.weight"].all()  # no NaN mask was written
+
+
+def test_nonfinite_can_be_skipped_when_asked(digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1, on_nonfinite="skip")
+    trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, PoisonWeights()], limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(cnn_classifier(), datamodule=digits)
+    assert pruning.pruning_state.step == 0
+    assert "non-finite" in pruning.pruning_state.history[0]["skipped"]
+
+
+def test_checkpoint_of_another_configuration_is_refused(digits, trainer_kwargs, tmp_path):
+    args = {"target_sparsity": 0.5, "step_ratio": 0.5, "warmup_epochs": 1}
+    _fit(digits, trainer_kwargs, tmp_path / "a", cnn_classifier, args, stop_at=0)
+    other = {**args, "target_sparsity": 0.8}
+    with pytest.raises(
+        ValueError,
+        match=r"holds no state for IterativePruning\{.*'target_sparsity': 0.8.*different pruning configuration",
+    ):
+        _fit(
+            digits,
+            trainer_kwargs,
+            tmp_path / "b",
+            cnn_classifier,
+            other,
+            ckpt_path=tmp_path / "a" / "ckpt" / "last.ckpt",
+        )

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.rule import Rule
 from rich.table import Table
 
 from lightning_prune.report import read
@@ -29,7 +30,7 @@ CAPTIONS = {
 
 def step_table(section: str, steps: list[Step]) -> Table:
     """One row per step; the accuracy columns no step fills are left out."""
-    table = Table(title=f"lightning-prune summary: {section}", title_justify="left")
+    table = Table(title=f"pruning steps: {section}", title_justify="left")
 
     columns = {
         "step": [str(s.step) for s in steps],
@@ -80,7 +81,8 @@ def final_table(run: Run) -> Table:
 def summary_renderables(run: Run) -> list:
     steps = read.steps(run)
     sections = dict.fromkeys(s.section for s in steps)
-    parts: list = [step_table(name, [s for s in steps if s.section == name]) for name in sections]
+    parts: list = [Rule("lightning-prune summary", align="left")]
+    parts += [step_table(name, [s for s in steps if s.section == name]) for name in sections]
     times = read.phase_times(run)
     if times:
         parts.append(time_table(times))

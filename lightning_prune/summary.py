@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.rule import Rule
 from rich.table import Table
 
-from lightning_prune.report import read
+from lightning_prune.report import derived, read
 from lightning_prune.report.read import Run, Step
 
 FINETUNE_STYLE = {"ran": "green", "skipped": "yellow", "none": "dim"}
@@ -65,11 +65,11 @@ def time_table(times: dict[str, dict[str, float]]) -> Table:
 
 def final_table(run: Run) -> Table:
     """Final metrics, sparsity, size (parameters, nonzero parameters), latency and speed-up when measured."""
-    figures = read.final_figures(run)
+    figures = derived.final_figures(run)
     table = Table(title="final", title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    latency, dense = read.final_latency(run.summary)
+    latency, dense = derived.final_latency(run.summary)
     for name, value in figures.items():
         table.add_row(name, _figure(name, value))
         if name == "latency_p50_ms" and dense is not None:
@@ -83,7 +83,7 @@ def summary_renderables(run: Run) -> list:
     sections = dict.fromkeys(s.section for s in steps)
     parts: list = [Rule("lightning-prune summary", align="left")]
     parts += [step_table(name, [s for s in steps if s.section == name]) for name in sections]
-    times = read.phase_times(run)
+    times = derived.phase_times(run)
     if times:
         parts.append(time_table(times))
     parts.append(final_table(run))

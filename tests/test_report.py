@@ -7,7 +7,7 @@ import shutil
 import pytest
 from matplotlib.container import BarContainer
 
-from lightning_prune.report import find_runs, load_run, plots, read, write, write_report
+from lightning_prune.report import derived, find_runs, load_run, plots, read, write, write_report
 from lightning_prune.report.__main__ import main
 from tests.report_runs import png_size, real_sweep, synthetic_summary, write_synthetic_run
 
@@ -88,11 +88,11 @@ def test_run_plots_have_one_series_per_kind(sweep):
     timeline = plots.timeline(run.log, "val/acc", steps)
     assert legend_labels(timeline) == ["val/acc", "pruning step", "sparsity"]
     assert len(timeline.axes[0].get_lines()) == 1 + len(steps)  # accuracy + one marker per step epoch
-    times = read.phase_times(run)
+    times = derived.phase_times(run)
     split = plots.time_split(times, run.summary["run"]["wall_s"])
     bars = [c for c in split.axes[0].containers if isinstance(c, BarContainer)]
     assert len(bars) == len([p for p, v in times["iterative"].items() if v > 0])
-    layers = plots.layers(read.layer_values(run.summary, "layer_sparsity"), {})
+    layers = plots.layers(derived.layer_values(run.summary, "layer_sparsity"), {})
     (container,) = layers.axes[0].containers
     assert len(container) == len(run.summary["iterative"]["layer_sparsity"])
 
@@ -163,18 +163,18 @@ def test_synthetic_plots_show_skips_and_latency(tmp_path):
     steps = read.steps(run)
     labels = legend_labels(plots.accuracy_sparsity(steps))
     assert labels == ["after fine-tune", "right after pruning", "fine-tune skipped"]
-    figures = read.final_figures(run)
+    figures = derived.final_figures(run)
     series = write.latency_series(run, steps, figures, "val/acc")
     assert [len(points) for points in series.values()] == [6, 6, 1]  # CSV epochs, steps, final model
-    latency = plots.latency_accuracy(series, read.final_latency(run.summary)[1])
+    latency = plots.latency_accuracy(series, derived.final_latency(run.summary)[1])
     assert legend_labels(latency)[-1] == "dense model (2.50 ms)"
     assert len(latency.axes[0].get_lines()) == 3
     assert len(latency.axes[0].collections) == 1
-    split = plots.time_split(read.phase_times(run), 12.0)
+    split = plots.time_split(derived.phase_times(run), 12.0)
     hatched = [c for c in split.axes[0].containers if c.patches[0].get_hatch()]
     assert len(hatched) == 1
     assert "not spent" in hatched[0].get_label()
-    layers = plots.layers(read.layer_values(run.summary, "layer_sparsity"), write._widths(run.summary))
+    layers = plots.layers(derived.layer_values(run.summary, "layer_sparsity"), write._widths(run.summary))
     assert [ax.get_title() for ax in layers.axes] == [
         "Per-layer sparsity (iterative)",
         "Kept units per layer (dense_unit_pruning)",

@@ -163,7 +163,10 @@ def layers(
             )
             ax.set_yticks(list(positions), labels)
             ax.bar_label(
-                ax.containers[1], [f"{after.get(k, 0):.0f}/{v:.0f}" for k, v in before.items()], padding=3, fontsize=8
+                ax.containers[1],
+                [f"{after[k]:.0f}/{v:.0f}" if k in after else "not recorded" for k, v in before.items()],
+                padding=3,
+                fontsize=8,
             )
             ax.set(xlabel="units (channels / neurons)", title=f"Kept units per layer ({section})")
             ax.legend(fontsize=8)

@@ -23,30 +23,6 @@ DEFAULT_MONITOR = "val/acc"
 # Keys of a history record the step table shows in its own columns (everything else scalar goes to "detail").
 KNOWN_KEYS = {"step", "epoch", "sparsity", "finetune", "reason"}
 LATENCY_KEYS = ("latency/p50_ms", "p50_ms", "latency_ms")
-# Final figures shown in tables, and which way is better (+1: higher, -1: lower).
-DIRECTION = {
-    "test/acc": 1,
-    "val/acc": 1,
-    "sparsity": 1,
-    "test/loss": -1,
-    "val/loss": -1,
-    "params": -1,
-    "params_nonzero": -1,
-    "latency_p50_ms": -1,
-    "finetunes_skipped": 1,
-    "wall_s": -1,
-}
-# Where final figures come from: a section's own keys, then its (or the run's) logged metrics.
-SECTION_FIGURES = {
-    "sparsity": "sparsity",
-    "param_reduction": "sparsity",
-    "params": "params",
-    "params_nonzero": "params_nonzero",
-    "params_after": "params_nonzero",
-    "finetunes_skipped": "finetunes_skipped",
-    "wall_s": "wall_s",
-}
-METRIC_FIGURES = {k: k for k in ("test/acc", "val/acc", "test/loss", "val/loss")} | {"prune/sparsity": "sparsity"}
 
 
 @dataclass
@@ -140,7 +116,7 @@ def pruning_histories(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]
     """Sections whose ``history`` records carry a ``sparsity``: the pruners' step lists."""
     found = {}
     for name, data in sections(summary).items():
-        records = [r for r in data.get("history") or [] if isinstance(r, dict)]
+        records = [r for r in as_list(data.get("history")) if isinstance(r, dict)]
         if any(as_number(r.get("sparsity")) is not None for r in records):
             found[name] = [r for r in records if as_number(r.get("sparsity")) is not None]
     return found
@@ -149,11 +125,12 @@ def pruning_histories(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]
 def other_histories(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Sections with a ``history`` of records but no sparsity in them (gates, LR schedules, ...)."""
     pruners = pruning_histories(summary)
-    return {
-        name: [r for r in data["history"] if isinstance(r, dict)]
-        for name, data in sections(summary).items()
-        if name not in pruners and isinstance(data.get("history"), list) and data["history"]
-    }
+    found = {}
+    for name, data in sections(summary).items():
+        records = [r for r in as_list(data.get("history")) if isinstance(r, dict)]
+        if name not in pruners and records:
+            found[name] = records
+    return found
 
 
 def steps(run: Run) -> list[Step]:
@@ -162,11 +139,11 @@ def steps(run: Run) -> list[Step]:
     for name, records in pruning_histories(run.summary).items():
         previous_sparsity, previous_epoch = 0.0, None
         for index, record in enumerate(records):
-            epoch = _int(record.get("epoch"))
+            epoch = as_int(record.get("epoch"))
             monitor, before = _accuracy(record, "_before")
             step = Step(
                 section=name,
-                step=_int(record.get("step")) or index + 1,
+                step=as_int(record.get("step")) or index + 1,
                 epoch=epoch,
                 sparsity=float(record["sparsity"]),
                 sparsity_before=previous_sparsity,
@@ -210,96 +187,14 @@ def _finetuned_from_log(
     log: dict[str, list[tuple[float, float]]], monitor: str, records: list[dict[str, Any]], index: int
 ) -> float | None:
     """The monitored value at the last epoch of step ``index``'s fine-tune (before the next step's epoch)."""
-    epoch = _int(records[index].get("epoch"))
+    epoch = as_int(records[index].get("epoch"))
     values = log.get(monitor)
     if epoch is None or not values:
         return None
-    later = [_int(r.get("epoch")) for r in records[index + 1 :]]
+    later = [as_int(r.get("epoch")) for r in records[index + 1 :]]
     next_epoch = next((e for e in later if e is not None and e > epoch), math.inf)
     inside = [value for at, value in values if epoch <= at < next_epoch]
     return inside[-1] if inside else None
-
-
-# ---------------------------------------------------------------- final figures
-
-
-def final_figures(run: Run) -> dict[str, float]:
-    """The run's headline numbers: accuracy, loss, sparsity, size, latency, fine-tunes skipped, wall time.
-
-    Metrics come from ``run.metrics`` first, then each section's ``metrics``; sparsity and size from the
-    pruner sections (``sparsity`` or ``param_reduction``; ``params``/``params_nonzero`` or ``params_after``),
-    else from a ``prune/sparsity`` metric.
-    """
-    parts = sections(run.summary)
-    ordered = [parts["run"]] if "run" in parts else []
-    ordered += [data for name, data in parts.items() if name != "run"]
-    figures: dict[str, float] = {}
-    for data in ordered:
-        _take(figures, data, SECTION_FIGURES)
-        _take(figures, data.get("metrics") or {}, METRIC_FIGURES)
-    latency, _ = final_latency(run.summary)
-    if latency is not None:
-        figures["latency_p50_ms"] = latency
-    return {key: figures[key] for key in DIRECTION if key in figures}
-
-
-def _take(figures: dict[str, float], data: dict[str, Any], names: dict[str, str]) -> None:
-    """Copy ``data[source]`` to ``figures[target]`` for each ``source: target`` not already set."""
-    for source, target in names.items():
-        if target not in figures and as_number(data.get(source)) is not None:
-            figures[target] = float(data[source])
-
-
-def final_latency(summary: dict[str, Any]) -> tuple[float | None, float | None]:
-    """``(p50_ms, dense_p50_ms)``: from a ``latency/p50_ms`` metric, else a ``*latency*`` section's ``p50_ms``."""
-    parts = sections(summary)
-    ordered = [parts["run"]] if "run" in parts else []
-    ordered += [data for name, data in parts.items() if name != "run"]
-    latency = dense = None
-    for data in ordered:
-        metrics = data.get("metrics") or {}
-        latency = latency if latency is not None else as_number(metrics.get("latency/p50_ms"))
-        dense = dense if dense is not None else as_number(metrics.get("latency/dense_p50_ms"))
-    for name, data in parts.items():
-        if "latency" in name:
-            latency = latency if latency is not None else as_number(data.get("p50_ms"))
-            dense = dense if dense is not None else as_number(data.get("dense_p50_ms"))
-    return latency, dense
-
-
-def phase_times(run: Run) -> dict[str, dict[str, float]]:
-    """``{section: {phase: seconds}}`` from every ``time_s``; pruners also get ``other`` and ``skipped (est.)``.
-
-    ``other`` is the run's wall time not covered by the pruner's phases (setup, testing, logging);
-    ``skipped (est.)`` is what the skipped fine-tunes would have cost at the mean cost of those that ran: an
-    estimate of time saved, not time spent.
-    """
-    parts, pruners = sections(run.summary), pruning_histories(run.summary)
-    wall = as_number(parts.get("run", {}).get("wall_s"))
-    times = {}
-    for name, data in parts.items():
-        phases = {k: float(v) for k, v in (data.get("time_s") or {}).items() if as_number(v) is not None}
-        if not phases:
-            continue
-        if name in pruners:
-            finetunes = [r.get("finetune") for r in pruners[name]]
-            ran, skipped = finetunes.count("ran"), finetunes.count("skipped")
-            if wall is not None and wall > sum(phases.values()):
-                phases["other"] = wall - sum(phases.values())
-            if ran and skipped and phases.get("finetune"):
-                phases["skipped (est.)"] = skipped * phases["finetune"] / ran
-        times[name] = phases
-    return times
-
-
-def layer_values(summary: dict[str, Any], key: str) -> dict[str, dict[str, float]]:
-    """``{section: {layer: value}}`` for a per-layer dict such as ``layer_sparsity`` or ``widths_after``."""
-    found = {}
-    for name, data in sections(summary).items():
-        values = {str(k): float(v) for k, v in (data.get(key) or {}).items() if as_number(v) is not None}
-        if values:
-            found[name] = values
-    return found
 
 
 # ---------------------------------------------------------------- small helpers
@@ -316,13 +211,21 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     number = as_number(value)
     return int(number) if number is not None else None
 
 
 def _first_number(record: dict[str, Any], keys: tuple[str, ...]) -> float | None:
     return next((as_number(record[k]) for k in keys if as_number(record.get(k)) is not None), None)
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def is_scalar(value: Any) -> bool:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_prune.report import read
-from lightning_prune.report.read import DIRECTION, Run
+from lightning_prune.report import derived
+from lightning_prune.report.derived import DIRECTION
+from lightning_prune.report.read import Run
 from lightning_prune.report.write import REPORT, Plots, fmt, table
 
 ACCURACIES = ("test/acc", "val/acc")
@@ -14,7 +15,7 @@ PARETO_AXES = (("sparsity", 1), ("latency_p50_ms", -1))
 
 def write_sweep_report(path: Path, runs: list[Run]) -> Path:
     """``report.md`` + ``pareto.png`` in the sweep directory ``path`` (the job reports are already written)."""
-    jobs = {run.name: read.final_figures(run) for run in runs}
+    jobs = {run.name: derived.final_figures(run) for run in runs}
     common, varying = split_overrides(runs)
     metrics = [key for key in DIRECTION if any(key in figures for figures in jobs.values())]
     bests = {key: best_jobs(jobs, key) for key in metrics}

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_prune.report import read
+from lightning_prune.report import derived, read
 from lightning_prune.report.read import Run, Step
 
 REPORT = "report.md"
@@ -55,7 +55,7 @@ def write_report(path: str | Path) -> Path:
 
 def write_run_report(run: Run) -> Path:
     """``report.md`` of one run (tables always; plots when matplotlib and their data are there)."""
-    steps, figures = read.steps(run), read.final_figures(run)
+    steps, figures = read.steps(run), derived.final_figures(run)
     parts = read.sections(run.summary)
     lines = [f"# Pruning report: {run.name}", "", _sources(run), ""]
     lines += ["## Final figures", "", *table(["figure", "value"], [[k, v] for k, v in figures.items()]), ""]
@@ -69,15 +69,15 @@ def write_run_report(run: Run) -> Path:
         f"no CSV log with `{monitor}` or `prune/sparsity` columns at {read.CSV_LOG}",
     )
     lines += plots.add("timeline", "Training timeline", timeline_missing, run.log, monitor, steps)
-    times = read.phase_times(run)
+    times = derived.phase_times(run)
     wall = read.as_number(parts.get("run", {}).get("wall_s"))
     lines += ["## Time per phase", "", *time_table(times), ""] if times else []
     lines += plots.add("time_split", "Wall time by phase", _missing(times, "no section has a `time_s`"), times, wall)
-    sparsity = read.layer_values(run.summary, "layer_sparsity")
+    sparsity = derived.layer_values(run.summary, "layer_sparsity")
     widths = _widths(run.summary)
     layers_missing = _missing(sparsity or widths, "no `layer_sparsity` nor `widths_before`/`widths_after` dicts")
     lines += plots.add("layers", "Per-layer sparsity and kept units", layers_missing, sparsity, widths)
-    latency, dense = read.final_latency(run.summary)
+    latency, dense = derived.final_latency(run.summary)
     lines += latency_lines(latency, dense)
     series = latency_series(run, steps, figures, monitor)
     latency_missing = _missing(
@@ -224,7 +224,7 @@ def _sources(run: Run) -> str:
 
 
 def _widths(summary: dict[str, Any]) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
-    before, after = read.layer_values(summary, "widths_before"), read.layer_values(summary, "widths_after")
+    before, after = derived.layer_values(summary, "widths_before"), derived.layer_values(summary, "widths_after")
     return {name: (before[name], after[name]) for name in before if name in after}
 
 

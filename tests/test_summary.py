@@ -6,6 +6,7 @@ import json
 import pytest
 from rich.console import Console
 
+from lightning_prune.report import write_report
 from lightning_prune.summary import print_summary
 from tests.report_runs import real_sweep, write_synthetic_run
 
@@ -71,3 +72,25 @@ def test_summary_without_history_prints_the_final_figures(tmp_path):
     text = printed(run_dir / "summary.json")
     assert row_of(text, "test/acc")[1] == "50.00%"
     assert "pruning steps" not in text
+
+
+def test_odd_section_shapes_do_not_break_the_summary_or_the_report(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    odd = {
+        "pruner": {
+            "history": [{"step": "x", "sparsity": "0.5", "finetune": None}, {"sparsity": "n/a"}, "not a record"],
+            "time_s": 3.0,
+            "layer_sparsity": ["not", "a", "dict"],
+            "metrics": None,
+        },
+        "gate": {"history": {"not": "a list"}},
+        "notes": "a string section",
+        "run": {"metrics": {"test/acc": "0.75"}, "wall_s": None},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(odd))
+    text = printed(run_dir / "summary.json")
+    assert row_of(text, "1")[:2] == ["1", "50.0%"]  # step from position; no epoch column
+    assert row_of(text, "test/acc")[1] == "75.00%"
+    report = write_report(run_dir).read_text()
+    assert "| 1 | - | 0.5000 |" in report

@@ -92,14 +92,17 @@ def write_run_report(run: Run) -> Path:
     return path
 
 
+def matplotlib_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 class Plots:
     """Saves each figure beside ``report.md`` and remembers why the ones not drawn were skipped."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.skipped: dict[str, str] = {}
-        self.figures: dict[str, Any] = {}
-        self.available = importlib.util.find_spec("matplotlib") is not None
+        self.available = matplotlib_available()
 
     def add(self, name: str, title: str, missing: str | None, *args: Any) -> list[str]:
         """Draw ``plots.<name>(*args)`` into ``<name>.png`` unless ``missing`` says why not; markdown lines."""
@@ -107,12 +110,12 @@ class Plots:
             missing = "matplotlib is not installed (pip install 'lightning-prune[report]')"
         if missing is not None:
             self.skipped[title] = missing
+            (self.directory / f"{name}.png").unlink(missing_ok=True)  # from an earlier report of this directory
             return []
         from lightning_prune.report import plots
 
         figure = getattr(plots, name)(*args)
         plots.save(figure, self.directory / f"{name}.png")
-        self.figures[name] = figure
         return [f"![{title}]({name}.png)", ""]
 
     def skipped_lines(self) -> list[str]:

@@ -20,6 +20,7 @@ BEFORE, PRUNED, FINETUNED, SKIPPED, SPARSITY = "tab:gray", "tab:red", "tab:blue"
 PHASE_ORDER = ("dense", "prune", "evaluate", "finetune")
 PHASE_COLORS = {"dense": "tab:gray", "prune": "tab:red", "evaluate": "tab:purple", "finetune": "tab:blue"}
 EXTRA_COLORS = ("tab:olive", "tab:cyan", "tab:brown", "tab:pink", "gold")
+AXIS_NAMES = {"latency_p50_ms": "latency p50 (ms per batch)"}
 
 
 def save(figure: Figure, path: str | os.PathLike) -> None:
@@ -238,7 +239,7 @@ def pareto(jobs: dict[str, dict[str, float]], accuracy: str, axes: Sequence[tupl
             label=f"best {metric} (job {best_x})",
         )
         ax.margins(0.12)
-        ax.set(xlabel=metric + (" (lower is better)" if direction < 0 else ""), ylabel=accuracy)
+        ax.set(xlabel=AXIS_NAMES.get(metric, metric) + (" (lower is better)" if direction < 0 else ""), ylabel=accuracy)
         ax.set_title(f"{accuracy} vs {metric} across jobs")
         _percent(ax.yaxis, *([ax.xaxis] if metric == "sparsity" else []))
         ax.grid(alpha=0.3)

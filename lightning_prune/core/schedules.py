@@ -24,7 +24,7 @@ def cubic(target_sparsity: float, num_steps: int, initial_sparsity: float = 0.0)
     Example::
 
         >>> [round(s, 3) for s in cubic(0.8, 4)]
-        [0.462, 0.7, 0.787, 0.8]
+        [0.463, 0.7, 0.788, 0.8]
     """
     return [
         target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - step / num_steps) ** 3

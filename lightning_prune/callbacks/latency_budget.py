@@ -102,14 +102,15 @@ class LatencyBudgetPruning(PruningCallback):
         >>> from lightning_prune import LatencyBudgetPruning
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import MLP, Classifier
-        >>> pruning = LatencyBudgetPruning(budget_fraction=0.6, num_steps=1, warmup_epochs=0, batch_size=256,
-        ...                                repeats=10, rounds=2, lut_repeats=5, export_dir="/tmp/lp-doc")
-        >>> model = Classifier(MLP((1, 8, 8), 10, hidden=(512, 512)), 10, (1, 8, 8))
+        >>> pruning = LatencyBudgetPruning(budget_fraction=0.7, num_steps=1, warmup_epochs=0, round_to=32,
+        ...                                threads=1, batch_size=256, repeats=10, rounds=2, lut_repeats=5,
+        ...                                export_dir="/tmp/lp-doc")
+        >>> model = Classifier(MLP((1, 8, 8), 10, hidden=(256, 256)), 10, (1, 8, 8))
         >>> trainer = pl.Trainer(max_epochs=1, callbacks=[pruning], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
         ...                      limit_val_batches=1, default_root_dir="/tmp/lp-doc")
         >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
-        >>> model.net.layers[1].out_features < 512
+        >>> model.net.layers[1].out_features < 256
         True
     """
 
@@ -157,7 +158,6 @@ class LatencyBudgetPruning(PruningCallback):
         self._table: LatencyTable | None = None
         self._listeners: list[PruningListener] = []
         self._epoch_started = 0.0
-        self._load_hook = None
 
     def _validate(self) -> None:
         fraction, budget_ms = self.budget_fraction, self.latency_budget_ms
@@ -200,8 +200,7 @@ class LatencyBudgetPruning(PruningCallback):
             return
         self._listeners = [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
         resolve_device(self.device, pl_module)
-        if self._load_hook is None:
-            self._load_hook = resize_on_load(pl_module)
+        resize_on_load(pl_module)
         needed = self.warmup_epochs + max(1, self.num_steps * self.finetune_epochs)
         max_epochs = trainer.max_epochs
         if not trainer.fast_dev_run and max_epochs is not None and 0 <= max_epochs < needed:
@@ -451,11 +450,6 @@ class LatencyBudgetPruning(PruningCallback):
         self._budgets = list(state_dict.get("budgets", []))
         self._original_weights = state_dict.get("original_weights", 0)
         self._architecture = state_dict.get("architecture")
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._load_hook is not None:
-            self._load_hook.remove()
-            self._load_hook = None
 
 
 def _weight_count(model: nn.Module) -> int:

@@ -93,12 +93,12 @@ class LatencyBenchmark(PruningListener, Callback):
         export_dir: str | None = None,
         filename: str = "latency.json",
     ) -> None:
-        self.batch_sizes, self.device = list(batch_sizes), device
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
         self.amp_dtype, self.channels_last, self.compile = amp_dtype, channels_last, compile
         self.every_prune_step, self.export_dir, self.filename = every_prune_step, export_dir, filename
-        if isinstance(batch_sizes, (str, int)) or not self.batch_sizes:
+        if isinstance(batch_sizes, (str, int)) or not batch_sizes:
             raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
+        self.batch_sizes, self.device = list(batch_sizes), device
         if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.batch_sizes):
             raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
         if not isinstance(rounds, int) or rounds < 1:

@@ -38,8 +38,10 @@ from lightning_prune.core.structured import architecture_spec, remove_out_channe
 log = logging.getLogger(__name__)
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Robustness on shared machines: a measurement above _SURPRISE x the expected latency is re-taken (up to
-# _SECOND_OPINIONS times, after a pause) and the lowest kept; one step may rescale the table's prediction by
-# at most _MAX_RESCALE either way, so a single disturbed measurement cannot send the next step to the floor.
+# _SECOND_OPINIONS times, after a pause) and the lowest kept. A step rescales the table's prediction to
+# the measurement only when they agree within _MAX_RESCALE either way (a larger gap after calibration is
+# far more often load than the model), so one disturbed measurement cannot send the next step to the
+# floor; the last step's corrections always rescale, clamped to _MAX_RESCALE.
 _SURPRISE, _SECOND_OPINIONS, _SECOND_OPINION_PAUSE_S, _MAX_RESCALE = 1.15, 2, 0.2, 1.25
 # The whole model runs activations, pooling and adds the table does not hold: expected a bit above its sum.
 _DENSE_OVER_TABLE = 1.2
@@ -317,9 +319,9 @@ class LatencyBudgetPruning(PruningCallback):
         last = state.step + 1 == state.num_steps
         with state.timed("prune"):
             example = example_input(trainer, pl_module)
-            record.update(self._shrink_to(trainer, pl_module, example, target), corrections=0)
+            record.update(self._shrink_to(trainer, pl_module, example, target, correcting=False), corrections=0)
             while last and record["measured_ms"] > self._limit_ms() and record["corrections"] < self.max_corrections:
-                outcome = self._shrink_to(trainer, pl_module, example, self._budget_ms)
+                outcome = self._shrink_to(trainer, pl_module, example, self._budget_ms, correcting=True)
                 record.update(outcome, corrections=record["corrections"] + 1)
                 if not outcome["removed"]:
                     break
@@ -337,38 +339,47 @@ class LatencyBudgetPruning(PruningCallback):
         return self._budget_ms * (1.0 + self.tolerance)
 
     def _shrink_to(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, target_ms: float
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, target_ms: float, correcting: bool
     ) -> dict[str, Any]:
         """Plan on rank 0, apply everywhere, measure, and rescale the table's prediction to the measurement."""
-        decision = None
-        if trainer.is_global_zero:
-            network = trace_network(pl_module, example, self.exclude_names)
-            table = self._lut(trainer, pl_module)
-            plan = plan_keep_counts(
-                network, table, target_ms, self._scale, self.round_to, self.min_channels, self.resolution
-            )
-            table.save()
-            removals = {g: removal_indices(network.scores[g], k) for g, k in plan.keep.items()}
-            decision = {
-                "removals": {g: idxs for g, idxs in removals.items() if idxs},
-                "predicted_ms": plan.predicted_ms,
-                "feasible": plan.feasible,
-            }
-        decision = broadcast(trainer, decision)
+        decision = broadcast(trainer, self._decide(trainer, pl_module, example, target_ms))
         if decision["removals"]:
             remove_out_channels(pl_module, example, decision["removals"])
             rebuild_after_shrink(trainer)
+            self._architecture = architecture_spec(pl_module)
         predicted = decision["predicted_ms"]
         measured = self._measure(pl_module, example, expected_ms=predicted) if trainer.is_global_zero else None
         measured = broadcast(trainer, measured)
-        self._scale *= min(_MAX_RESCALE, max(1.0 / _MAX_RESCALE, measured / predicted))
-        self._architecture = architecture_spec(pl_module)
+        ratio = measured / predicted
+        recalibrated = correcting or 1.0 / _MAX_RESCALE <= ratio <= _MAX_RESCALE
+        if recalibrated:
+            self._scale *= min(_MAX_RESCALE, max(1.0 / _MAX_RESCALE, ratio))
         removed = sum(len(idxs) for idxs in decision["removals"].values())
         return {
-            "predicted_ms": decision["predicted_ms"],
+            "predicted_ms": predicted,
             "measured_ms": measured,
             "removed": removed,
             "feasible": decision["feasible"],
+            "recalibrated": recalibrated,
+        }
+
+    def _decide(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, target_ms: float
+    ) -> dict[str, Any] | None:
+        """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan."""
+        if not trainer.is_global_zero:
+            return None
+        network = trace_network(pl_module, example, self.exclude_names)
+        table = self._lut(trainer, pl_module)
+        plan = plan_keep_counts(
+            network, table, target_ms, self._scale, self.round_to, self.min_channels, self.resolution
+        )
+        table.save()
+        removals = {g: removal_indices(network.scores[g], k) for g, k in plan.keep.items()}
+        return {
+            "removals": {g: idxs for g, idxs in removals.items() if idxs},
+            "predicted_ms": plan.predicted_ms,
+            "feasible": plan.feasible,
         }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

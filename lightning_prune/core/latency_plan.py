@@ -192,13 +192,17 @@ def plan_keep_counts(
     factors of 0.8; from each guess it is re-solved up to ``rounds`` times with the input widths the
     previous plan implies.
 
-    Returns the highest-value plan whose exact prediction fits; if none does (the budget is below the
-    smallest network, or table noise breaks monotonicity), the one predicted fastest, ``feasible=False``.
+    The best plan whose exact prediction fits, and the smallest network, are then each widened greedily
+    into the remaining slack (:func:`_fill`); the higher-value result is returned. If nothing fits (the
+    budget is below the smallest network), the plan predicted fastest, ``feasible=False``.
     """
     options = {g: option_counts(size, round_to, min_channels) for g, size in network.groups.items()}
     values = {g: _kept_value(network.scores[g], options[g]) for g in options}
     smallest = {g: counts[0] for g, counts in options.items()}
-    candidates = [LatencyPlan(smallest, predict_ms(network, table, smallest, scale), 0.0, False)]
+    floor_ms = predict_ms(network, table, smallest, scale)
+    candidates = [
+        LatencyPlan(smallest, floor_ms, _value(values, options, smallest), floor_ms <= budget_ms * (1 + 1e-9))
+    ]
     for ratio in _width_ladder(network, table, budget_ms, scale, min(smallest.values())):
         guess = {g: max(smallest[g], round(size * ratio)) for g, size in network.groups.items()}
         assumed_in = _input_widths(network, guess)
@@ -211,16 +215,21 @@ def plan_keep_counts(
                 break
             keep = {g: options[g][j] for g, j in zip(options, picked)}
             predicted = predict_ms(network, table, keep, scale)
-            value = sum(values[g][options[g].index(k)] for g, k in keep.items())
-            candidates.append(LatencyPlan(keep, predicted, value, predicted <= budget_ms * (1 + 1e-9)))
+            feasible = predicted <= budget_ms * (1 + 1e-9)
+            candidates.append(LatencyPlan(keep, predicted, _value(values, options, keep), feasible))
             if _input_widths(network, keep) == assumed_in:
                 break
             assumed_in = _input_widths(network, keep)
     feasible = [plan for plan in candidates if plan.feasible]
     if not feasible:
         return min(candidates, key=lambda plan: plan.predicted_ms)
-    best = max(feasible, key=lambda plan: (plan.value, -plan.predicted_ms))
-    return _fill(network, table, best, options, values, budget_ms, scale)
+    starts = [max(feasible, key=lambda plan: (plan.value, -plan.predicted_ms)), candidates[0]]
+    filled = [_fill(network, table, plan, options, values, budget_ms, scale) for plan in starts if plan.feasible]
+    return max(filled, key=lambda plan: (plan.value, -plan.predicted_ms))
+
+
+def _value(values: Mapping[str, list[float]], options: Mapping[str, list[int]], keep: Mapping[str, int]) -> float:
+    return sum(values[g][options[g].index(k)] for g, k in keep.items())
 
 
 def _fill(
@@ -253,8 +262,7 @@ def _fill(
             break
         _, g, count, predicted = max(moves)
         keep[g] = count
-    value = sum(values[g][options[g].index(k)] for g, k in keep.items())
-    return LatencyPlan(keep, predicted, value, True)
+    return LatencyPlan(keep, predicted, _value(values, options, keep), True)
 
 
 def _width_ladder(network: Network, table: LatencyTable, budget_ms: float, scale: float, fewest: int) -> list[float]:

@@ -13,7 +13,8 @@ are timed round-robin (``--rounds``), at a fixed thread count, and tested; ``mea
 lowest per-round median (what the callback decides on; load only adds time), ``p50_ms`` pools all calls,
 ``spread`` is the relative range of the round medians (the noise); MACs and parameters come
 from torch-pruning's counter. ``lut_r`` correlates the table's prediction with the measurement over
-every configuration timed (the sweep and the three final models).
+every configuration timed (the sweep and the three final models). The whole comparison runs for each
+of ``--seeds`` seeds (data split, initialisation, batches); arms report means, accuracies also per seed.
 """
 
 from __future__ import annotations
@@ -138,28 +139,15 @@ def settings_for(args: Any) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    p = parser("latency", "Latency-budgeted SP-LAMP + knapsack pruning vs a uniform cut at equal measured latency")
-    p.add_argument("--budget-fraction", type=float, default=0.5, help="budget as a fraction of dense latency")
-    p.add_argument("--steps", type=int, default=5, help="pruning steps (HALP exponential schedule)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size latency is measured at")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for training and timing (fixed)")
-    p.add_argument("--rounds", type=int, default=10, help="round-robin rounds of the final measurement")
-    p.add_argument("--round-to", type=int, default=4, help="channel step of both arms")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    args = p.parse_args(argv)
-    quiet()
-    torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def run_seed(args: Any, config: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
+    """One complete comparison (pretrain, ours, dense, uniform tuned to ours, final timing) for one seed."""
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
-    config = settings_for(args)
-    datamodule, dataset = default_data(args.data_dir, args.seed, batch_size=64, digits=args.data_dir is None)
+    threads = args.threads if accelerator == "cpu" else None
+    datamodule, dataset = default_data(args.data_dir, seed, batch_size=64, digits=args.data_dir is None)
     shape, classes = tuple(datamodule.input_shape), datamodule.num_classes
-
-    pl.seed_everything(args.seed, verbose=False)
-    dense = fit(
-        Classifier(ResNet(shape, classes), classes, shape), datamodule, config["pretrain_epochs"], [], accelerator
-    )
+    pl.seed_everything(seed, verbose=False)
+    model = Classifier(ResNet(shape, classes), classes, shape)
+    dense = fit(model, datamodule, config["pretrain_epochs"], [], accelerator)
     arms = {name: copy.deepcopy(dense) for name in ARMS}
     epochs = config["steps"] * config["finetune_epochs"] + config["final_epochs"]
     pruning = LatencyBudgetPruning(
@@ -170,97 +158,133 @@ def main(argv: list[str]) -> int:
         round_to=args.round_to,
         batch_size=args.batch_size,
         device=device,
-        threads=args.threads if accelerator == "cpu" else None,
+        threads=threads,
         repeats=config["repeats"],
         lut_repeats=config["lut_repeats"],
         lut_path=f"bench_out/latency_lut_{args.batch_size}.json",
         export_dir="bench_out/latency",
     )
-    pl.seed_everything(args.seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     fit(arms["ours"], datamodule, epochs, [pruning], accelerator)
-    pl.seed_everything(args.seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     fit(arms["dense"], datamodule, epochs, [], accelerator)
 
-    timing = TimingSettings(10, config["repeats"], args.threads if accelerator == "cpu" else None)
+    timing = TimingSettings(10, config["repeats"], threads)
     inputs = batch_of(dense.example_input_array, args.batch_size)
     sweep = sweep_uniform(dense.to(device), arms["ours"].to(device), config["ratios"], inputs, timing, args)
     fitting = [s for s in sweep if s["relative"] <= 1.0] or [min(sweep, key=lambda s: s["relative"])]
     chosen = min(fitting, key=lambda s: s["ratio"])
-    pl.seed_everything(args.seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     baseline = UniformPruning(chosen["ratio"], config["steps"], config["finetune_epochs"], args.round_to)
     fit(arms["uniform"], datamodule, epochs, [baseline], accelerator)
 
     final = interleaved_latency({name: arms[name].to(device) for name in ARMS}, inputs, timing, rounds=args.rounds)
     results = {name: describe(arms[name], final[name], accuracy(arms[name], datamodule, accelerator)) for name in ARMS}
-
-    lut_settings = TimingSettings(3, config["lut_repeats"], pruning.threads)
-    table = LatencyTable(torch.device(device), lut_settings, args.batch_size, pruning.lut_path)
-    tabled = {
-        name: predict_ms(trace_network(arms[name], arms[name].example_input_array.to(device)), table, {})
-        for name in ARMS
-    }
+    table = LatencyTable(
+        torch.device(device), TimingSettings(3, config["lut_repeats"], threads), args.batch_size, pruning.lut_path
+    )
+    tabled = {name: predict_ms(trace_network(arms[name], inputs[:1]), table, {}) for name in ARMS}
     scale = results["dense"]["measured_ms"] / tabled["dense"]
     for name in ("ours", "uniform"):
         results[name]["lut_predicted_ms"] = scale * tabled[name]
     predicted = [scale * predict_ms(trace_network(s["model"], inputs[:1]), table, {}) for s in sweep]
-    measured = [s["measured_ms"] for s in sweep]
     predicted += [scale * tabled[name] for name in ARMS]
-    measured += [results[name]["measured_ms"] for name in ARMS]
+    measured = [s["measured_ms"] for s in sweep] + [results[name]["measured_ms"] for name in ARMS]
+    state = pruning.state_dict()
+    return {
+        "seed": seed,
+        "dataset": dataset,
+        "dense_ms": state["dense_ms"],
+        "budget_ms": state["budget_ms"],
+        **results,
+        "uniform_ratio": chosen["ratio"],
+        "uniform_matches_its_probe": architecture_spec(arms["uniform"]) == architecture_spec(chosen["model"]),
+        "noise_max_spread": max(final[name].spread for name in ARMS),
+        "sweep": [{k: v for k, v in s.items() if k != "model"} for s in sweep],
+        "lut_points": {"predicted_ms": predicted, "measured_ms": measured},
+        "ours_history": state["pruning_state"]["history"],
+    }
 
-    summary = pruning.state_dict()
-    budget_ms = summary["budget_ms"]
-    for name in ("ours", "uniform"):
-        arm = results[name]
-        arm["speedup"] = results["dense"]["measured_ms"] / arm["measured_ms"]
-        arm["mac_reduction"] = results["dense"]["macs"] / arm["macs"]
+
+def mean_arm(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """An arm's numbers averaged over seeds, with speed-up and MAC cut against the dense arm's means."""
+    keys = [k for k, v in runs[0][name].items() if isinstance(v, (int, float))]
+    arm = {k: statistics.fmean(run[name][k] for run in runs) for k in keys}
+    arm["test_acc_per_seed"] = [run[name]["test_acc"] for run in runs]
+    if name != "dense":
+        dense = mean_arm(runs, "dense")
+        arm["speedup"] = dense["measured_ms"] / arm["measured_ms"]
+        arm["mac_reduction"] = dense["macs"] / arm["macs"]
         arm["speedup_over_mac_reduction"] = arm["speedup"] / arm["mac_reduction"]
+    return arm
+
+
+def main(argv: list[str]) -> int:
+    p = parser("latency", "Latency-budgeted SP-LAMP + knapsack pruning vs a uniform cut at equal measured latency")
+    p.add_argument("--budget-fraction", type=float, default=0.5, help="budget as a fraction of dense latency")
+    p.add_argument("--steps", type=int, default=5, help="pruning steps (HALP exponential schedule)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds from --seed on; numbers are means (--quick: 1)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size latency is measured at")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for training and timing (fixed)")
+    p.add_argument("--rounds", type=int, default=10, help="round-robin rounds of the final measurement")
+    p.add_argument("--round-to", type=int, default=4, help="channel step of both arms")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    quiet()
+    torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = settings_for(args)
+    seeds = range(args.seed, args.seed + (1 if args.quick else args.seeds))
+    runs = [run_seed(args, config, seed, device) for seed in seeds]
+    arms = {name: mean_arm(runs, name) for name in ARMS}
+    budget_ms = statistics.fmean(run["budget_ms"] for run in runs)
+    predicted = [x for run in runs for x in run["lut_points"]["predicted_ms"]]
+    measured = [x for run in runs for x in run["lut_points"]["measured_ms"]]
+    ours, uniform, dense = arms["ours"], arms["uniform"], arms["dense"]
     result = {
         "device": device_name(torch.device(device)),
-        "dataset": dataset,
-        "dense_ms": summary["dense_ms"],
+        "dataset": runs[0]["dataset"],
+        "dense_ms": statistics.fmean(run["dense_ms"] for run in runs),
         "budget_ms": budget_ms,
         "budget_fraction": args.budget_fraction,
         "lut_r": correlation(predicted, measured),
-        "dense": results["dense"],
-        "ours": results["ours"],
-        "uniform": {**results["uniform"], "ratio": chosen["ratio"]},
+        "dense": dense,
+        "ours": ours,
+        "uniform": {**uniform, "ratio": [run["uniform_ratio"] for run in runs]},
         "checks": {
-            "ours_within_budget": results["ours"]["measured_ms"] <= budget_ms * 1.05,
-            "ours_fraction_of_dense": results["ours"]["measured_ms"] / results["dense"]["measured_ms"],
-            "ours_fraction_within_budget_fraction": results["ours"]["measured_ms"] / results["dense"]["measured_ms"]
-            <= args.budget_fraction * 1.05,
-            "ours_acc_minus_uniform": results["ours"]["test_acc"] - results["uniform"]["test_acc"],
-            "uniform_over_ours_latency": results["uniform"]["measured_ms"] / results["ours"]["measured_ms"],
-            "noise_max_spread": max(final[name].spread for name in ARMS),
-            "uniform_matches_its_probe": architecture_spec(arms["uniform"]) == architecture_spec(chosen["model"]),
+            "ours_within_budget_per_seed": [run["ours"]["measured_ms"] <= run["budget_ms"] * 1.05 for run in runs],
+            "ours_fraction_of_dense": ours["measured_ms"] / dense["measured_ms"],
+            "ours_acc_minus_uniform": ours["test_acc"] - uniform["test_acc"],
+            "ours_acc_ge_uniform_seeds": sum(r["ours"]["test_acc"] >= r["uniform"]["test_acc"] for r in runs),
+            "uniform_over_ours_latency": uniform["measured_ms"] / ours["measured_ms"],
+            "noise_max_spread": max(run["noise_max_spread"] for run in runs),
+            "uniform_matches_its_probe": all(run["uniform_matches_its_probe"] for run in runs),
         },
-        "sweep": [{k: v for k, v in s.items() if k != "model"} for s in sweep],
-        "lut_points": {"predicted_ms": predicted, "measured_ms": measured},
-        "ours_history": summary["pruning_state"]["history"],
-        "settings": {**config, **{k: v for k, v in vars(args).items() if k not in ("out",)}, "device": device},
+        "per_seed": runs,
+        "settings": {**config, **{k: v for k, v in vars(args).items() if k != "out"}, "device": device},
         "environment": environment(),
     }
     write_json(args.out, result)
     print_table(
-        f"latency on {result['device']} (batch {args.batch_size}, {args.threads} thread(s)); budget {budget_ms:.3f} ms",
-        ["arm", "measured ms", "spread", "test acc", "MMACs", "params", "speed-up", "MAC cut", "speed-up / MAC cut"],
+        f"latency on {result['device']} (batch {args.batch_size}, {args.threads} thread(s), {len(runs)} seed(s)); "
+        f"budget {budget_ms:.3f} ms",
+        ["arm", "measured ms", "test acc", "MMACs", "params", "speed-up", "MAC cut", "speed-up / MAC cut"],
         [
             [
                 name,
                 r["measured_ms"],
-                r["spread"],
                 r["test_acc"],
                 r["macs"] / 1e6,
-                r["params"],
+                int(r["params"]),
                 r.get("speedup", 1.0),
                 r.get("mac_reduction", 1.0),
                 r.get("speedup_over_mac_reduction", 1.0),
             ]
-            for name, r in results.items()
+            for name, r in arms.items()
         ],
     )
     print(
-        f"lut_r = {result['lut_r']:.3f} over {len(predicted)} configurations; median sweep spread "
-        f"{statistics.median(final[n].spread for n in ARMS):.3f}; wrote {args.out}"
+        f"lut_r = {result['lut_r']:.3f} over {len(predicted)} configurations; largest round-to-round spread "
+        f"{result['checks']['noise_max_spread']:.2f}; wrote {args.out}"
     )
     return 0

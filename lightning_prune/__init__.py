@@ -8,9 +8,25 @@ Add a callback to your own ``Trainer``::
 or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 """
 
-from lightning_prune.callbacks import IterativePruning, PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks import (
+    IterativePruning,
+    LatencyBenchmark,
+    LatencyBudgetPruning,
+    PruningCallback,
+    PruningListener,
+    PruningState,
+)
 from lightning_prune.callbacks._lightning import resize_on_load
 from lightning_prune.core.export import load_pruned
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "load_pruned", "resize_on_load"]
+__all__ = [
+    "IterativePruning",
+    "LatencyBenchmark",
+    "LatencyBudgetPruning",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "load_pruned",
+    "resize_on_load",
+]
 __version__ = "0.1.0"

@@ -2,5 +2,15 @@
 
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, find_pruner
 from lightning_prune.callbacks.iterative import IterativePruning
+from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
+from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "find_pruner"]
+__all__ = [
+    "IterativePruning",
+    "LatencyBenchmark",
+    "LatencyBudgetPruning",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "find_pruner",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def fixed_ratio(target_sparsity: float, step_ratio: float) -> list[float]:
     """Prune ``step_ratio`` of the *remaining* weights per step until ``target_sparsity`` (last step clipped).
@@ -55,3 +57,25 @@ def sparsity_schedule(
     if num_steps is None:
         raise ValueError(f"schedule={name!r} needs num_steps >= 1")
     return cubic(target_sparsity, num_steps) if name == "cubic" else linear(target_sparsity, num_steps)
+
+
+def exponential_latency(initial_ms: float, target_ms: float, num_steps: int) -> list[float]:
+    """HALP's per-step latency targets: geometric from ``initial_ms`` to ``target_ms`` over ``num_steps``.
+
+    L_t = exp((t/T) ln L_target + (1 - t/T) ln L_0) (NVlabs/HALP ``set_latency_prune_target``): every step
+    removes the same *fraction* of the remaining latency, so early steps, on the widest network, are not
+    asked to cut more absolute latency than later ones can.
+
+    Example::
+
+        >>> [round(v, 3) for v in exponential_latency(8.0, 2.0, 2)]
+        [4.0, 2.0]
+    """
+    if initial_ms <= 0 or target_ms <= 0 or num_steps < 1:
+        raise ValueError(
+            f"need initial_ms > 0, target_ms > 0, num_steps >= 1, got {initial_ms}, {target_ms}, {num_steps}"
+        )
+    return [
+        math.exp((t / num_steps) * math.log(target_ms) + (1 - t / num_steps) * math.log(initial_ms))
+        for t in range(1, num_steps + 1)
+    ]

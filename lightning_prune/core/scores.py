@@ -42,3 +42,19 @@ def snip(weights: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> dict[str
 
 
 SCORES: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {"magnitude": magnitude, "lamp": lamp}
+
+
+def sp_lamp(channel_norms: Tensor) -> Tensor:
+    """SP-LAMP (Pan et al., arXiv 2305.14403): LAMP moved from weights to channels.
+
+    ``channel_norms`` holds each channel's L2 norm (over every weight slice the channel owns, summed over
+    its dependency group); channel u scores ||F_u||^2 / sum of ||F_v||^2 over the channels at least as
+    large. The strongest channel of every group scores exactly 1, so scores compare across layers of any
+    width and a budgeted selection never empties a layer for free.
+
+    Example::
+
+        >>> [round(s, 3) for s in sp_lamp(torch.tensor([2.0, 1.0, 4.0])).tolist()]
+        [0.2, 0.048, 1.0]
+    """
+    return lamp({"channels": channel_norms.detach().float().flatten()})["channels"]

@@ -1,0 +1,215 @@
+"""Measured inference latency of the model being trained: dense reference, after each pruning step, at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_prune.callbacks._lightning import broadcast, example_input, output_dir
+from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.core.export import to_jsonable, write_summary
+from lightning_prune.core.latency import (
+    TimingSettings,
+    batch_of,
+    check_device,
+    device_name,
+    measure_latency,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+_LOGGED = ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb")
+
+
+class LatencyBenchmark(PruningListener, Callback):
+    """Measure the model's inference latency where it runs, so "smaller" can be checked as "faster".
+
+    At fit start the (dense) model is measured as the reference; with a pruning callback in the Trainer
+    it is measured again after every pruning step (``every_prune_step``), and once more at the end of
+    training. Each measurement times ``rounds`` x ``repeats`` forward calls per batch size under
+    ``torch.inference_mode`` after ``warmup`` calls: CUDA events with synchronisation on a GPU,
+    ``time.perf_counter`` at a fixed, recorded thread count on a CPU (see
+    :mod:`lightning_prune.core.latency`). Inputs repeat one sample of ``example_input_array`` (or of
+    the first validation batch) to each batch size. Logged per batch size ``b``: ``latency/<b>/p50_ms``,
+    ``p90_ms``, ``p99_ms``, ``throughput`` (samples/s), ``speedup`` (reference p50 / current p50, both
+    measured in this run) and, on CUDA, ``peak_memory_mb``: through ``pl_module.log`` at every epoch end
+    (the latest measurement) and to the Trainer's loggers at the final one. A JSON record (device name,
+    torch version, settings, every measurement) goes to ``<export_dir>/<filename>`` and a section of
+    ``summary.json``.
+
+    Requires from your LightningModule: an ``example_input_array`` or an ``(x, y)`` validation batch.
+
+    Args:
+        batch_sizes: batch sizes to measure (throughput needs the larger ones, latency the small).
+        device: where to measure (``"cpu"``, ``"cuda:0"``); ``None``: where the model trains.
+        warmup: untimed calls before each round.
+        repeats: timed calls per round.
+        rounds: rounds per measurement (``quiet_p50_ms`` in the record is the lowest round median).
+        threads: CPU threads while timing (``None``: torch's current count; recorded either way).
+        amp_dtype: ``"bfloat16"``/``"float16"`` to time under autocast, ``None`` for float32.
+        channels_last: time a channels-last copy of the model.
+        compile: time a ``torch.compile``'d copy of the model.
+        every_prune_step: also measure after each step of a pruning callback.
+        export_dir: where the JSON record and ``summary.json`` go (default: the Trainer's root dir).
+        filename: name of the JSON record.
+
+    Raises:
+        ValueError: for arguments out of range, or a CUDA ``device`` where none is available (at setup).
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import LatencyBenchmark
+        >>> from lightning_prune.data import DigitsDataModule
+        >>> from lightning_prune.models import MLP, Classifier
+        >>> bench = LatencyBenchmark(batch_sizes=[1, 32], repeats=5, rounds=1, export_dir="/tmp/lp-doc")
+        >>> trainer = pl.Trainer(max_epochs=1, callbacks=[bench], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
+        ...                      limit_val_batches=1, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(Classifier(MLP((1, 8, 8), 10), 10, (1, 8, 8)), datamodule=DigitsDataModule())
+        >>> [record["when"] for record in bench.records], sorted(bench.records[-1]["results"])
+        (['fit_start', 'fit_end'], ['1', '32'])
+    """
+
+    def __init__(
+        self,
+        batch_sizes: Sequence[int] = (1, 64),
+        device: str | None = None,
+        warmup: int = 10,
+        repeats: int = 50,
+        rounds: int = 3,
+        threads: int | None = None,
+        amp_dtype: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        every_prune_step: bool = True,
+        export_dir: str | None = None,
+        filename: str = "latency.json",
+    ) -> None:
+        self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
+        self.amp_dtype, self.channels_last, self.compile = amp_dtype, channels_last, compile
+        self.every_prune_step, self.export_dir, self.filename = every_prune_step, export_dir, filename
+        if isinstance(batch_sizes, (str, int)) or not batch_sizes:
+            raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
+        self.batch_sizes, self.device = list(batch_sizes), device
+        if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+        check_device(device)
+        self.settings = TimingSettings(warmup, repeats, threads, amp_dtype, channels_last, compile)
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(batch_sizes=self.batch_sizes, device=self.device)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            resolve_device(self.device, pl_module)
+
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """The fit-start measurement every speed-up is relative to."""
+        return self.records[0]["results"] if self.records else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.records:
+            self._record(trainer, pl_module, "fit_start", 0)
+
+    def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        if self.every_prune_step:
+            self._record(trainer, pl_module, "prune_step", state.step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.records:
+            for name, value in self._metrics(self.records[-1]).items():
+                pl_module.log(name, value, on_step=False, on_epoch=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pruners = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
+        step = pruners[0].pruning_state.step if pruners else 0
+        record = self._record(trainer, pl_module, "fit_end", step)
+        for logger in trainer.loggers:
+            logger.log_metrics(self._metrics(record), step=trainer.global_step)
+            logger.save()
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self._write(trainer, pl_module)
+
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str, step: int) -> dict[str, Any]:
+        """Measure every batch size on rank 0, broadcast, and append the record."""
+        example = example_input(trainer, pl_module)
+        results = None
+        if trainer.is_global_zero:
+            results = {
+                str(b): measure_latency(pl_module, batch_of(example, b), self.settings, self.device, self.rounds)
+                for b in self.batch_sizes
+            }
+            results = {b: latency.to_dict() for b, latency in results.items()}
+        results = broadcast(trainer, results)
+        reference = self.reference or results
+        record = {
+            "when": when,
+            "step": step,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "results": results,
+            "speedup": {b: reference[b]["p50_ms"] / results[b]["p50_ms"] for b in results},
+        }
+        self.records.append(record)
+        summary = ", ".join(f"batch {b}: {r['p50_ms']:.3f} ms" for b, r in results.items())
+        _info(f"latency at {when} (step {step}): {summary}")
+        return record
+
+    @staticmethod
+    def _metrics(record: dict[str, Any]) -> dict[str, float]:
+        metrics = {}
+        for batch, result in record["results"].items():
+            metrics.update({f"latency/{batch}/{k}": float(result[k]) for k in _LOGGED if result[k] is not None})
+            metrics[f"latency/{batch}/speedup"] = float(record["speedup"][batch])
+        return metrics
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        directory = output_dir(trainer, self.export_dir)
+        final = self.records[-1]
+        payload = {
+            "device": device_name(resolve_device(self.device, pl_module)),
+            "torch": torch.__version__,
+            "settings": {**self.settings.__dict__, "rounds": self.rounds, "batch_sizes": self.batch_sizes},
+            "reference": self.reference,
+            "final": final["results"],
+            "speedup": final["speedup"],
+            "records": self.records,
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / self.filename).write_text(json.dumps(to_jsonable(payload), indent=2))
+        history = [
+            {
+                "step": r["step"],
+                "epoch": r["epoch"],
+                "when": r["when"],
+                "p50_ms": {b: v["p50_ms"] for b, v in r["results"].items()},
+                "speedup": r["speedup"],
+            }
+            for r in self.records
+        ]
+        summary = {k: payload[k] for k in ("device", "torch", "settings", "speedup")}
+        write_summary(directory / "summary.json", "latency_benchmark", {**summary, "history": history})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict.get("records", self.records))
+
+
+@rank_zero_only
+def _info(message: str) -> None:
+    log.info(message)

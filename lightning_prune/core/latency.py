@@ -1,0 +1,313 @@
+"""Honest inference-latency measurement on CPU and CUDA.
+
+Timing is easy to get wrong: without warm-up the first calls pay for allocation and kernel selection,
+without synchronisation a GPU timer measures the launch and not the work, a mean hides the outliers a
+shared machine produces, and a thread count nobody wrote down makes CPU numbers incomparable. Here
+every call runs under ``torch.inference_mode`` after ``warmup`` untimed calls; CPU calls are timed with
+``time.perf_counter`` at a fixed, recorded thread count, CUDA calls with CUDA events bracketing each
+call and one synchronisation at the end; the result keeps the median and the 90th/99th percentiles.
+:func:`interleaved_latency` compares several models round-robin, so a burst of load on a shared
+machine hits every model alike instead of biasing whichever was timed during it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How to time: plain values, so they go into configs, JSON records and table keys.
+
+    Attributes:
+        warmup: untimed calls before timing (allocator, cuDNN/oneDNN algorithm choice, compile).
+        repeats: timed calls; percentiles need enough of them (p99 of 50 calls is the maximum).
+        threads: CPU only: torch intra-op threads while timing; ``None`` keeps the current count.
+        amp_dtype: ``"bfloat16"`` or ``"float16"`` to time under autocast; ``None`` for float32.
+        channels_last: time a copy of the model and input in channels-last memory format.
+        compile: time ``torch.compile`` of a copy of the model (compilation happens during warm-up).
+    """
+
+    warmup: int = 10
+    repeats: int = 50
+    threads: int | None = None
+    amp_dtype: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if not isinstance(self.repeats, int) or self.repeats < 3:
+            raise ValueError(f"repeats must be an integer >= 3 (percentiles need several calls), got {self.repeats!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if self.amp_dtype is not None and self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be None or one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
+
+
+@dataclass
+class Latency:
+    """One latency measurement of one model at one batch size (milliseconds per call).
+
+    ``p50_ms``/``p90_ms``/``p99_ms`` pool every timed call; ``quiet_p50_ms`` is the lowest median of the
+    ``rounds`` rounds (equal to ``p50_ms`` for one round) and ``spread`` the relative range of the round
+    medians; ``throughput`` is samples per second at the median; ``peak_memory_mb`` is CUDA only.
+    """
+
+    device: str
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float
+    timer: str
+    threads: int
+    repeats: int
+    peak_memory_mb: float | None = None
+    quiet_p50_ms: float = 0.0
+    spread: float = 0.0
+    rounds: int = 1
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_device(device: str | None) -> None:
+    """Reject a ``device`` string torch cannot parse or cannot time on (availability is checked later).
+
+    Raises:
+        ValueError: naming the value and what is allowed.
+    """
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
+    """``device`` if given, else where ``model``'s parameters live.
+
+    Raises:
+        ValueError: for device types other than CPU and CUDA, or CUDA where none is available.
+    """
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"latency can be measured on 'cpu' or 'cuda[:N]', got device={str(device)!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but torch sees no CUDA device")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """A human- and key-friendly device name: the GPU model, or the CPU model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _call_times_ms(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Per-call milliseconds: CUDA events around each call (one sync at the end), else perf_counter."""
+    for _ in range(warmup):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def _prepared(
+    model: nn.Module, inputs: Tensor, device: torch.device, settings: TimingSettings
+) -> tuple[nn.Module, Tensor]:
+    """The model and input to time: the model itself when possible, a copy when timing must change it."""
+    on_device = next(iter(model.parameters()), torch.empty(0)).device == device
+    if on_device and not (settings.channels_last or settings.compile):
+        return model, inputs.to(device)
+    timed = copy.deepcopy(model).to(device)
+    if settings.channels_last and inputs.dim() == 4:
+        timed = timed.to(memory_format=torch.channels_last)
+        inputs = inputs.to(memory_format=torch.channels_last)
+    if settings.compile:
+        timed = torch.compile(timed)
+    return timed, inputs.to(device)
+
+
+def _autocast(device: torch.device, settings: TimingSettings) -> contextlib.AbstractContextManager:
+    if settings.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[settings.amp_dtype])
+
+
+def call_times_ms(
+    model: nn.Module, inputs: Tensor, settings: TimingSettings, device: torch.device
+) -> tuple[list[float], int, float | None]:
+    """Time ``settings.repeats`` forward calls; returns (ms per call, threads used, peak MiB on CUDA)."""
+    timed, inputs = _prepared(model, inputs, device, settings)
+    return _timed_forward(model, timed, inputs, settings, device)
+
+
+def _timed_forward(
+    model: nn.Module, timed: nn.Module, inputs: Tensor, settings: TimingSettings, device: torch.device
+) -> tuple[list[float], int, float | None]:
+    was_training = model.training
+    timed.eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with _cpu_threads(settings.threads) as threads, torch.inference_mode(), _autocast(device, settings):
+            times = _call_times_ms(lambda: timed(inputs), device, settings.warmup, settings.repeats)
+    finally:
+        model.train(was_training)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return times, threads, peak
+
+
+def summarize(
+    times_ms: list[float], batch_size: int, device: torch.device, threads: int, settings: TimingSettings, **extra: Any
+) -> Latency:
+    """Percentiles and throughput of a list of per-call times."""
+    ordered = sorted(times_ms)
+
+    def percentile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    median = statistics.median(ordered)
+    return Latency(
+        device=device_name(device),
+        batch_size=batch_size,
+        p50_ms=median,
+        p90_ms=percentile(0.90),
+        p99_ms=percentile(0.99),
+        mean_ms=statistics.fmean(ordered),
+        min_ms=ordered[0],
+        throughput=batch_size / (median / 1e3) if median > 0 else float("inf"),
+        timer="cuda_events" if device.type == "cuda" else "perf_counter",
+        threads=threads,
+        repeats=len(ordered),
+        settings=asdict(settings),
+        **extra,
+    )
+
+
+def measure_latency(
+    model: nn.Module,
+    inputs: Tensor,
+    settings: TimingSettings | None = None,
+    device: str | torch.device | None = None,
+    rounds: int = 1,
+) -> Latency:
+    """Latency of ``model(inputs)`` on ``device`` (default: the model's), restoring its train/eval mode.
+
+    With ``rounds > 1`` the calls are taken in that many rounds; percentiles pool all calls, and
+    ``quiet_p50_ms`` is the lowest per-round median (see :func:`interleaved_latency`).
+
+    Example::
+
+        >>> from torch import nn
+        >>> result = measure_latency(nn.Linear(8, 4), torch.zeros(16, 8), TimingSettings(warmup=2, repeats=5))
+        >>> result.batch_size, result.timer, result.repeats, result.p50_ms > 0
+        (16, 'perf_counter', 5, True)
+    """
+    return interleaved_latency({"model": model}, inputs, settings, rounds, device)["model"]
+
+
+def interleaved_latency(
+    models: Mapping[str, nn.Module],
+    inputs: Tensor,
+    settings: TimingSettings | None = None,
+    rounds: int = 5,
+    device: str | torch.device | None = None,
+) -> dict[str, Latency]:
+    """Time several models round-robin (``rounds`` x ``settings.repeats`` calls each) and pool the calls.
+
+    Load on a shared machine comes in bursts that only ever add time. Interleaving spreads a burst over
+    all models, so their ratio stays honest; ``quiet_p50_ms``, the lowest per-round median, is the
+    estimate least disturbed by other processes; ``spread``, (max - min) / median of the per-round
+    medians, is the noise to report next to the numbers.
+    """
+    settings = settings or TimingSettings()
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    devices = {name: resolve_device(device, model) for name, model in models.items()}
+    prepared = {name: _prepared(model, inputs, devices[name], settings) for name, model in models.items()}
+    pooled: dict[str, list[float]] = {name: [] for name in models}
+    medians: dict[str, list[float]] = {name: [] for name in models}
+    peaks: dict[str, float | None] = {}
+    threads = torch.get_num_threads()
+    for _ in range(rounds):
+        for name, model in models.items():
+            timed, timed_inputs = prepared[name]
+            times, threads, peaks[name] = _timed_forward(model, timed, timed_inputs, settings, devices[name])
+            pooled[name] += times
+            medians[name].append(statistics.median(times))
+    results = {}
+    for name in models:
+        middle = statistics.median(medians[name])
+        results[name] = summarize(
+            pooled[name],
+            inputs.shape[0],
+            devices[name],
+            threads,
+            settings,
+            peak_memory_mb=peaks[name],
+            quiet_p50_ms=min(medians[name]),
+            spread=(max(medians[name]) - min(medians[name])) / middle if middle > 0 else 0.0,
+            rounds=rounds,
+        )
+    return results
+
+
+def batch_of(example: Tensor, batch_size: int) -> Tensor:
+    """A contiguous batch of ``batch_size`` copies of the first sample of ``example``."""
+    sample = example[:1]
+    return sample.expand(batch_size, *sample.shape[1:]).contiguous()

@@ -1,0 +1,181 @@
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_prune import LatencyBudgetPruning, load_pruned
+from lightning_prune.core.structured import architecture_spec
+from lightning_prune.models import MLP, Classifier
+from tests.helpers import cnn_classifier, resnet_classifier
+
+# Cheap but honest timing for tests: one thread (steadier on a shared machine), few calls per entry.
+FAST = {"threads": 1, "repeats": 10, "rounds": 3, "lut_repeats": 5, "batch_size": 128}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Train on one thread too: on a loaded 2-core machine two OpenMP threads run several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def mlp_classifier(hidden=(128, 128)):
+    return Classifier(MLP((1, 8, 8), 10, hidden=hidden), 10, (1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budget_fraction": None}, "give exactly one of budget_fraction and latency_budget_ms"),
+        ({"latency_budget_ms": 3.0}, "give exactly one of budget_fraction and latency_budget_ms"),
+        ({"budget_fraction": 0.0}, r"budget_fraction must be in \(0, 1\)"),
+        ({"budget_fraction": 1.0}, r"budget_fraction must be in \(0, 1\)"),
+        ({"budget_fraction": None, "latency_budget_ms": 0.0}, "latency_budget_ms must be > 0, got 0.0"),
+        ({"budget_fraction": None, "latency_budget_ms": -2}, "latency_budget_ms must be > 0"),
+        ({"num_steps": 0}, "num_steps must be an integer >= 1, got 0"),
+        ({"finetune_epochs": -1}, "finetune_epochs must be an integer >= 0"),
+        ({"round_to": 0}, "round_to must be an integer >= 1"),
+        ({"min_channels": 0}, "min_channels must be an integer >= 1"),
+        ({"batch_size": 1.5}, "batch_size must be an integer >= 1"),
+        ({"rounds": 0}, "rounds must be an integer >= 1"),
+        ({"repeats": 2}, "repeats must be an integer >= 3"),
+        ({"threads": 0}, "threads must be None or an integer >= 1"),
+        ({"amp_dtype": "fp16"}, "amp_dtype must be None or one of"),
+        ({"tolerance": 1.0}, r"tolerance must be in \[0, 1\)"),
+        ({"max_corrections": -1}, "max_corrections must be an integer >= 0"),
+        ({"resolution": 5}, "resolution must be an integer >= 10"),
+        ({"device": "tpu"}, "device must be None, 'cpu' or 'cuda"),
+        ({"exclude_names": ["("]}, "is not a valid regular expression"),
+    ],
+)
+def test_latency_budget_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LatencyBudgetPruning(**kwargs)
+
+
+def test_latency_budget_state_key():
+    a, b = LatencyBudgetPruning(budget_fraction=0.5), LatencyBudgetPruning(budget_fraction=0.6)
+    assert a.state_key != b.state_key
+    assert a.state_key == LatencyBudgetPruning(budget_fraction=0.5).state_key
+    assert "LatencyBudgetPruning" in a.state_key
+
+
+@pytest.mark.parametrize(
+    ("budget_ms", "message"),
+    [
+        (1e6, r"latency_budget_ms=1e\+06 is not below the dense model's measured latency .* ms on .* at batch 128"),
+        (1e-6, r"the latency budget 1e-06 ms is unreachable: the smallest network allowed \(min_channels=4"),
+    ],
+)
+def test_bad_budgets_fail_at_fit_start_naming_the_numbers(budget_ms, message, digits, trainer_kwargs):
+    pruning = LatencyBudgetPruning(budget_fraction=None, latency_budget_ms=budget_ms, num_steps=1, **FAST)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], **trainer_kwargs)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(mlp_classifier(), datamodule=digits)
+
+
+def test_too_few_epochs_and_missing_cuda_fail_at_setup(digits, trainer_kwargs):
+    trainer = pl.Trainer(max_epochs=3, callbacks=[LatencyBudgetPruning(num_steps=3, warmup_epochs=1)], **trainer_kwargs)
+    with pytest.raises(ValueError, match=r"needs Trainer\(max_epochs >= 4\) .* got max_epochs=3"):
+        trainer.fit(mlp_classifier(), datamodule=digits)
+    if not torch.cuda.is_available():
+        trainer = pl.Trainer(max_epochs=3, callbacks=[LatencyBudgetPruning(device="cuda")], **trainer_kwargs)
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            trainer.fit(mlp_classifier(), datamodule=digits)
+
+
+def test_resnet_fit_meets_the_measured_budget_and_exports(digits, trainer_kwargs, tmp_path):
+    pruning = LatencyBudgetPruning(budget_fraction=0.6, num_steps=2, warmup_epochs=1, finetune_epochs=1, **FAST)
+    model = resnet_classifier()
+    trainer = pl.Trainer(max_epochs=4, callbacks=[pruning], limit_train_batches=6, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())["latency_budget"]
+    assert summary["budget_ms"] == pytest.approx(0.6 * summary["dense_ms"])
+    assert summary["measured_ms"] <= summary["budget_ms"] * 1.05, summary  # measured, not predicted
+    assert summary["met_budget"]
+    assert summary["threads"] == 1
+    assert summary["batch_size"] == 128
+    assert [r["step"] for r in summary["history"]] == [1, 2]
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    assert (
+        summary["history"][0]["target_ms"] > summary["history"][1]["target_ms"] == pytest.approx(summary["budget_ms"])
+    )
+    assert 0 < summary["sparsity"] < 1
+    assert trainer.callback_metrics["prune/step"] == 2
+    assert trainer.callback_metrics["latency/budget_ms"] == pytest.approx(summary["budget_ms"])
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in resnet_classifier().parameters())
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters()}  # rebuilt after the shrink
+    assert (tmp_path / "latency_lut.json").exists()
+    assert summary["lut_entries"] > 0
+
+    fresh = load_pruned(resnet_classifier(), tmp_path / "pruned_model.pt")
+    assert architecture_spec(fresh) == architecture_spec(model)
+    torch.testing.assert_close(fresh.state_dict(), model.state_dict())
+
+
+@pytest.mark.parametrize("make_model", [cnn_classifier, mlp_classifier], ids=["cnn", "mlp"])
+def test_cnn_and_mlp_shrink_and_keep_training(make_model, digits, trainer_kwargs):
+    pruning = LatencyBudgetPruning(budget_fraction=0.7, num_steps=1, warmup_epochs=0, round_to=8, **FAST)
+    model = make_model()
+    before = architecture_spec(model)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], limit_train_batches=4, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    record = pruning.pruning_state.history[0]
+    assert record["removed"] > 0
+    assert record["feasible"]
+    assert architecture_spec(model) != before
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters()}
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])  # it kept training after the shrink
+
+
+class StopAt(pl.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def _fit(tmp_path, digits, trainer_kwargs, ckpt_path=None):
+    pl.seed_everything(0 if ckpt_path is None else 123, verbose=False)
+    pruning = LatencyBudgetPruning(
+        budget_fraction=0.6,
+        num_steps=2,
+        warmup_epochs=1,
+        max_corrections=0,
+        lut_path=str(tmp_path / "lut.json"),
+        **FAST,
+    )
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    kwargs = {**trainer_kwargs, "enable_checkpointing": True, "default_root_dir": str(tmp_path / "run")}
+    trainer = pl.Trainer(max_epochs=4, callbacks=[pruning, checkpoints], limit_train_batches=5, **kwargs)
+    model = resnet_classifier()
+    trainer.fit(model, datamodule=digits, ckpt_path=ckpt_path)
+    return pruning, model, trainer
+
+
+def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwargs, tmp_path):
+    full, full_model, full_trainer = _fit(tmp_path, digits, trainer_kwargs)
+    ckpt = tmp_path / "ckpt" / "epoch=1.ckpt"  # saved after the first shrink, before the second
+    saved = torch.load(ckpt, weights_only=True)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("LatencyBudgetPruning"))
+    assert state["pruning_state"]["step"] == 1
+    assert saved["state_dict"]["net.stem.0.weight"].shape == (
+        state["architecture"]["net.stem.0"]["out_channels"],
+        1,
+        3,
+        3,
+    )
+    resumed, resumed_model, resumed_trainer = _fit(tmp_path, digits, trainer_kwargs, ckpt_path=ckpt)
+    assert architecture_spec(resumed_model) == architecture_spec(full_model)
+    torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
+    assert resumed_trainer.callback_metrics["val/acc"] == full_trainer.callback_metrics["val/acc"]
+    assert [r["removed"] for r in resumed.pruning_state.history] == [r["removed"] for r in full.pruning_state.history]

@@ -20,7 +20,8 @@ from lightning_prune.callbacks._lightning import (
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks._protocol import PruningState
+from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
 from lightning_prune.core.masks import SCOPES, MaskSet, check_finite, masks_from_scores
 from lightning_prune.core.schedules import SCHEDULES, sparsity_schedule
@@ -39,7 +40,7 @@ MODES = ("unstructured", "structured")
 NONFINITE = ("raise", "skip")
 
 
-class IterativePruning(PruningCallback):
+class IterativePruning(StepwisePruning):
     """Prune the selected weights in steps up to a target sparsity, fine-tuning between steps.
 
     Two modes share one loop. ``"unstructured"``: magnitude (or LAMP) masks, global or per layer,
@@ -149,8 +150,6 @@ class IterativePruning(PruningCallback):
         self._rewind_state: dict[str, torch.Tensor] | None = None
         self._sparsities: list[float] = []
         self._blocks: list[str] = []
-        self._listeners: list[PruningListener] = []
-        self._epoch_started = 0.0
         self._restored = False
 
     def _validate(self) -> None:
@@ -194,7 +193,7 @@ class IterativePruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._listeners = [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+        self._collect_listeners(trainer)
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )
@@ -232,41 +231,10 @@ class IterativePruning(PruningCallback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.rewind_epoch and self._rewind_state is None:
             self._rewind_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        if self._step_due(trainer.current_epoch):
-            self._run_steps(trainer, pl_module)
-        self._epoch_started = time.perf_counter()
+        super().on_train_epoch_start(trainer, pl_module)
 
-    def _step_due(self, epoch: int) -> bool:
-        state = self.pruning_state
-        if state.phase == "done" or state.step >= state.num_steps:
-            return False
-        if state.step == 0:
-            return epoch >= self.warmup_epochs
-        return epoch - state.last_step_epoch >= self.finetune_epochs
-
-    def _run_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Prune; while listeners skip the fine-tune (or there is none), prune again."""
-        state = self.pruning_state
-        while state.step < state.num_steps and not self._target_reached():
-            for listener in self._listeners:
-                listener.on_prune_step_start(trainer, pl_module, state)
-            if not self._prune_step(trainer, pl_module):
-                return
-            if self._rewind_state is not None:
-                self._rewind(trainer, pl_module)
-            for listener in self._listeners:
-                listener.on_prune_step_end(trainer, pl_module, state)
-            if self.finetune_epochs == 0:
-                state.history[-1]["finetune"] = "none"
-                continue
-            skips = [listener.skip_finetune(trainer, pl_module, state) for listener in self._listeners]
-            state.history[-1]["finetune"] = "skipped" if any(skips) else "ran"
-            if not any(skips):
-                state.phase = "finetune"
-                for listener in self._listeners:
-                    listener.on_finetune_start(trainer, pl_module, state)
-                return
-        self._finish(trainer)
+    def _more_steps(self) -> bool:
+        return super()._more_steps() and not self._target_reached()
 
     def _target_reached(self) -> bool:
         target = self.pruning_state.target_sparsity
@@ -290,6 +258,8 @@ class IterativePruning(PruningCallback):
                 remove_out_channels(pl_module, example_input(trainer, pl_module), plan["channels"])
                 rebuild_after_shrink(trainer)
                 record["block"] = plan["block"]
+            if self._rewind_state is not None:
+                self._rewind(trainer, pl_module)
             state.step += 1
             state.last_step_epoch = trainer.current_epoch
             state.sparsity = self._current_sparsity(pl_module)
@@ -354,23 +324,6 @@ class IterativePruning(PruningCallback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._masks is not None and self.pruning_state.step > 0:
             self._masks.apply()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = self.pruning_state
-        phase = "finetune" if state.phase in ("finetune", "done") and state.step > 0 else "dense"
-        state.time_s[phase] += time.perf_counter() - self._epoch_started
-        self._log_state(pl_module)
-        epochs_into_finetune = trainer.current_epoch - state.last_step_epoch + 1
-        if state.phase == "finetune" and epochs_into_finetune == self.finetune_epochs:
-            for listener in self._listeners:
-                listener.on_finetune_end(trainer, pl_module, state)
-            if state.step >= state.num_steps or self._target_reached():
-                self._finish(trainer)
-
-    def _finish(self, trainer: pl.Trainer) -> None:
-        self.pruning_state.phase = "done"
-        if self.stop_when_done:
-            trainer.should_stop = True
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state

@@ -14,12 +14,14 @@ from torch import Tensor, nn
 
 from lightning_prune.callbacks._lightning import (
     broadcast,
+    check_spawn_reload,
     example_input,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks._protocol import PruningState
+from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.latency import (
     TimingSettings,
@@ -47,7 +49,7 @@ _SURPRISE, _SECOND_OPINIONS, _SECOND_OPINION_PAUSE_S, _MAX_RESCALE = 1.15, 2, 0.
 _DENSE_OVER_TABLE = 1.2
 
 
-class LatencyBudgetPruning(PruningCallback):
+class LatencyBudgetPruning(StepwisePruning):
     """Remove channels, physically, until the model's measured inference latency fits a budget.
 
     SP-LAMP (Pan et al., arXiv 2305.14403) with HALP's schedule and latency table (Shen et al., NeurIPS
@@ -62,8 +64,9 @@ class LatencyBudgetPruning(PruningCallback):
     measurement exceeds the budget by more than ``tolerance``; at fit end the final measured latency
     is compared with the budget and a miss is reported with its size. Steps run at epoch start, after
     ``warmup_epochs`` dense epochs and then every ``finetune_epochs`` epochs; training then continues to
-    ``max_epochs``. Decisions are taken on rank 0 and broadcast. Checkpoints hold the architecture, and
-    the fresh model is resized on load, so a resumed run or an export loads with ``weights_only=True``.
+    ``max_epochs`` (or stops after the last fine-tune with ``stop_when_done``). Decisions are taken on
+    rank 0 and broadcast. Checkpoints hold the architecture, and the fresh model is resized on load, so
+    a resumed run or an export loads with ``weights_only=True``.
 
     Requires from your LightningModule: an ``example_input_array`` (or an ``(x, y)`` validation batch)
     to trace the graph and shape timing inputs; a model torch-pruning can trace; ``configure_optimizers``
@@ -91,6 +94,7 @@ class LatencyBudgetPruning(PruningCallback):
         resolution: grid steps of the knapsack's latency axis.
         exclude_names: regular expressions of modules whose output channels are never pruned (the
             output layer never is).
+        stop_when_done: stop training once the last step's fine-tune is over.
         monitor: metric recorded in the history before each step.
         export_dir: where ``pruned_model.pt``, ``summary.json`` (and the default table) go.
 
@@ -138,6 +142,7 @@ class LatencyBudgetPruning(PruningCallback):
         max_corrections: int = 2,
         resolution: int = 1000,
         exclude_names: Sequence[str] = (),
+        stop_when_done: bool = False,
         monitor: str = "val/acc",
         export_dir: str | None = None,
     ) -> None:
@@ -148,6 +153,7 @@ class LatencyBudgetPruning(PruningCallback):
         self.lut_path, self.amp_dtype, self.channels_last = lut_path, amp_dtype, channels_last
         self.tolerance, self.max_corrections, self.resolution = tolerance, max_corrections, resolution
         self.exclude_names, self.monitor, self.export_dir = list(exclude_names), monitor, export_dir
+        self.stop_when_done = stop_when_done
         self._validate()
         self.pruning_state = PruningState(num_steps=num_steps)
         self._budgets: list[float] = []
@@ -158,8 +164,6 @@ class LatencyBudgetPruning(PruningCallback):
         self._architecture: dict[str, Any] | None = None
         self._final: dict[str, Any] | None = None
         self._table: LatencyTable | None = None
-        self._listeners: list[PruningListener] = []
-        self._epoch_started = 0.0
 
     def _validate(self) -> None:
         fraction, budget_ms = self.budget_fraction, self.latency_budget_ms
@@ -200,7 +204,8 @@ class LatencyBudgetPruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._listeners = [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+        self._collect_listeners(trainer)
+        check_spawn_reload(trainer, pl_module, "LatencyBudgetPruning")
         resolve_device(self.device, pl_module)
         resize_on_load(pl_module)
         needed = self.warmup_epochs + max(1, self.num_steps * self.finetune_epochs)
@@ -276,41 +281,10 @@ class LatencyBudgetPruning(PruningCallback):
 
     # ---------------------------------------------------------------- the loop
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._step_due(trainer.current_epoch):
-            self._run_steps(trainer, pl_module)
-        self._epoch_started = time.perf_counter()
+    def _ready(self) -> bool:
+        return self._dense_ms is not None
 
-    def _step_due(self, epoch: int) -> bool:
-        state = self.pruning_state
-        if state.phase == "done" or state.step >= state.num_steps or self._dense_ms is None:
-            return False
-        if state.step == 0:
-            return epoch >= self.warmup_epochs
-        return epoch - state.last_step_epoch >= self.finetune_epochs
-
-    def _run_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Prune; while listeners skip the fine-tune (or there is none), prune again."""
-        state = self.pruning_state
-        while state.step < state.num_steps:
-            for listener in self._listeners:
-                listener.on_prune_step_start(trainer, pl_module, state)
-            self._prune_step(trainer, pl_module)
-            for listener in self._listeners:
-                listener.on_prune_step_end(trainer, pl_module, state)
-            if self.finetune_epochs == 0:
-                state.history[-1]["finetune"] = "none"
-                continue
-            skips = [listener.skip_finetune(trainer, pl_module, state) for listener in self._listeners]
-            state.history[-1]["finetune"] = "skipped" if any(skips) else "ran"
-            if not any(skips):
-                state.phase = "finetune"
-                for listener in self._listeners:
-                    listener.on_finetune_start(trainer, pl_module, state)
-                return
-        state.phase = "done"
-
-    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         state = self.pruning_state
         target = self._budgets[state.step]
         record: dict[str, Any] = {"step": state.step + 1, "epoch": trainer.current_epoch, "target_ms": target}
@@ -334,6 +308,7 @@ class LatencyBudgetPruning(PruningCallback):
             f"latency step {state.step}/{state.num_steps}: target {target:.3f} ms, predicted "
             f"{record['predicted_ms']:.3f} ms, measured {record['measured_ms']:.3f} ms, sparsity {state.sparsity:.3f}"
         )
+        return True
 
     def _limit_ms(self) -> float:
         return self._budget_ms * (1.0 + self.tolerance)
@@ -381,17 +356,6 @@ class LatencyBudgetPruning(PruningCallback):
             "predicted_ms": plan.predicted_ms,
             "feasible": plan.feasible,
         }
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = self.pruning_state
-        state.time_s["finetune" if state.step > 0 else "dense"] += time.perf_counter() - self._epoch_started
-        self._log_state(pl_module)
-        into_finetune = trainer.current_epoch - state.last_step_epoch + 1
-        if state.phase == "finetune" and into_finetune == self.finetune_epochs:
-            for listener in self._listeners:
-                listener.on_finetune_end(trainer, pl_module, state)
-            if state.step >= state.num_steps:
-                state.phase = "done"
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state

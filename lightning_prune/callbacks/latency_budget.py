@@ -36,6 +36,7 @@ from lightning_prune.core.latency_table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, remove_out_channels
+from lightning_prune.progress import progress
 
 log = logging.getLogger(__name__)
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -346,9 +347,12 @@ class LatencyBudgetPruning(StepwisePruning):
             return None
         network = trace_network(pl_module, example, self.exclude_names)
         table = self._lut(trainer, pl_module)
-        plan = plan_keep_counts(
-            network, table, target_ms, self._scale, self.round_to, self.min_channels, self.resolution
-        )
+        with progress("latency table + knapsack") as advance:
+            table.on_timed = advance
+            plan = plan_keep_counts(
+                network, table, target_ms, self._scale, self.round_to, self.min_channels, self.resolution
+            )
+            table.on_timed = None
         table.save()
         removals = {g: removal_indices(network.scores[g], k) for g, k in plan.keep.items()}
         return {

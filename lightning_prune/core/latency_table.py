@@ -157,6 +157,7 @@ class LatencyTable:
         self.timer = timer or self._time_layer
         self.entries: dict[str, dict[str, float]] = {}
         self.timed = 0
+        self.on_timed: Callable[[], object] | None = None  # e.g. a progress bar's advance
         self.loaded = self._load()
 
     def _load(self) -> int:
@@ -178,6 +179,8 @@ class LatencyTable:
             layer = spec.build(c_in, c_out)
             column[cell] = float(self.timer(layer, spec.example(self.batch_size, c_in)))
             self.timed += 1
+            if self.on_timed is not None:
+                self.on_timed()
         return column[cell]
 
     def _time_layer(self, layer: nn.Module, inputs: Tensor) -> float:

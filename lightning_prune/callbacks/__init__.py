@@ -2,5 +2,13 @@
 
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, find_pruner
 from lightning_prune.callbacks.iterative import IterativePruning
+from lightning_prune.callbacks.soup import InstantSoupPruning
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "find_pruner"]
+__all__ = [
+    "InstantSoupPruning",
+    "IterativePruning",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "find_pruner",
+]

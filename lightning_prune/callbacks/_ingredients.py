@@ -41,6 +41,8 @@ class DataSource:
             ValueError: naming ``what`` when the loader is missing, a collection of loaders, iterable-style
                 or without a fixed ``batch_size``.
         """
+        if loader is None:
+            raise ValueError(f"InstantSoupPruning needs a {what} DataLoader for its ingredients and found none")
         if not isinstance(loader, DataLoader):
             raise ValueError(
                 f"InstantSoupPruning trains its ingredients on the {what} data and needs a single DataLoader "

@@ -6,11 +6,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_prune import InstantSoupPruning
+import lightning_prune.run  # noqa: F401  (registers recipes/ as the config group `recipe`)
+from lightning_prune import InstantSoupPruning, IterativePruning
 from lightning_prune.callbacks._ingredients import DataSource, forked_rng
-from tests.helpers import cnn_classifier
+from tests.helpers import REPO, cnn_classifier
 
 FAST = {"num_ingredients": 2, "lookahead_steps": 3, "calibration_steps": 3, "export_dir": None}
 
@@ -156,3 +159,19 @@ def test_instant_model_soup_mixes_on_validation_and_stays_dense(digits, trainer_
 def test_instant_soup_refuses_a_trainer_too_short_for_its_rounds(digits, trainer_kwargs):
     with pytest.raises(ValueError, match="last round runs at optimizer step 30"):
         _fit(digits, trainer_kwargs, max_epochs=1, target_sparsity=0.8, step_ratio=0.4)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "key", "expected"),
+    [("instant_soup", "instant_soup", InstantSoupPruning), ("imp_rewind", "iterative", IterativePruning)],
+)
+def test_soup_recipes_compose_and_instantiate(recipe, key, expected):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("run", overrides=[f"recipe={recipe}"])
+    callback = instantiate(cfg.callbacks[key])
+    assert isinstance(callback, expected)
+    assert callback.target_sparsity == 0.8
+    if recipe == "imp_rewind":
+        needed = callback.warmup_epochs + 8 * callback.finetune_epochs  # fixed_ratio(0.8, 0.2) has 8 steps
+        assert callback.rewind_epoch == 1
+        assert cfg.trainer.max_epochs == needed

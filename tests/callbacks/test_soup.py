@@ -175,3 +175,37 @@ def test_soup_recipes_compose_and_instantiate(recipe, key, expected):
         needed = callback.warmup_epochs + 8 * callback.finetune_epochs  # fixed_ratio(0.8, 0.2) has 8 steps
         assert callback.rewind_epoch == 1
         assert cfg.trainer.max_epochs == needed
+
+
+class _CountingSoup(InstantSoupPruning):
+    """Counts the ingredients this rank trains."""
+
+    cooked = 0
+
+    def _cook(self, *args, **kwargs):
+        self.cooked += 1
+        return super()._cook(*args, **kwargs)
+
+
+class _RanksAgree(Callback):
+    """Fails the fit unless every rank holds rank 0's masks and only rank 0 trained ingredients."""
+
+    def on_train_end(self, trainer, pl_module):
+        soup = next(cb for cb in trainer.callbacks if isinstance(cb, _CountingSoup))
+        flat = torch.cat([m.flatten() for m in soup._masks.masks.values()]).float()
+        masks = trainer.strategy.all_gather(flat)
+        cooked = trainer.strategy.all_gather(torch.tensor(soup.cooked))
+        assert torch.equal(masks[0], masks[1]), "ranks hold different masks"
+        assert cooked.tolist() == [soup.pruning_state.num_steps * soup.num_ingredients, 0], cooked.tolist()
+
+
+def test_instant_soup_decides_on_rank_zero_under_ddp(digits, trainer_kwargs, tmp_path: Path):
+    pl.seed_everything(0, verbose=False)
+    model = cnn_classifier(widths=(8, 8, 16, 16))
+    soup = _CountingSoup(**{**FAST, "target_sparsity": 0.5, "step_ratio": 0.3})
+    kwargs = {**trainer_kwargs, "devices": 2, "strategy": "ddp_spawn"}
+    trainer = pl.Trainer(max_epochs=2, callbacks=[soup, _RanksAgree()], **kwargs)
+    trainer.fit(model, datamodule=digits)
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1][:-1]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.5, abs=1e-3)

@@ -209,3 +209,14 @@ def test_instant_soup_decides_on_rank_zero_under_ddp(digits, trainer_kwargs, tmp
     weights = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1][:-1]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_instant_soup_on_cuda_reaches_target_and_is_deterministic(digits, trainer_kwargs):
+    kwargs = {**trainer_kwargs, "accelerator": "gpu", "devices": 1}
+    first, model, _ = _fit(digits, kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3)
+    second, _, _ = _fit(digits, kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3)
+    assert first.pruning_state.sparsity == pytest.approx(0.5, abs=1e-3)
+    assert all(torch.equal(first._masks.masks[n], second._masks.masks[n]) for n in first._masks.masks)
+    assert all(model.get_parameter(n).is_cuda for n in first._masks.masks)

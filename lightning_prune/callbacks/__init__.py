@@ -4,8 +4,10 @@ from lightning_prune.callbacks._protocol import PruningCallback, PruningListener
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
+from lightning_prune.callbacks.soup import InstantSoupPruning
 
 __all__ = [
+    "InstantSoupPruning",
     "IterativePruning",
     "LatencyBenchmark",
     "LatencyBudgetPruning",

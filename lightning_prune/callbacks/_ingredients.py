@@ -1,0 +1,154 @@
+"""How Instant Soup ingredients get their data, optimizer and randomness from a running Trainer.
+
+Ingredients train with plain torch (:func:`lightning_prune.core.soup.look_ahead`), never through the
+Trainer: their batches come straight from the training dataset, their optimizer is a fresh copy of the
+main one, and their randomness is forked from, and never advances, the global generators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+
+from lightning_prune.callbacks._lightning import _first_loader
+from lightning_prune.core.soup import ParameterTable
+
+LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A map-style dataset, the batch size and the collate function of the Trainer's training loader."""
+
+    dataset: Dataset
+    batch_size: int
+    collate_fn: Any
+
+    @classmethod
+    def from_loader(cls, loader: Any, what: str) -> DataSource:
+        """Read the dataset out of a single ``DataLoader``.
+
+        Raises:
+            ValueError: naming ``what`` when the loader is missing, a collection of loaders, iterable-style
+                or without a fixed ``batch_size``.
+        """
+        if loader is None:
+            raise ValueError(f"InstantSoupPruning needs a {what} DataLoader for its ingredients and found none")
+        if not isinstance(loader, DataLoader):
+            raise ValueError(
+                f"InstantSoupPruning trains its ingredients on the {what} data and needs a single DataLoader "
+                f"there, got {type(loader).__name__}"
+            )
+        if not hasattr(loader.dataset, "__getitem__") or not hasattr(loader.dataset, "__len__"):
+            raise ValueError(f"the {what} DataLoader's dataset must be map-style (__getitem__ and __len__)")
+        if len(loader.dataset) == 0:
+            raise ValueError(f"the {what} DataLoader's dataset is empty")
+        if loader.batch_size is None:
+            raise ValueError(f"the {what} DataLoader must have a fixed batch_size (no custom batch_sampler)")
+        collate = loader.collate_fn if loader.collate_fn is not None else default_collate
+        return cls(loader.dataset, loader.batch_size, collate)
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``(x, y)`` batch at ``indices`` (one indexing for tensor datasets, collated samples otherwise)."""
+        if isinstance(self.dataset, TensorDataset) and self.collate_fn is default_collate:
+            x, y = self.dataset[indices]
+        else:
+            x, y = self.collate_fn([self.dataset[int(i)] for i in indices])
+        return x, y
+
+    def random_batches(self, steps: int, generator: torch.Generator, device: torch.device) -> Iterator[Any]:
+        """``steps`` batches from seeded permutations of the dataset: a random subset of ``steps`` batches."""
+        needed, permutations = steps * self.batch_size, []
+        while sum(len(p) for p in permutations) < needed:
+            permutations.append(torch.randperm(len(self.dataset), generator=generator))
+        order = torch.cat(permutations) if permutations else torch.empty(0, dtype=torch.long)
+        for step in range(steps):
+            x, y = self.batch(order[step * self.batch_size : (step + 1) * self.batch_size])
+            yield x.to(device), y.to(device)
+
+    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every sample once, in order (validation)."""
+        for start in range(0, len(self.dataset), self.batch_size):
+            x, y = self.batch(torch.arange(start, min(start + self.batch_size, len(self.dataset))))
+            yield x.to(device), y.to(device)
+
+
+def train_source(trainer: pl.Trainer) -> DataSource:
+    return DataSource.from_loader(trainer.train_dataloader, "training")
+
+
+def val_source(trainer: pl.Trainer) -> DataSource:
+    return DataSource.from_loader(_first_loader(trainer), "validation")
+
+
+def ingredient_seed(seed: int, round_index: int, ingredient: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, round, ingredient), the same on every machine."""
+    return int(np.random.SeedSequence([seed, round_index, ingredient]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@contextmanager
+def forked_rng(seed: int, device: torch.device) -> Iterator[torch.Generator]:
+    """Seed torch's generators for an ingredient (dropout, ...) and restore them afterwards.
+
+    Yields a separate CPU generator for data sampling. The main run's random stream is the same with
+    or without ingredients, which keeps a resumed run identical to an uninterrupted one.
+    """
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
+
+
+def ingredient_optimizer(
+    main: torch.optim.Optimizer, module: nn.Module, state: ParameterTable, lr_scale: float, weight_decay_scale: float
+) -> torch.optim.Optimizer:
+    """A fresh optimizer of ``main``'s class and per-group hyper-parameters (current LR) over ``state``.
+
+    As in the official code, ingredients start with empty optimizer state (moments, momentum) at the
+    main run's current learning rate; the protocol scales LR and weight decay.
+
+    Raises:
+        ValueError: when the optimizer class cannot be rebuilt from its parameter groups.
+    """
+    name_of = {id(param): name for name, param in module.named_parameters()}
+    groups = []
+    for group in main.param_groups:
+        params = [state[name_of[id(p)]] for p in group["params"] if id(p) in name_of and p.requires_grad]
+        hyper = {key: value for key, value in group.items() if key != "params"}
+        hyper["lr"] = float(group["lr"]) * lr_scale
+        if "weight_decay" in hyper:
+            hyper["weight_decay"] = float(group["weight_decay"]) * weight_decay_scale
+        if params:
+            groups.append({"params": params, **hyper})
+    try:
+        return type(main)(groups)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"cannot rebuild {type(main).__name__} for the ingredients from its parameter groups ({err})"
+        ) from None
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module.eval()`` for the block, then each submodule's own train/eval flag back."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in flags:
+            submodule.training = training
+
+
+def cycled(values: Sequence[float], index: int) -> float:
+    """``values[index]``, wrapping around: ingredient ``n`` takes the ``n``-th protocol, cyclically."""
+    return float(values[index % len(values)])

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 
 from lightning_prune.data import DigitsDataModule
+
+
+# The test models are tiny: one thread per process is as fast as two on an idle machine and far faster on
+# a loaded one (two threads fighting other processes for two cores). Subprocesses (the app, DDP) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -130,12 +130,8 @@ class IterativePruning(StepwisePruning):
         self.finetune_epochs, self.warmup_epochs, self.rewind_epoch = finetune_epochs, warmup_epochs, rewind_epoch
         self.on_nonfinite = on_nonfinite
         self.importance, self.scope = importance, scope
-        self.include_types, self.include_names, self.exclude_names = (
-            list(include_types),
-            include_names,
-            list(exclude_names),
-        )
-        self.prune_head, self.include_biases, self.block_types = prune_head, include_biases, list(block_types)
+        self.include_types, self.include_names, self.exclude_names = include_types, include_names, exclude_names
+        self.prune_head, self.include_biases, self.block_types = prune_head, include_biases, block_types
         self.stop_when_done, self.log_layers, self.monitor, self.export_dir = (
             stop_when_done,
             log_layers,
@@ -143,6 +139,11 @@ class IterativePruning(StepwisePruning):
             export_dir,
         )
         self._validate()
+        self.include_types, self.exclude_names, self.block_types = (
+            list(include_types),
+            list(exclude_names),
+            list(block_types),
+        )
         self.pruning_state = PruningState(target_sparsity=target_sparsity)
         self._names: list[str] = []
         self._original_numel: dict[str, int] = {}
@@ -174,7 +175,7 @@ class IterativePruning(StepwisePruning):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if structured and not self.block_types:
+        if structured and (isinstance(self.block_types, str) or not self.block_types):
             raise ValueError(f"block_types must be a non-empty list of class names, got {self.block_types!r}")
         if self.rewind_epoch is not None and (structured or not 0 <= self.rewind_epoch <= self.warmup_epochs):
             raise ValueError(

@@ -29,6 +29,11 @@ from tests.helpers import cnn_classifier, resnet_classifier
         ({"target_sparsity": 0.5, "include_types": ["Conv9d"]}, r"unknown module type\(s\)"),
         ({"target_sparsity": 0.5, "include_names": "("}, "include_names: '\\(' is not a valid regular expression"),
         ({"mode": "structured", "block_types": []}, "block_types must be a non-empty list"),
+        ({"mode": "structured", "block_types": "BasicBlock"}, "block_types must be a non-empty list"),
+        (
+            {"target_sparsity": 0.5, "include_types": "Linear"},
+            "include_types must be a non-empty list of module type names, got 'Linear'",
+        ),
         ({"target_sparsity": 0.5, "rewind_epoch": 2, "warmup_epochs": 1}, r"rewind_epoch must be an integer in \[0, "),
         ({"mode": "structured", "rewind_epoch": 0}, "needs mode='unstructured'"),
     ],

@@ -11,7 +11,6 @@ import torch
 
 from lightning_prune.data import DigitsDataModule
 
-
 # The test models are tiny: one thread per process is as fast as two on an idle machine and far faster on
 # a loaded one (two threads fighting other processes for two cores). Subprocesses (the app, DDP) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

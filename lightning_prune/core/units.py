@@ -66,6 +66,8 @@ def find_hidden_layers(model: nn.Module, example_inputs: Tensor, include_names: 
         ValueError: when a considered Linear feeds something other than a plain chain to one Linear or
             to the model's output (naming the layer and what it feeds), or when no hidden layer is found.
     """
+    example_inputs = _two_samples(example_inputs)
+    order = _forward_order(model, example_inputs)
     graph = dependency_graph(model, example_inputs)
     names = {module: name for name, module in model.named_modules()}
     pattern = re.compile(include_names) if include_names is not None else None
@@ -82,8 +84,14 @@ def find_hidden_layers(model: nn.Module, example_inputs: Tensor, include_names: 
             f"{type(model).__name__} has no hidden layer{scope}: no nn.Linear feeds another nn.Linear "
             "through activations/norms only"
         )
-    order = _forward_order(model, example_inputs)
     return sorted(layers, key=lambda layer: order[layer.name])
+
+
+def _two_samples(example_inputs: Tensor) -> Tensor:
+    """At least two samples: with one, autograd records a Linear on a non-leaf input as mm + reshape."""
+    if example_inputs.shape[0] >= 2:
+        return example_inputs
+    return example_inputs.expand(2, *example_inputs.shape[1:]).contiguous()
 
 
 def _follow_chain(node: tp.Node, names: Mapping[nn.Module, str], start: str) -> HiddenLayer | None:
@@ -313,6 +321,7 @@ def rebuild_layers(
     if means is not None:
         for layer in layers:
             fold_removed_units(model, layer, removals[layer.name], means[layer.name])
+    example_inputs = _two_samples(example_inputs)
     remove_out_channels(model, example_inputs, removals)
     try:
         _eval_forward(model, [example_inputs])

@@ -21,10 +21,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
@@ -75,69 +77,122 @@ def latency_ms(net: nn.Module, input_shape: Sequence[int], batch: int, repeats: 
 
 def build_module(datamodule: TabularDataModule, hidden: Sequence[int], lr: float) -> pl.LightningModule:
     net = MLP(datamodule.input_shape, datamodule.num_classes, hidden=hidden)
+    options = {"lr": lr, "optimizer": "adamw", "weight_decay": 1e-2}
     if DATASETS[datamodule.name] == "r2":
-        return Regressor(net, datamodule.input_shape, lr=lr, optimizer="adamw", weight_decay=1e-2)
-    return Classifier(net, datamodule.num_classes, datamodule.input_shape, lr=lr, optimizer="adamw", weight_decay=1e-2)
+        return Regressor(net, datamodule.input_shape, **options)
+    return Classifier(net, datamodule.num_classes, datamodule.input_shape, **options)
+
+
+@dataclass
+class Arm:
+    """One trained arm: its module (best validation weights) and its validation and test metrics."""
+
+    module: pl.LightningModule
+    val_metric: float
+    test_metric: float
 
 
 def fit_arm(
     datamodule: TabularDataModule,
-    seed: int,
-    hidden: Sequence[int],
+    module: pl.LightningModule,
     epochs: int,
     callbacks: Sequence[pl.Callback],
-    select_from: int,
-    args: Any,
-) -> tuple[pl.LightningModule, float]:
-    """Train one arm from ``seed`` and return it (best validation weights) with its test metric."""
-    pl.seed_everything(seed, verbose=False)
-    module = build_module(datamodule, hidden, args.lr)
-    best = BestWeights(from_epoch=select_from)
+    best: BestWeights,
+    ckpt_path: str | None = None,
+) -> Arm:
+    """Train (or resume) ``module``, load its best validation weights, then validate and test them."""
+    metric = DATASETS[datamodule.name]
     with tempfile.TemporaryDirectory() as root:
         fit = trainer(epochs, [*callbacks, best], root=root)
-        fit.fit(module, datamodule=datamodule)
+        fit.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit.validate(module, datamodule=datamodule, verbose=False)
+        val = float(fit.callback_metrics[f"val/{metric}"])
         fit.test(module, datamodule=datamodule, verbose=False)
-        metric = float(fit.callback_metrics[f"test/{DATASETS[datamodule.name]}"])
-    return module, metric
+        return Arm(module, val, float(fit.callback_metrics[f"test/{metric}"]))
 
 
-def measure(module: pl.LightningModule, datamodule: TabularDataModule, metric: float, args: Any) -> dict[str, Any]:
-    net = module.net
+def measure(arm: Arm, datamodule: TabularDataModule, args: Any) -> dict[str, Any]:
+    net = arm.module.net
     return {
         "params": count_parameters(net),
         "params_nonzero": sum(int((p != 0).sum()) for p in net.parameters()),
-        "test_metric": metric,
+        "val_metric": arm.val_metric,
+        "test_metric": arm.test_metric,
         "latency_ms_b1": latency_ms(net, datamodule.input_shape, 1, args.repeats, args.warmup),
         "latency_ms_b256": latency_ms(net, datamodule.input_shape, 256, max(20, args.repeats // 5), args.warmup),
     }
 
 
-def run_seed(name: str, seed: int, args: Any) -> dict[str, dict[str, Any]]:
-    """The four arms on one split/initialisation."""
+def run_seed(name: str, seed: int, args: Any) -> dict[str, Any]:
+    """The four arms on one split and initialisation; the pruned arms resume the wide run's checkpoint."""
     datamodule = TabularDataModule(name, batch_size=args.batch_size, seed=seed)
     datamodule.setup()
     wide_epochs, total = args.wide_epochs, args.wide_epochs + args.retrain_epochs
-    results = {}
-    module, metric = fit_arm(datamodule, seed, HIDDEN, total, [], 0, args)
-    results["wide"] = measure(module, datamodule, metric, args)
-    pruning = DenseUnitPruning(epsilon=args.epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
-    module, metric = fit_arm(datamodule, seed, HIDDEN, total, [pruning], wide_epochs, args)
-    results["rebuilt"] = measure(module, datamodule, metric, args)
-    results["rebuilt"]["widths"] = list(pruning.widths_after.values())
-    magnitude = _magnitude_callback(datamodule, results["wide"]["params"], results["rebuilt"]["params"], args)
-    module, metric = fit_arm(datamodule, seed, HIDDEN, total, [magnitude], wide_epochs, args)
-    results["magnitude"] = measure(module, datamodule, metric, args)
-    module, metric = fit_arm(datamodule, seed, results["rebuilt"]["widths"], total, [], 0, args)
-    results["scratch"] = measure(module, datamodule, metric, args)
+    with tempfile.TemporaryDirectory() as root:
+        wide_best = BestWeights()
+        ckpt = _train_wide(datamodule, seed, wide_best, root, args)
+        results: dict[str, Any] = {
+            "wide": measure(
+                fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt),
+                datamodule,
+                args,
+            )
+        }
+        grid = {}
+        for epsilon in args.epsilons:
+            pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
+            arm = fit_arm(
+                datamodule,
+                build_module(datamodule, HIDDEN, args.lr),
+                total,
+                [pruning],
+                BestWeights(from_epoch=wide_epochs),
+                ckpt,
+            )
+            grid[epsilon] = {**measure(arm, datamodule, args), "widths": list(pruning.widths_after.values())}
+        epsilon = choose_epsilon(grid, results["wide"]["val_metric"], args.tolerance)
+        results["rebuilt"] = {**grid[epsilon], "epsilon": epsilon}
+        results["epsilon_grid"] = grid
+        magnitude = _magnitude_callback(datamodule, results["wide"]["params"], results["rebuilt"]["params"], args)
+        arm = fit_arm(
+            datamodule,
+            build_module(datamodule, HIDDEN, args.lr),
+            total,
+            [magnitude],
+            BestWeights(from_epoch=wide_epochs),
+            ckpt,
+        )
+        results["magnitude"] = measure(arm, datamodule, args)
+    pl.seed_everything(seed, verbose=False)
+    scratch = build_module(datamodule, results["rebuilt"]["widths"], args.lr)
+    results["scratch"] = measure(fit_arm(datamodule, scratch, total, [], BestWeights()), datamodule, args)
     return results
+
+
+def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, root: str, args: Any) -> str:
+    """The shared first ``wide_epochs`` epochs; returns the checkpoint every other arm resumes from."""
+    pl.seed_everything(seed, verbose=False)
+    module = build_module(datamodule, HIDDEN, args.lr)
+    checkpoint = ModelCheckpoint(dirpath=root, save_top_k=0, save_last=True)
+    fit = trainer(args.wide_epochs, [best, checkpoint], root=root, enable_checkpointing=True)
+    fit.fit(module, datamodule=datamodule)
+    return checkpoint.last_model_path
+
+
+def choose_epsilon(grid: dict[float, dict[str, Any]], wide_val: float, tolerance: float) -> float:
+    """The largest epsilon whose *validation* metric is within ``tolerance`` of the wide net's (else the smallest).
+
+    The test split plays no part: this is the paper's "well-chosen epsilon", chosen on validation data.
+    """
+    eligible = [epsilon for epsilon, result in grid.items() if result["val_metric"] >= wide_val - tolerance]
+    return max(eligible) if eligible else min(grid)
 
 
 def _magnitude_callback(datamodule: TabularDataModule, wide: int, target: int, args: Any) -> IterativePruning:
     """One global magnitude step over every Linear weight (head included) down to ``target`` nonzeros."""
-    weights = sum(
-        m.weight.numel() for m in build_module(datamodule, HIDDEN, args.lr).modules() if isinstance(m, nn.Linear)
-    )
-    sparsity = min(0.99, (wide - target) / weights)
+    net = build_module(datamodule, HIDDEN, args.lr).net
+    weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
+    sparsity = min(0.999, (wide - target) / weights)
     return IterativePruning(
         target_sparsity=sparsity,
         step_ratio=sparsity,
@@ -162,6 +217,14 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "latency_ms_b256": statistics.median(run["latency_ms_b256"] for run in runs),
         }
     result["rebuilt"]["widths_seeds"] = [seed_result["rebuilt"]["widths"] for seed_result in per_seed]
+    result["rebuilt"]["epsilon_seeds"] = [seed_result["rebuilt"]["epsilon"] for seed_result in per_seed]
+    result["epsilon_grid"] = {
+        str(epsilon): {
+            key: statistics.mean(seed_result["epsilon_grid"][epsilon][key] for seed_result in per_seed)
+            for key in ("params", "val_metric", "test_metric")
+        }
+        for epsilon in per_seed[0]["epsilon_grid"]
+    }
     wide, rebuilt = result["wide"], result["rebuilt"]
     result["ratios"] = {
         "param_reduction": 1 - rebuilt["params"] / wide["params"],
@@ -178,7 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser("dense", "ODF2NNA: wide vs rebuilt vs magnitude vs scratch on the bundled tabular sets")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", type=int, default=5, help="seeds seed, seed+1, ...: split and initialisation")
-    p.add_argument("--epsilon", type=float, default=0.5)
+    p.add_argument(
+        "--epsilons",
+        type=float,
+        nargs="+",
+        default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+        help="candidates; per seed the largest within --tolerance of the wide net on *validation* is kept",
+    )
+    p.add_argument("--tolerance", type=float, default=0.005, help="allowed validation loss of accuracy or R²")
     p.add_argument("--wide-epochs", type=int, default=20)
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -189,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.wide_epochs, args.retrain_epochs, args.repeats, args.warmup = 1, 2, 1, 20, 5
+        args.epsilons = args.epsilons[-1:]
     quiet()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -123,6 +123,7 @@ class DenseUnitPruning(PruningCallback):
         self.widths_after: dict[str, int] = {}
         self._architecture: dict[str, Any] | None = None
         self._best: float | None = None
+        self._last_value: float | None = None
         self._wait = 0
         self._layers: list[HiddenLayer] = []
         self._epoch_started = 0.0
@@ -196,17 +197,20 @@ class DenseUnitPruning(PruningCallback):
     # ---------------------------------------------------------------- when
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.rebuilt or self.patience is None:
+        if trainer.sanity_checking or self.rebuilt:
             return
-        if self.monitor not in trainer.callback_metrics:
+        if self.monitor in trainer.callback_metrics:
+            self._last_value = float(trainer.callback_metrics[self.monitor])
+        if self.patience is None:
+            return
+        if self._last_value is None:
             raise ValueError(
                 f"DenseUnitPruning(monitor={self.monitor!r}) was not logged; "
                 f"available: {sorted(trainer.callback_metrics)}"
             )
-        value = float(trainer.callback_metrics[self.monitor])
         sign = 1.0 if self.mode == "min" else -1.0
-        if self._best is None or sign * (self._best - value) > self.min_delta:
-            self._best, self._wait = value, 0
+        if self._best is None or sign * (self._best - self._last_value) > self.min_delta:
+            self._best, self._wait = self._last_value, 0
         else:
             self._wait += 1
 
@@ -224,8 +228,8 @@ class DenseUnitPruning(PruningCallback):
     def _rebuild(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
         record: dict[str, Any] = {"step": 1, "epoch": trainer.current_epoch}
-        if self.monitor in trainer.callback_metrics:
-            record[f"{self.monitor}_before"] = float(trainer.callback_metrics[self.monitor])
+        if self._last_value is not None:
+            record[f"{self.monitor}_before"] = self._last_value
         with state.timed("prune"):
             moments = self._unit_moments(trainer, pl_module)
             plan = self._plan(moments) if trainer.is_global_zero else None
@@ -337,6 +341,7 @@ class DenseUnitPruning(PruningCallback):
             "widths_after": dict(self.widths_after),
             "architecture": self._architecture,
             "best": self._best,
+            "last_value": self._last_value,
             "wait": self._wait,
         }
 
@@ -348,6 +353,7 @@ class DenseUnitPruning(PruningCallback):
         self.widths_after = state_dict.get("widths_after", self.widths_after)
         self._architecture = state_dict.get("architecture")
         self._best = state_dict.get("best")
+        self._last_value = state_dict.get("last_value")
         self._wait = state_dict.get("wait", 0)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

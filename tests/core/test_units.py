@@ -102,7 +102,8 @@ def test_unit_scores_of_known_units() -> None:
     expected = torch.stack([F.relu(GRID[:, 0]), torch.zeros(64), torch.full((64,), 3.0), F.relu(GRID.sum(1))], 1)
     torch.testing.assert_close(std, expected.double().std(0, unbiased=False))
     torch.testing.assert_close(moments["0"].mean, expected.double().mean(0))
-    assert std[1] == 0 and std[2] == 0
+    assert std[1] == 0
+    assert std[2] == 0
     assert UNIT_STATISTICS["range"](moments["0"]).tolist() == pytest.approx([1.0, 0.0, 0.0, 2.0])
     assert keep_units(std, epsilon=0.1) == [0, 3]
 
@@ -171,7 +172,8 @@ def test_rebuild_slices_norms_and_transfers_weights() -> None:
     rebuild_layers(net, GRID[:2], layers, {"encoder": [1, 4, 7], "middle": [0, 11]}, means=None)
     torch.testing.assert_close(net.encoder.weight, encoder_weight[[1, 4, 7]])
     torch.testing.assert_close(net.norm.running_mean, norm_mean[[1, 4, 7]])
-    assert net.middle.weight.shape == (2, 3) and net.layer_norm.normalized_shape == (2,)
+    assert net.middle.weight.shape == (2, 3)
+    assert net.layer_norm.normalized_shape == (2,)
     torch.testing.assert_close(net.head.weight, head_weight[:, [0, 11]])
 
 

@@ -123,50 +123,55 @@ def measure(arm: Arm, datamodule: TabularDataModule, args: Any) -> dict[str, Any
     }
 
 
-def run_seed(name: str, seed: int, args: Any) -> dict[str, Any]:
-    """The four arms on one split and initialisation; the pruned arms resume the wide run's checkpoint."""
+def run_dataset(name: str, args: Any) -> list[dict[str, Any]]:
+    """Every seed's four arms; epsilon is chosen once per data set, on validation metrics pooled over seeds."""
+    with tempfile.TemporaryDirectory() as root:
+        seeds = [_wide_and_grid(name, args.seed + offset, f"{root}/{offset}", args) for offset in range(args.seeds)]
+        grid_val = {eps: statistics.mean(s["epsilon_grid"][eps]["val_metric"] for s in seeds) for eps in args.epsilons}
+        wide_val = statistics.mean(s["wide"]["val_metric"] for s in seeds)
+        epsilon = choose_epsilon(grid_val, wide_val, args.tolerance)
+        for result in seeds:
+            _pruned_baselines(result, epsilon, args)
+    return seeds
+
+
+def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]:
+    """The wide arm and one rebuilt arm per candidate epsilon, all resuming the shared wide checkpoint."""
     datamodule = TabularDataModule(name, batch_size=args.batch_size, seed=seed)
     datamodule.setup()
     wide_epochs, total = args.wide_epochs, args.wide_epochs + args.retrain_epochs
-    with tempfile.TemporaryDirectory() as root:
-        wide_best = BestWeights()
-        ckpt = _train_wide(datamodule, seed, wide_best, root, args)
-        results: dict[str, Any] = {
-            "wide": measure(
-                fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt),
-                datamodule,
-                args,
-            )
+    wide_best = BestWeights()
+    ckpt = _train_wide(datamodule, seed, wide_best, root, args)
+    wide = fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt)
+    result: dict[str, Any] = {
+        "seed": seed,
+        "datamodule": datamodule,
+        "ckpt": ckpt,
+        "wide": measure(wide, datamodule, args),
+    }
+    result["epsilon_grid"] = {}
+    for epsilon in args.epsilons:
+        pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
+        module = build_module(datamodule, HIDDEN, args.lr)
+        arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
+        result["epsilon_grid"][epsilon] = {
+            **measure(arm, datamodule, args),
+            "widths": list(pruning.widths_after.values()),
         }
-        grid = {}
-        for epsilon in args.epsilons:
-            pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
-            arm = fit_arm(
-                datamodule,
-                build_module(datamodule, HIDDEN, args.lr),
-                total,
-                [pruning],
-                BestWeights(from_epoch=wide_epochs),
-                ckpt,
-            )
-            grid[epsilon] = {**measure(arm, datamodule, args), "widths": list(pruning.widths_after.values())}
-        epsilon = choose_epsilon(grid, results["wide"]["val_metric"], args.tolerance)
-        results["rebuilt"] = {**grid[epsilon], "epsilon": epsilon}
-        results["epsilon_grid"] = grid
-        magnitude = _magnitude_callback(datamodule, results["wide"]["params"], results["rebuilt"]["params"], args)
-        arm = fit_arm(
-            datamodule,
-            build_module(datamodule, HIDDEN, args.lr),
-            total,
-            [magnitude],
-            BestWeights(from_epoch=wide_epochs),
-            ckpt,
-        )
-        results["magnitude"] = measure(arm, datamodule, args)
+    return result
+
+
+def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
+    """The chosen rebuilt arm, then magnitude pruning to its parameter count and its widths from scratch."""
+    datamodule, seed, total = result.pop("datamodule"), result["seed"], args.wide_epochs + args.retrain_epochs
+    result["rebuilt"] = {**result["epsilon_grid"][epsilon], "epsilon": epsilon}
+    magnitude = _magnitude_callback(datamodule, result["wide"]["params"], result["rebuilt"]["params"], args)
+    module = build_module(datamodule, HIDDEN, args.lr)
+    arm = fit_arm(datamodule, module, total, [magnitude], BestWeights(from_epoch=args.wide_epochs), result.pop("ckpt"))
+    result["magnitude"] = measure(arm, datamodule, args)
     pl.seed_everything(seed, verbose=False)
-    scratch = build_module(datamodule, results["rebuilt"]["widths"], args.lr)
-    results["scratch"] = measure(fit_arm(datamodule, scratch, total, [], BestWeights()), datamodule, args)
-    return results
+    scratch = build_module(datamodule, result["rebuilt"]["widths"], args.lr)
+    result["scratch"] = measure(fit_arm(datamodule, scratch, total, [], BestWeights()), datamodule, args)
 
 
 def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, root: str, args: Any) -> str:
@@ -179,13 +184,13 @@ def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, roo
     return checkpoint.last_model_path
 
 
-def choose_epsilon(grid: dict[float, dict[str, Any]], wide_val: float, tolerance: float) -> float:
+def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: float) -> float:
     """The largest epsilon whose *validation* metric is within ``tolerance`` of the wide net's (else the smallest).
 
     The test split plays no part: this is the paper's "well-chosen epsilon", chosen on validation data.
     """
-    eligible = [epsilon for epsilon, result in grid.items() if result["val_metric"] >= wide_val - tolerance]
-    return max(eligible) if eligible else min(grid)
+    eligible = [epsilon for epsilon, val in grid_val.items() if val >= wide_val - tolerance]
+    return max(eligible) if eligible else min(grid_val)
 
 
 def _magnitude_callback(datamodule: TabularDataModule, wide: int, target: int, args: Any) -> IterativePruning:
@@ -217,7 +222,8 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "latency_ms_b256": statistics.median(run["latency_ms_b256"] for run in runs),
         }
     result["rebuilt"]["widths_seeds"] = [seed_result["rebuilt"]["widths"] for seed_result in per_seed]
-    result["rebuilt"]["epsilon_seeds"] = [seed_result["rebuilt"]["epsilon"] for seed_result in per_seed]
+    result["rebuilt"]["epsilon"] = per_seed[0]["rebuilt"]["epsilon"]
+    result["wide"]["val_metric"] = statistics.mean(seed_result["wide"]["val_metric"] for seed_result in per_seed)
     result["epsilon_grid"] = {
         str(epsilon): {
             key: statistics.mean(seed_result["epsilon_grid"][epsilon][key] for seed_result in per_seed)
@@ -246,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         nargs="+",
         default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
-        help="candidates; per seed the largest within --tolerance of the wide net on *validation* is kept",
+        help="candidates; the largest whose seed-mean validation metric is within --tolerance of the wide net's",
     )
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed validation loss of accuracy or R²")
     p.add_argument("--wide-epochs", type=int, default=20)
@@ -265,8 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     datasets = {}
     for name in args.datasets:
-        per_seed = [run_seed(name, args.seed + offset, args) for offset in range(args.seeds)]
-        datasets[name] = summarise(per_seed)
+        datasets[name] = summarise(run_dataset(name, args))
     result = {
         "datasets": datasets,
         "protocol": {k: v for k, v in vars(args).items() if k not in ("out", "data_dir")},

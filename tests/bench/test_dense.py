@@ -28,6 +28,6 @@ def test_dense_bench_quick_writes_the_promised_keys(tmp_path) -> None:
 
 
 def test_choose_epsilon_uses_validation_only() -> None:
-    grid = {0.3: {"val_metric": 0.97, "test_metric": 0.5}, 0.5: {"val_metric": 0.965}, 0.7: {"val_metric": 0.90}}
+    grid = {0.3: 0.97, 0.5: 0.965, 0.7: 0.90}
     assert choose_epsilon(grid, wide_val=0.97, tolerance=0.005) == 0.5
     assert choose_epsilon(grid, wide_val=0.99, tolerance=0.005) == 0.3

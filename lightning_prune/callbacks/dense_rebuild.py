@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -251,13 +252,10 @@ class DenseUnitPruning(PruningCallback):
 
     def _unit_moments(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, UnitMoments]:
         """Every rank scores its shard of the training data; the moments are merged across ranks."""
-        limit = trainer.num_training_batches
+        limit = trainer.num_training_batches  # respects limit_train_batches; inf for the whole loader
         with torch.random.fork_rng(devices=[]):  # iterating a loader draws a seed; leave training's RNG alone
-            inputs = (
-                _batch_input(batch).to(pl_module.device)
-                for index, batch in enumerate(trainer.train_dataloader)
-                if index < limit
-            )
+            batches = itertools.islice(trainer.train_dataloader, None if math.isinf(limit) else int(limit))
+            inputs = (_batch_input(batch).to(pl_module.device) for batch in batches)
             moments = collect_unit_moments(pl_module, self._layers, inputs)
         if trainer.world_size == 1:
             return moments

@@ -151,7 +151,12 @@ def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]
     }
     result["epsilon_grid"] = {}
     for epsilon in args.epsilons:
-        pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
+        pruning = DenseUnitPruning(
+            epsilon=epsilon,
+            wide_epochs=wide_epochs,
+            retrain_epochs=args.retrain_epochs,
+            retrain_lr_scale=args.retrain_lr_scale,
+        )
         module = build_module(datamodule, HIDDEN, args.lr)
         arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
         result["epsilon_grid"][epsilon] = {
@@ -167,7 +172,9 @@ def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None
     result["rebuilt"] = {**result["epsilon_grid"][epsilon], "epsilon": epsilon}
     magnitude = _magnitude_callback(datamodule, result["wide"]["params"], result["rebuilt"]["params"], args)
     module = build_module(datamodule, HIDDEN, args.lr)
-    arm = fit_arm(datamodule, module, total, [magnitude], BestWeights(from_epoch=args.wide_epochs), result.pop("ckpt"))
+    gentle = ScaleLearningRate(args.wide_epochs, args.retrain_lr_scale)
+    best = BestWeights(from_epoch=args.wide_epochs)
+    arm = fit_arm(datamodule, module, total, [magnitude, gentle], best, result.pop("ckpt"))
     result["magnitude"] = measure(arm, datamodule, args)
     pl.seed_everything(seed, verbose=False)
     scratch = build_module(datamodule, result["rebuilt"]["widths"], args.lr)
@@ -191,6 +198,19 @@ def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: flo
     """
     eligible = [epsilon for epsilon, val in grid_val.items() if val >= wide_val - tolerance]
     return max(eligible) if eligible else min(grid_val)
+
+
+class ScaleLearningRate(pl.Callback):
+    """At the start of ``epoch``, multiply every learning rate by ``scale`` (the magnitude arm's gentle fine-tune)."""
+
+    def __init__(self, epoch: int, scale: float) -> None:
+        self.epoch, self.scale = epoch, scale
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] *= self.scale
 
 
 def _magnitude_callback(datamodule: TabularDataModule, wide: int, target: int, args: Any) -> IterativePruning:
@@ -258,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wide-epochs", type=int, default=20)
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--retrain-lr-scale", type=float, default=1.0, help="rebuilt (and magnitude) retraining lr factor")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")
     p.add_argument("--repeats", type=int, default=300)

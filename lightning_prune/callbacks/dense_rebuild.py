@@ -73,6 +73,8 @@ class DenseUnitPruning(PruningCallback):
         monitor: metric watched for the plateau; ``mode`` says whether lower (``"min"``) or higher is better.
         min_delta: smallest change of ``monitor`` that counts as an improvement.
         retrain_epochs: epochs trained after the rebuild before training stops (``None``: until max_epochs).
+        retrain_lr_scale: the rebuilt optimizer's learning rate(s) times this, in (0, 1]: "lightly retrain"
+            the transferred weights rather than shake them with the full rate.
         fold_removed: add removed units' mean contribution to the next layer's bias.
         min_units: units every layer keeps at least (the highest-scoring).
         include_names: regex on Linear names; only matching layers are pruned (default: every stack).
@@ -107,6 +109,7 @@ class DenseUnitPruning(PruningCallback):
         mode: str = "min",
         min_delta: float = 0.0,
         retrain_epochs: int | None = None,
+        retrain_lr_scale: float = 1.0,
         fold_removed: bool = True,
         min_units: int = 1,
         include_names: str | None = None,
@@ -114,6 +117,7 @@ class DenseUnitPruning(PruningCallback):
     ) -> None:
         self.epsilon, self.statistic = epsilon, statistic
         self.wide_epochs, self.patience, self.retrain_epochs = wide_epochs, patience, retrain_epochs
+        self.retrain_lr_scale = retrain_lr_scale
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
         self.fold_removed, self.min_units, self.include_names = fold_removed, min_units, include_names
         self.export_dir = export_dir
@@ -131,11 +135,14 @@ class DenseUnitPruning(PruningCallback):
         self._load_hook = None
 
     def _validate(self) -> None:
-        eps = self.epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 <= eps < 1):
+        if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
             raise ValueError(
-                f"epsilon must be a number in [0, 1) (relative to each layer's largest score), got {eps!r}"
+                f"epsilon must be a number in [0, 1) (relative to each layer's largest score), got {self.epsilon!r}"
             )
+        if not _is_number(self.retrain_lr_scale) or not 0 < self.retrain_lr_scale <= 1:
+            raise ValueError(f"retrain_lr_scale must be a number in (0, 1], got {self.retrain_lr_scale!r}")
+        if not _is_number(self.min_delta) or self.min_delta < 0:
+            raise ValueError(f"min_delta must be a number >= 0, got {self.min_delta!r}")
         if self.statistic not in UNIT_STATISTICS:
             raise ValueError(f"statistic must be one of {sorted(UNIT_STATISTICS)}, got {self.statistic!r}")
         if self.mode not in MODES:
@@ -146,13 +153,7 @@ class DenseUnitPruning(PruningCallback):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
                 raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
-        if not self.min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
-        if self.include_names is not None:
-            try:
-                re.compile(self.include_names)
-            except re.error as error:
-                raise ValueError(f"include_names is not a valid regex: {self.include_names!r} ({error})") from None
+        _check_regex("include_names", self.include_names)
 
     @property
     def state_key(self) -> str:
@@ -238,6 +239,7 @@ class DenseUnitPruning(PruningCallback):
             means = {name: torch.tensor(values) for name, values in plan["means"].items()} if plan["means"] else None
             rebuild_layers(pl_module, example_input(trainer, pl_module), self._layers, plan["kept"], means)
             rebuild_after_shrink(trainer)
+            _scale_learning_rates(trainer, self.retrain_lr_scale)
         self.widths_after = layer_widths(pl_module, self._layers)
         self.params_after = count_parameters(pl_module)
         self._architecture = architecture_spec(pl_module)
@@ -358,6 +360,34 @@ class DenseUnitPruning(PruningCallback):
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
+
+
+def _check_regex(name: str, pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"{name} is not a valid regex: {pattern!r} ({error})") from None
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float, not a bool (YAML ``true`` is not a threshold)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _scale_learning_rates(trainer: pl.Trainer, scale: float) -> None:
+    """Retrain gently: the fresh optimizers (and their schedulers' base rates) at ``scale`` times the rate.
+
+    The scaled rates live in the optimizer and scheduler states, so a resumed run keeps them.
+    """
+    if scale == 1.0:
+        return
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+    for config in trainer.lr_scheduler_configs:
+        config.scheduler.base_lrs = [lr * scale for lr in config.scheduler.base_lrs]
 
 
 def _batch_input(batch: Any) -> Tensor:

@@ -44,7 +44,9 @@ def mlp_classifier(datamodule: TabularDataModule, hidden: tuple[int, ...] = (64,
         ({"patience": 0}, "patience must be an integer >= 1"),
         ({"retrain_epochs": 0}, "retrain_epochs must be an integer >= 1"),
         ({"min_units": 0}, "min_units must be an integer >= 1"),
-        ({"min_delta": -1.0}, "min_delta must be >= 0"),
+        ({"min_delta": -1.0}, "min_delta must be a number >= 0"),
+        ({"retrain_lr_scale": 0.0}, r"retrain_lr_scale must be a number in \(0, 1\]"),
+        ({"retrain_lr_scale": 2.0}, "got 2.0"),
         ({"include_names": "("}, "include_names is not a valid regex"),
     ],
 )
@@ -63,7 +65,7 @@ def test_dense_unit_pruning_state_key() -> None:
 
 def test_dense_unit_pruning_rebuilds_retrains_and_exports(cancer, trainer_kwargs) -> None:
     model = mlp_classifier(cancer)
-    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=3, retrain_epochs=2)
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=3, retrain_epochs=2, retrain_lr_scale=0.5)
     trainer = pl.Trainer(max_epochs=10, callbacks=[pruning], **trainer_kwargs)
     trainer.fit(model, datamodule=cancer)
 
@@ -75,6 +77,7 @@ def test_dense_unit_pruning_rebuilds_retrains_and_exports(cancer, trainer_kwargs
     assert pruning.params_after == sum(p.numel() for p in model.parameters()) < pruning.params_before
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.parameters()}
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-2)
     assert trainer.callback_metrics["prune/sparsity"] == pytest.approx(1 - pruning.params_after / pruning.params_before)
     assert trainer.callback_metrics["val/acc"] > 0.9
 
@@ -131,7 +134,7 @@ def test_dense_unit_pruning_refuses_model_without_linear_stack(digits, trainer_k
 def _fit(datamodule, tmp_path: Path, name: str, ckpt_path: str | None = None):
     pl.seed_everything(0, verbose=False)
     model = mlp_classifier(datamodule)
-    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=2)
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=2, retrain_lr_scale=0.5)  # the scaled lr must survive too
     checkpoints = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
     trainer = pl.Trainer(
         max_epochs=5,

@@ -25,6 +25,7 @@ def test_odf2nna_recipe_composes() -> None:
     callback = instantiate(cfg.callbacks.dense_unit_pruning)
     assert isinstance(callback, DenseUnitPruning)
     assert cfg.trainer.max_epochs == callback.wide_epochs + callback.retrain_epochs
+    assert callback.patience == 3
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,17 @@
 """ODF2NNA on the bundled tabular sets: wide net vs rebuilt net vs magnitude pruning vs scratch.
 
-``python -m lightning_prune.bench dense --out dense.json``. Per data set and seed, four arms start from
-the same seed (same split, same initialisation) and train the same number of epochs:
+``python -m lightning_prune.bench dense --out dense.json``. Per data set and seed (split and initialisation),
+the wide 3x256 ReLU MLP trains until its validation loss has not improved for ``--patience`` epochs (the
+"validation stops improving" trigger); that checkpoint is shared, and every arm trains the same total number
+of epochs:
 
-- ``wide``: the 3x256 ReLU MLP, ``wide_epochs + retrain_epochs`` epochs.
-- ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` scores the units after ``wide_epochs``, rebuilds a
-  narrower MLP with the trained weights and retrains it ``retrain_epochs`` epochs.
-- ``magnitude``: one-shot global magnitude pruning (:class:`~lightning_prune.IterativePruning`) at the
-  same epoch to the rebuilt arm's parameter count, then the same fine-tune; same shape, so no faster.
+- ``wide``: the wide net, ``retrain_epochs`` more epochs.
+- ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` scores the units at that point, rebuilds a narrower
+  MLP with the trained weights and retrains it ``retrain_epochs`` epochs; one arm per candidate epsilon, and
+  the reported one is the largest epsilon whose *validation* metric (mean over seeds) stays within
+  ``--tolerance`` of the wide net's. The test split plays no part in the choice.
+- ``magnitude``: one-shot global magnitude pruning (:class:`~lightning_prune.IterativePruning`) at the same
+  point to the rebuilt arm's parameter count, then the same fine-tune; same shapes, so no faster.
 - ``scratch``: the rebuilt widths, freshly initialised, trained as long as the whole pipeline.
 
 Each arm is evaluated on the test split with the weights of its best validation loss (after the prune
@@ -26,7 +30,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
@@ -139,56 +143,52 @@ def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]
     """The wide arm and one rebuilt arm per candidate epsilon, all resuming the shared wide checkpoint."""
     datamodule = TabularDataModule(name, batch_size=args.batch_size, seed=seed)
     datamodule.setup()
-    wide_epochs, total = args.wide_epochs, args.wide_epochs + args.retrain_epochs
     wide_best = BestWeights()
-    ckpt = _train_wide(datamodule, seed, wide_best, root, args)
+    ckpt, wide_epochs = _train_wide(datamodule, seed, wide_best, root, args)
+    total = wide_epochs + args.retrain_epochs
     wide = fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt)
-    result: dict[str, Any] = {
-        "seed": seed,
-        "datamodule": datamodule,
-        "ckpt": ckpt,
-        "wide": measure(wide, datamodule, args),
-    }
+    result: dict[str, Any] = {"seed": seed, "datamodule": datamodule, "ckpt": ckpt, "wide_epochs": wide_epochs}
+    result["wide"] = measure(wide, datamodule, args)
     result["epsilon_grid"] = {}
     for epsilon in args.epsilons:
-        pruning = DenseUnitPruning(
-            epsilon=epsilon,
-            wide_epochs=wide_epochs,
-            retrain_epochs=args.retrain_epochs,
-            retrain_lr_scale=args.retrain_lr_scale,
-        )
+        pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
         module = build_module(datamodule, HIDDEN, args.lr)
         arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
-        result["epsilon_grid"][epsilon] = {
-            **measure(arm, datamodule, args),
-            "widths": list(pruning.widths_after.values()),
-        }
+        widths = list(pruning.widths_after.values())
+        result["epsilon_grid"][epsilon] = {**measure(arm, datamodule, args), "widths": widths}
     return result
 
 
 def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
     """The chosen rebuilt arm, then magnitude pruning to its parameter count and its widths from scratch."""
-    datamodule, seed, total = result.pop("datamodule"), result["seed"], args.wide_epochs + args.retrain_epochs
+    datamodule, seed, wide_epochs = result.pop("datamodule"), result["seed"], result["wide_epochs"]
+    total = wide_epochs + args.retrain_epochs
     result["rebuilt"] = {**result["epsilon_grid"][epsilon], "epsilon": epsilon}
-    magnitude = _magnitude_callback(datamodule, result["wide"]["params"], result["rebuilt"]["params"], args)
+    magnitude = _magnitude_callback(
+        datamodule, wide_epochs, result["wide"]["params"], result["rebuilt"]["params"], args
+    )
     module = build_module(datamodule, HIDDEN, args.lr)
-    gentle = ScaleLearningRate(args.wide_epochs, args.retrain_lr_scale)
-    best = BestWeights(from_epoch=args.wide_epochs)
-    arm = fit_arm(datamodule, module, total, [magnitude, gentle], best, result.pop("ckpt"))
+    arm = fit_arm(datamodule, module, total, [magnitude], BestWeights(from_epoch=wide_epochs), result.pop("ckpt"))
     result["magnitude"] = measure(arm, datamodule, args)
     pl.seed_everything(seed, verbose=False)
     scratch = build_module(datamodule, result["rebuilt"]["widths"], args.lr)
     result["scratch"] = measure(fit_arm(datamodule, scratch, total, [], BestWeights()), datamodule, args)
 
 
-def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, root: str, args: Any) -> str:
-    """The shared first ``wide_epochs`` epochs; returns the checkpoint every other arm resumes from."""
+def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, root: str, args: Any) -> tuple[str, int]:
+    """The shared wide phase, until the validation loss stops improving for ``patience`` epochs.
+
+    Returns the checkpoint every other arm resumes from and the number of epochs trained: the pruned
+    arms rebuild or prune at the start of the next epoch, where ``DenseUnitPruning(patience=...)`` would.
+    """
     pl.seed_everything(seed, verbose=False)
     module = build_module(datamodule, HIDDEN, args.lr)
     checkpoint = ModelCheckpoint(dirpath=root, save_top_k=0, save_last=True)
-    fit = trainer(args.wide_epochs, [best, checkpoint], root=root, enable_checkpointing=True)
+    plateau = EarlyStopping(monitor="val/loss", patience=args.patience)
+    fit = trainer(args.max_wide_epochs, [best, plateau, checkpoint], root=root, enable_checkpointing=True)
     fit.fit(module, datamodule=datamodule)
-    return checkpoint.last_model_path
+    epochs = torch.load(checkpoint.last_model_path, weights_only=True)["epoch"] + 1
+    return checkpoint.last_model_path, epochs
 
 
 def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: float) -> float:
@@ -200,20 +200,9 @@ def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: flo
     return max(eligible) if eligible else min(grid_val)
 
 
-class ScaleLearningRate(pl.Callback):
-    """At the start of ``epoch``, multiply every learning rate by ``scale`` (the magnitude arm's gentle fine-tune)."""
-
-    def __init__(self, epoch: int, scale: float) -> None:
-        self.epoch, self.scale = epoch, scale
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            for optimizer in trainer.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] *= self.scale
-
-
-def _magnitude_callback(datamodule: TabularDataModule, wide: int, target: int, args: Any) -> IterativePruning:
+def _magnitude_callback(
+    datamodule: TabularDataModule, wide_epochs: int, wide: int, target: int, args: Any
+) -> IterativePruning:
     """One global magnitude step over every Linear weight (head included) down to ``target`` nonzeros."""
     net = build_module(datamodule, HIDDEN, args.lr).net
     weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
@@ -221,7 +210,7 @@ def _magnitude_callback(datamodule: TabularDataModule, wide: int, target: int, a
     return IterativePruning(
         target_sparsity=sparsity,
         step_ratio=sparsity,
-        warmup_epochs=args.wide_epochs,
+        warmup_epochs=wide_epochs,
         finetune_epochs=args.retrain_epochs,
         prune_head=True,
     )
@@ -244,6 +233,7 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     result["rebuilt"]["widths_seeds"] = [seed_result["rebuilt"]["widths"] for seed_result in per_seed]
     result["rebuilt"]["epsilon"] = per_seed[0]["rebuilt"]["epsilon"]
     result["wide"]["val_metric"] = statistics.mean(seed_result["wide"]["val_metric"] for seed_result in per_seed)
+    result["wide"]["wide_epochs_seeds"] = [seed_result["wide_epochs"] for seed_result in per_seed]
     result["epsilon_grid"] = {
         str(epsilon): {
             key: statistics.mean(seed_result["epsilon_grid"][epsilon][key] for seed_result in per_seed)
@@ -275,17 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="candidates; the largest whose seed-mean validation metric is within --tolerance of the wide net's",
     )
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed validation loss of accuracy or R²")
-    p.add_argument("--wide-epochs", type=int, default=20)
+    p.add_argument("--patience", type=int, default=3, help="wide phase ends when val/loss stalls this many epochs")
+    p.add_argument("--max-wide-epochs", type=int, default=50)
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--retrain-lr-scale", type=float, default=1.0, help="rebuilt (and magnitude) retraining lr factor")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")
     p.add_argument("--repeats", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.wide_epochs, args.retrain_epochs, args.repeats, args.warmup = 1, 2, 1, 20, 5
+        args.seeds, args.max_wide_epochs, args.retrain_epochs, args.repeats, args.warmup = 1, 2, 1, 20, 5
         args.epsilons = args.epsilons[-1:]
     quiet()
     torch.set_num_threads(args.threads)

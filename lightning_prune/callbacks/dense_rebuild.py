@@ -101,7 +101,7 @@ class DenseUnitPruning(PruningCallback):
 
     def __init__(
         self,
-        epsilon: float = 0.1,
+        epsilon: float = 0.5,
         statistic: str = "std",
         wide_epochs: int | None = 10,
         patience: int | None = None,

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,7 +16,7 @@ from torch import nn
 from lightning_prune import DenseUnitPruning, load_pruned
 from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
-from tests.helpers import cnn_classifier
+from tests.helpers import REPO, cnn_classifier
 
 
 @pytest.fixture(scope="module")
@@ -222,23 +225,38 @@ def test_dense_unit_pruning_on_a_regressor(trainer_kwargs) -> None:
     assert "val/r2" in trainer.callback_metrics
 
 
+DDP_SCRIPT = """
+import lightning.pytorch as pl
+from lightning_prune import DenseUnitPruning
+from lightning_prune.data import TabularDataModule
+from lightning_prune.models import MLP, Classifier
+
+pl.seed_everything(0)
+datamodule = TabularDataModule("breast_cancer", batch_size=64)
+datamodule.setup()
+net = MLP(datamodule.input_shape, 2, hidden=(64, 64))
+model = Classifier(net, 2, datamodule.input_shape, lr=1e-2, optimizer="adam")
+trainer = pl.Trainer(max_epochs=3, callbacks=[DenseUnitPruning(epsilon=0.3, wide_epochs=1)], accelerator="cpu",
+                     devices=2, strategy="ddp", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, default_root_dir={root!r})
+trainer.fit(model, datamodule=datamodule)
+print("RANK", trainer.global_rank, "WIDTHS", model.net.layers[1].out_features, model.net.layers[3].out_features)
+"""
+
+
 @pytest.mark.slow
-def test_dense_unit_pruning_ddp_spawn(cancer, tmp_path) -> None:
-    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=1)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        callbacks=[pruning],
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
+def test_dense_unit_pruning_ddp(tmp_path) -> None:
+    # Plain DDP re-launches the script once per rank (ddp_spawn would hand the shrunk weights back to a
+    # wide model in the parent process): both ranks must rebuild the same widths from the gathered scores.
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(root=str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
-    trainer.fit(mlp_classifier(cancer), datamodule=cancer)
+    assert done.returncode == 0, done.stderr[-3000:]
+    widths = {line.split("WIDTHS")[1].strip() for line in done.stdout.splitlines() if line.startswith("RANK")}
+    assert len(widths) == 1  # the same architecture on both ranks
     summary = json.loads((tmp_path / "summary.json").read_text())["dense_unit_pruning"]
-    assert summary["rebuilt"]
     assert summary["params_after"] < summary["params_before"]
+    assert widths == {" ".join(str(w) for w in summary["widths_after"].values())}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from lightning_prune.callbacks._lightning import (
 )
 from lightning_prune.callbacks._protocol import PruningCallback, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
+from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, count_parameters
 from lightning_prune.core.units import (
     UNIT_STATISTICS,
@@ -153,7 +153,7 @@ class DenseUnitPruning(PruningCallback):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
                 raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
-        _check_regex("include_names", self.include_names)
+        validate_selector(DEFAULT_TYPES, self.include_names, ())
 
     @property
     def state_key(self) -> str:
@@ -360,15 +360,6 @@ class DenseUnitPruning(PruningCallback):
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
-
-
-def _check_regex(name: str, pattern: str | None) -> None:
-    if pattern is None:
-        return
-    try:
-        re.compile(pattern)
-    except re.error as error:
-        raise ValueError(f"{name} is not a valid regex: {pattern!r} ({error})") from None
 
 
 def _is_number(value: object) -> bool:

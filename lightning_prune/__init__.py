@@ -9,6 +9,7 @@ or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 """
 
 from lightning_prune.callbacks import (
+    DenseUnitPruning,
     InstantSoupPruning,
     IterativePruning,
     LatencyBenchmark,
@@ -21,6 +22,7 @@ from lightning_prune.callbacks._lightning import resize_on_load
 from lightning_prune.core.export import load_pruned
 
 __all__ = [
+    "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",
     "LatencyBenchmark",

@@ -1,12 +1,14 @@
 """Lightning callbacks, one method per file, all driving :mod:`lightning_prune.core`."""
 
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, find_pruner
+from lightning_prune.callbacks.dense_rebuild import DenseUnitPruning
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
 from lightning_prune.callbacks.soup import InstantSoupPruning
 
 __all__ = [
+    "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",
     "LatencyBenchmark",

@@ -1,8 +1,9 @@
-"""Small real models (MLP, CNN, ResNet) and a generic classification LightningModule."""
+"""Small real models (MLP, CNN, ResNet) and generic classification and regression LightningModules."""
 
 from lightning_prune.models.classifier import Classifier
 from lightning_prune.models.cnn import SmallCNN
 from lightning_prune.models.mlp import MLP
+from lightning_prune.models.regressor import Regressor
 from lightning_prune.models.resnet import BasicBlock, ResNet
 
-__all__ = ["MLP", "BasicBlock", "Classifier", "ResNet", "SmallCNN"]
+__all__ = ["MLP", "BasicBlock", "Classifier", "Regressor", "ResNet", "SmallCNN"]

@@ -1,0 +1,301 @@
+"""ODF2NNA on the bundled tabular sets: wide net vs rebuilt net vs magnitude pruning vs scratch.
+
+``python -m lightning_prune.bench dense --out dense.json``. Per data set and seed (split and initialisation),
+the wide 3x256 ReLU MLP trains until its validation loss has not improved for ``--patience`` epochs (the
+"validation stops improving" trigger); that checkpoint is shared, and every arm trains the same total number
+of epochs:
+
+- ``wide``: the wide net, ``retrain_epochs`` more epochs.
+- ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` scores the units at that point, rebuilds a narrower
+  MLP with the trained weights and retrains it ``retrain_epochs`` epochs; one arm per candidate epsilon, and
+  the reported one is the largest epsilon whose *validation* metric (mean over seeds) stays within
+  ``--tolerance`` of the wide net's. The test split plays no part in the choice.
+- ``magnitude``: one-shot global magnitude pruning (:class:`~lightning_prune.IterativePruning`) at the same
+  point to the rebuilt arm's parameter count, then the same fine-tune; same shapes, so no faster.
+- ``scratch``: the rebuilt widths, freshly initialised, trained as long as the whole pipeline.
+
+Each arm is evaluated on the test split with the weights of its best validation loss (after the prune
+for the pruned arms). ``test_metric`` is accuracy (classification) or R² (diabetes); latency is the
+median of many timed CPU forwards of the bare net after a warm-up, at ``torch.set_num_threads(threads)``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
+
+from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
+from lightning_prune.callbacks import DenseUnitPruning, IterativePruning
+from lightning_prune.core.structured import count_parameters
+from lightning_prune.data import TabularDataModule
+from lightning_prune.models import MLP, Classifier, Regressor
+
+DATASETS = {"breast_cancer": "acc", "wine": "acc", "digits": "acc", "diabetes": "r2"}
+ARMS = ("wide", "rebuilt", "magnitude", "scratch")
+HIDDEN = (256, 256, 256)
+
+
+class BestWeights(pl.Callback):
+    """Keep the weights of the lowest ``monitor`` from ``from_epoch`` on, and load them when the fit ends."""
+
+    def __init__(self, monitor: str = "val/loss", from_epoch: int = 0) -> None:
+        self.monitor, self.from_epoch = monitor, from_epoch
+        self.best: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch < self.from_epoch:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if self.best is None or value < self.best:
+            self.best = value
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)
+
+
+def latency_ms(net: nn.Module, input_shape: Sequence[int], batch: int, repeats: int, warmup: int) -> float:
+    """Median wall time of one forward of ``batch`` inputs, in milliseconds."""
+    net = net.eval()
+    x = torch.randn(batch, *input_shape)
+    times = []
+    with torch.inference_mode():
+        for index in range(warmup + repeats):
+            started = time.perf_counter()
+            net(x)
+            if index >= warmup:
+                times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def build_module(datamodule: TabularDataModule, hidden: Sequence[int], lr: float) -> pl.LightningModule:
+    net = MLP(datamodule.input_shape, datamodule.num_classes, hidden=hidden)
+    options = {"lr": lr, "optimizer": "adamw", "weight_decay": 1e-2}
+    if DATASETS[datamodule.name] == "r2":
+        return Regressor(net, datamodule.input_shape, **options)
+    return Classifier(net, datamodule.num_classes, datamodule.input_shape, **options)
+
+
+@dataclass
+class Arm:
+    """One trained arm: its module (best validation weights) and its validation and test metrics."""
+
+    module: pl.LightningModule
+    val_metric: float
+    test_metric: float
+
+
+def fit_arm(
+    datamodule: TabularDataModule,
+    module: pl.LightningModule,
+    epochs: int,
+    callbacks: Sequence[pl.Callback],
+    best: BestWeights,
+    ckpt_path: str | None = None,
+) -> Arm:
+    """Train (or resume) ``module``, load its best validation weights, then validate and test them."""
+    metric = DATASETS[datamodule.name]
+    with tempfile.TemporaryDirectory() as root:
+        fit = trainer(epochs, [*callbacks, best], root=root)
+        fit.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit.validate(module, datamodule=datamodule, verbose=False)
+        val = float(fit.callback_metrics[f"val/{metric}"])
+        fit.test(module, datamodule=datamodule, verbose=False)
+        return Arm(module, val, float(fit.callback_metrics[f"test/{metric}"]))
+
+
+def measure(arm: Arm, datamodule: TabularDataModule, args: Any) -> dict[str, Any]:
+    net = arm.module.net
+    return {
+        "params": count_parameters(net),
+        "params_nonzero": sum(int((p != 0).sum()) for p in net.parameters()),
+        "val_metric": arm.val_metric,
+        "test_metric": arm.test_metric,
+        "latency_ms_b1": latency_ms(net, datamodule.input_shape, 1, args.repeats, args.warmup),
+        "latency_ms_b256": latency_ms(net, datamodule.input_shape, 256, max(20, args.repeats // 5), args.warmup),
+    }
+
+
+def run_dataset(name: str, args: Any) -> list[dict[str, Any]]:
+    """Every seed's four arms; epsilon is chosen once per data set, on validation metrics pooled over seeds."""
+    with tempfile.TemporaryDirectory() as root:
+        seeds = [_wide_and_grid(name, args.seed + offset, f"{root}/{offset}", args) for offset in range(args.seeds)]
+        grid_val = {eps: statistics.mean(s["epsilon_grid"][eps]["val_metric"] for s in seeds) for eps in args.epsilons}
+        wide_val = statistics.mean(s["wide"]["val_metric"] for s in seeds)
+        epsilon = choose_epsilon(grid_val, wide_val, args.tolerance)
+        for result in seeds:
+            _pruned_baselines(result, epsilon, args)
+    return seeds
+
+
+def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]:
+    """The wide arm and one rebuilt arm per candidate epsilon, all resuming the shared wide checkpoint."""
+    datamodule = TabularDataModule(name, batch_size=args.batch_size, seed=seed)
+    datamodule.setup()
+    wide_best = BestWeights()
+    ckpt, wide_epochs = _train_wide(datamodule, seed, wide_best, root, args)
+    total = wide_epochs + args.retrain_epochs
+    wide = fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt)
+    result: dict[str, Any] = {"seed": seed, "datamodule": datamodule, "ckpt": ckpt, "wide_epochs": wide_epochs}
+    result["wide"] = measure(wide, datamodule, args)
+    result["epsilon_grid"] = {}
+    for epsilon in args.epsilons:
+        pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
+        module = build_module(datamodule, HIDDEN, args.lr)
+        arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
+        widths = list(pruning.widths_after.values())
+        result["epsilon_grid"][epsilon] = {**measure(arm, datamodule, args), "widths": widths}
+    return result
+
+
+def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
+    """The chosen rebuilt arm, then magnitude pruning to its parameter count and its widths from scratch."""
+    datamodule, seed, wide_epochs = result.pop("datamodule"), result["seed"], result["wide_epochs"]
+    total = wide_epochs + args.retrain_epochs
+    result["rebuilt"] = {**result["epsilon_grid"][epsilon], "epsilon": epsilon}
+    magnitude = _magnitude_callback(
+        datamodule, wide_epochs, result["wide"]["params"], result["rebuilt"]["params"], args
+    )
+    module = build_module(datamodule, HIDDEN, args.lr)
+    arm = fit_arm(datamodule, module, total, [magnitude], BestWeights(from_epoch=wide_epochs), result.pop("ckpt"))
+    result["magnitude"] = measure(arm, datamodule, args)
+    pl.seed_everything(seed, verbose=False)
+    scratch = build_module(datamodule, result["rebuilt"]["widths"], args.lr)
+    result["scratch"] = measure(fit_arm(datamodule, scratch, total, [], BestWeights()), datamodule, args)
+
+
+def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, root: str, args: Any) -> tuple[str, int]:
+    """The shared wide phase, until the validation loss stops improving for ``patience`` epochs.
+
+    Returns the checkpoint every other arm resumes from and the number of epochs trained: the pruned
+    arms rebuild or prune at the start of the next epoch, where ``DenseUnitPruning(patience=...)`` would.
+    """
+    pl.seed_everything(seed, verbose=False)
+    module = build_module(datamodule, HIDDEN, args.lr)
+    checkpoint = ModelCheckpoint(dirpath=root, save_top_k=0, save_last=True)
+    plateau = EarlyStopping(monitor="val/loss", patience=args.patience)
+    fit = trainer(args.max_wide_epochs, [best, plateau, checkpoint], root=root, enable_checkpointing=True)
+    fit.fit(module, datamodule=datamodule)
+    epochs = torch.load(checkpoint.last_model_path, weights_only=True)["epoch"] + 1
+    return checkpoint.last_model_path, epochs
+
+
+def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: float) -> float:
+    """The largest epsilon whose *validation* metric is within ``tolerance`` of the wide net's (else the smallest).
+
+    The test split plays no part: this is the paper's "well-chosen epsilon", chosen on validation data.
+    """
+    eligible = [epsilon for epsilon, val in grid_val.items() if val >= wide_val - tolerance]
+    return max(eligible) if eligible else min(grid_val)
+
+
+def _magnitude_callback(
+    datamodule: TabularDataModule, wide_epochs: int, wide: int, target: int, args: Any
+) -> IterativePruning:
+    """One global magnitude step over every Linear weight (head included) down to ``target`` nonzeros."""
+    net = build_module(datamodule, HIDDEN, args.lr).net
+    weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
+    sparsity = min(0.999, (wide - target) / weights)
+    return IterativePruning(
+        target_sparsity=sparsity,
+        step_ratio=sparsity,
+        warmup_epochs=wide_epochs,
+        finetune_epochs=args.retrain_epochs,
+        prune_head=True,
+    )
+
+
+def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Mean parameters and metric, median latency over seeds; the per-seed metrics kept alongside."""
+    result: dict[str, Any] = {}
+    for arm in ARMS:
+        runs = [seed_result[arm] for seed_result in per_seed]
+        metrics = [run["test_metric"] for run in runs]
+        result[arm] = {
+            "params": statistics.mean(run["params_nonzero"] for run in runs),
+            "test_metric": statistics.mean(metrics),
+            "test_metric_std": statistics.pstdev(metrics),
+            "test_metric_seeds": metrics,
+            "latency_ms_b1": statistics.median(run["latency_ms_b1"] for run in runs),
+            "latency_ms_b256": statistics.median(run["latency_ms_b256"] for run in runs),
+        }
+    result["rebuilt"]["widths_seeds"] = [seed_result["rebuilt"]["widths"] for seed_result in per_seed]
+    result["rebuilt"]["epsilon"] = per_seed[0]["rebuilt"]["epsilon"]
+    result["wide"]["val_metric"] = statistics.mean(seed_result["wide"]["val_metric"] for seed_result in per_seed)
+    result["wide"]["wide_epochs_seeds"] = [seed_result["wide_epochs"] for seed_result in per_seed]
+    result["epsilon_grid"] = {
+        str(epsilon): {
+            key: statistics.mean(seed_result["epsilon_grid"][epsilon][key] for seed_result in per_seed)
+            for key in ("params", "val_metric", "test_metric")
+        }
+        for epsilon in per_seed[0]["epsilon_grid"]
+    }
+    wide, rebuilt = result["wide"], result["rebuilt"]
+    result["ratios"] = {
+        "param_reduction": 1 - rebuilt["params"] / wide["params"],
+        "metric_delta": rebuilt["test_metric"] - wide["test_metric"],
+        "speedup_b1": wide["latency_ms_b1"] / rebuilt["latency_ms_b1"],
+        "speedup_b256": wide["latency_ms_b256"] / rebuilt["latency_ms_b256"],
+        "magnitude_speedup_b256": wide["latency_ms_b256"] / result["magnitude"]["latency_ms_b256"],
+        "transfer_gain": rebuilt["test_metric"] - result["scratch"]["test_metric"],
+    }
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("dense", "ODF2NNA: wide vs rebuilt vs magnitude vs scratch on the bundled tabular sets")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--seeds", type=int, default=5, help="seeds seed, seed+1, ...: split and initialisation")
+    p.add_argument(
+        "--epsilons",
+        type=float,
+        nargs="+",
+        default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+        help="candidates; the largest whose seed-mean validation metric is within --tolerance of the wide net's",
+    )
+    p.add_argument("--tolerance", type=float, default=0.005, help="allowed validation loss of accuracy or R²")
+    p.add_argument("--patience", type=int, default=3, help="wide phase ends when val/loss stalls this many epochs")
+    p.add_argument("--max-wide-epochs", type=int, default=50)
+    p.add_argument("--retrain-epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")
+    p.add_argument("--repeats", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=30)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.max_wide_epochs, args.retrain_epochs, args.repeats, args.warmup = 1, 2, 1, 20, 5
+        args.epsilons = args.epsilons[-1:]
+    quiet()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    datasets = {}
+    for name in args.datasets:
+        datasets[name] = summarise(run_dataset(name, args))
+    result = {
+        "datasets": datasets,
+        "protocol": {k: v for k, v in vars(args).items() if k not in ("out", "data_dir")},
+        "metric": {name: DATASETS[name] for name in args.datasets},
+        "hidden": list(HIDDEN),
+        "wall_s": time.perf_counter() - started,
+        "environment": {**environment(), "torch_threads": torch.get_num_threads()},
+    }
+    write_json(args.out, result)
+    rows = [
+        [name, arm, round(d[arm]["params"]), d[arm]["test_metric"], d[arm]["latency_ms_b1"], d[arm]["latency_ms_b256"]]
+        for name, d in datasets.items()
+        for arm in ARMS
+    ]
+    print_table("ODF2NNA (dense unit pruning)", ["dataset", "arm", "params", "test metric", "ms b1", "ms b256"], rows)
+    return 0

@@ -1,0 +1,336 @@
+"""Hidden units of feed-forward ``nn.Linear`` stacks: find them, score them, rebuild smaller layers.
+
+ODF2NNA (Balderas et al., *Neural Networks* 2024) keeps the hidden units whose output varies over the
+training data and rebuilds a narrower dense net with the survivors' trained weights. This module is
+its framework-free engine:
+
+- :func:`find_hidden_layers` walks torch-pruning's traced graph and returns, in forward order, every
+  ``Linear`` whose outputs reach exactly one next ``Linear`` through a *plain chain*: element-wise
+  activations, BatchNorm1d, LayerNorm, PReLU (dropout is not traced in eval mode). Branches, residual
+  adds, concatenations and reshapes are refused with the layer and the reason.
+- :func:`collect_unit_moments` streams the training data once and keeps per-unit count, mean, M2,
+  min and max of what the next layer *receives* (the unit after its norm and activation), so any
+  statistic in :data:`UNIT_STATISTICS` can be computed without holding the activations.
+- :func:`keep_units` applies the rule ``statistic >= epsilon * max over the layer``.
+- :func:`rebuild_layers` folds each removed unit's mean output into the next layer's bias, then removes
+  the units physically through :func:`~lightning_prune.core.structured.remove_out_channels` (torch-pruning
+  slices the Linear, its norms and the next Linear's inputs consistently).
+
+The statistic is the one open choice: the paper scores "the variability of the output of the unit's
+subnet" and the exact formula is not in the sources we could read. The default is the standard
+deviation of the post-activation output, relative to the layer's largest (scale-free, so one epsilon
+fits every layer); ``variance`` and ``range`` are there to compare.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from lightning_prune.core.structured import dependency_graph, remove_out_channels
+
+# Node types that map unit j to unit j (torch-pruning slices the ones with parameters along).
+_CHAIN_TYPES = (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.BN, tp.ops.OPTYPE.LN, tp.ops.OPTYPE.PRELU)
+
+
+@dataclass(frozen=True)
+class HiddenLayer:
+    """A ``Linear`` whose output units are hidden units of a feed-forward stack.
+
+    Attributes:
+        name: the Linear producing the units.
+        consumer: the next Linear, whose input features are these units.
+        chain: modules in between that are sliced along (norms, PReLU), by name.
+    """
+
+    name: str
+    consumer: str
+    chain: tuple[str, ...] = ()
+
+
+def find_hidden_layers(model: nn.Module, example_inputs: Tensor, include_names: str | None = None) -> list[HiddenLayer]:
+    """Every hidden layer of the model's Linear stacks, in forward order.
+
+    Args:
+        model: any module containing ``nn.Linear`` layers.
+        example_inputs: one input batch, to trace the graph.
+        include_names: regex on Linear names (``re.search``); only matching layers are considered.
+
+    Raises:
+        ValueError: when a considered Linear feeds something other than a plain chain to one Linear or
+            to the model's output (naming the layer and what it feeds), or when no hidden layer is found.
+    """
+    example_inputs = _two_samples(example_inputs)
+    order = _forward_order(model, example_inputs)
+    graph = dependency_graph(model, example_inputs)
+    names = {module: name for name, module in model.named_modules()}
+    pattern = re.compile(include_names) if include_names is not None else None
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or (pattern is not None and not pattern.search(name)):
+            continue
+        layer = _follow_chain(graph.module2node[module], names, name)
+        if layer is not None:
+            layers.append(layer)
+    if not layers:
+        scope = f" matching include_names={include_names!r}" if include_names is not None else ""
+        raise ValueError(
+            f"{type(model).__name__} has no hidden layer{scope}: no nn.Linear feeds another nn.Linear "
+            "through activations/norms only"
+        )
+    return sorted(layers, key=lambda layer: order[layer.name])
+
+
+def _two_samples(example_inputs: Tensor) -> Tensor:
+    """At least two samples: with one, autograd records a Linear on a non-leaf input as mm + reshape."""
+    if example_inputs.shape[0] >= 2:
+        return example_inputs
+    return example_inputs.expand(2, *example_inputs.shape[1:]).contiguous()
+
+
+def _follow_chain(node: tp.Node, names: Mapping[nn.Module, str], start: str) -> HiddenLayer | None:
+    """The hidden layer starting at a Linear's node, ``None`` if it is an output layer; else refuse."""
+    chain: list[str] = []
+    while True:
+        outputs = node.outputs
+        if not outputs or (len(outputs) == 1 and outputs[0].type == tp.ops.OPTYPE.OUTPUT):
+            return None
+        if len(outputs) > 1:
+            _refuse(start, f"its output is used by {len(outputs)} operations (a branch)")
+        node = outputs[0]
+        if node.type == tp.ops.OPTYPE.LINEAR:
+            return HiddenLayer(start, names[node.module], tuple(chain))
+        operands = _traced_operands(node)
+        if node.type not in _CHAIN_TYPES or len(operands) != 1:
+            _refuse(start, f"it feeds {node.name}, which takes {len(operands)} traced operand(s)")
+        if node.module in names:
+            chain.append(names[node.module])
+
+
+def _traced_operands(node: tp.Node) -> list[tp.Node]:
+    """Inputs that carry data; leaves without inputs are a module's own weights (a free ``nn.Parameter`` is not)."""
+    return [i for i in node.inputs if i.inputs or i.type == tp.ops.OPTYPE.PARAMETER]
+
+
+def _refuse(layer: str, reason: str) -> NoReturn:
+    raise ValueError(
+        f"nn.Linear {layer!r} is not part of a plain feed-forward stack: {reason}. Only Linear -> "
+        "(activation | BatchNorm1d | LayerNorm | PReLU | dropout)* -> Linear is supported; restrict the layers "
+        "with include_names"
+    )
+
+
+def _forward_order(model: nn.Module, example_inputs: Tensor) -> dict[str, int]:
+    """Order in which the Linear layers run; a Linear that runs twice (shared weights) is refused."""
+    calls: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: calls.append(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+    try:
+        _eval_forward(model, [example_inputs])
+    finally:
+        for handle in handles:
+            handle.remove()
+    shared = sorted({name for name in calls if calls.count(name) > 1})
+    if shared:
+        raise ValueError(f"nn.Linear layers {shared} run more than once per forward (shared weights): not a stack")
+    return {name: index for index, name in enumerate(calls)}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass
+class UnitMoments:
+    """Streaming per-unit moments (float64): count, mean, M2 (sum of squared deviations), min, max.
+
+    Batches and ranks merge with Chan et al.'s parallel formula, so the result does not depend on how
+    the data was split.
+    """
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+    minimum: Tensor
+    maximum: Tensor
+
+    @classmethod
+    def of(cls, values: Tensor) -> UnitMoments:
+        """Moments of ``values`` of shape ``(samples, units)``."""
+        values = values.detach().double()
+        mean = values.mean(0)
+        return cls(
+            torch.full_like(mean, values.shape[0]),
+            mean,
+            ((values - mean) ** 2).sum(0),
+            values.amin(0),
+            values.amax(0),
+        )
+
+    def merge(self, other: UnitMoments) -> UnitMoments:
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        return UnitMoments(
+            count,
+            self.mean + delta * other.count / count,
+            self.m2 + other.m2 + delta**2 * self.count * other.count / count,
+            torch.minimum(self.minimum, other.minimum),
+            torch.maximum(self.maximum, other.maximum),
+        )
+
+    def to_tensor(self) -> Tensor:
+        """``(5, units)``: what ranks exchange."""
+        return torch.stack([self.count, self.mean, self.m2, self.minimum, self.maximum])
+
+    @classmethod
+    def from_tensor(cls, stacked: Tensor) -> UnitMoments:
+        return cls(*stacked.double().unbind(0))
+
+
+def unit_std(moments: UnitMoments) -> Tensor:
+    """Population standard deviation of each unit's output (the default score)."""
+    return (moments.m2 / moments.count).clamp_min(0).sqrt()
+
+
+def unit_variance(moments: UnitMoments) -> Tensor:
+    return moments.m2 / moments.count
+
+
+def unit_range(moments: UnitMoments) -> Tensor:
+    """Max minus min: sensitive to a single outlier, but zero exactly for constant units too."""
+    return moments.maximum - moments.minimum
+
+
+UNIT_STATISTICS: dict[str, Callable[[UnitMoments], Tensor]] = {
+    "std": unit_std,
+    "variance": unit_variance,
+    "range": unit_range,
+}
+
+
+def collect_unit_moments(
+    model: nn.Module, layers: Sequence[HiddenLayer], inputs: Iterable[Tensor]
+) -> dict[str, UnitMoments]:
+    """Moments of every hidden unit over ``inputs``, read at the consumer's input, model in eval mode.
+
+    Reading what the next Linear receives makes the score the unit's output after its norm and
+    activation, whether those are modules or functional calls in ``forward``.
+    """
+    moments: dict[str, UnitMoments] = {}
+
+    def hook_for(layer: HiddenLayer) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            batch = UnitMoments.of(args[0].reshape(-1, args[0].shape[-1]))
+            moments[layer.name] = moments[layer.name].merge(batch) if layer.name in moments else batch
+
+        return hook
+
+    handles = [model.get_submodule(layer.consumer).register_forward_pre_hook(hook_for(layer)) for layer in layers]
+    try:
+        _eval_forward(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return moments
+
+
+def _eval_forward(model: nn.Module, inputs: Iterable[Tensor]) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in inputs:
+                model(batch)
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------- decide and rebuild
+
+
+def keep_units(scores: Tensor, epsilon: float, min_units: int = 1) -> list[int]:
+    """Indices of the useful units: ``score >= epsilon * max(score)``, and never a constant unit when epsilon > 0.
+
+    At least ``min_units`` are kept (the highest-scoring ones), so no layer becomes empty.
+
+    Example::
+
+        >>> keep_units(torch.tensor([0.0, 1.0, 0.05, 0.5]), epsilon=0.1)
+        [1, 3]
+        >>> keep_units(torch.tensor([0.0, 0.0, 0.0]), epsilon=0.1)
+        [0]
+    """
+    if not 0 <= epsilon < 1:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    useful = scores >= epsilon * scores.max()
+    if epsilon > 0:
+        useful &= scores > 0
+    kept = useful.nonzero().flatten().tolist()
+    if len(kept) < min_units:
+        kept = sorted(torch.argsort(scores, descending=True, stable=True)[:min_units].tolist())
+    return kept
+
+
+def fold_removed_units(model: nn.Module, layer: HiddenLayer, removed: Sequence[int], means: Tensor) -> bool:
+    """Add the removed units' mean contribution ``W[:, removed] @ mean[removed]`` to the consumer's bias.
+
+    Exact for constant units (a dead ReLU, a saturated unit); for near-constant ones it is the best
+    constant replacement over the training data. Returns ``False`` (nothing folded) when the consumer
+    has no bias.
+    """
+    consumer = model.get_submodule(layer.consumer)
+    if consumer.bias is None or not removed:
+        return False
+    index = torch.as_tensor(list(removed), device=consumer.weight.device)
+    with torch.no_grad():
+        contribution = consumer.weight[:, index].double() @ means.to(consumer.weight.device).double()[index]
+        consumer.bias.add_(contribution.to(consumer.bias.dtype))
+    return True
+
+
+def rebuild_layers(
+    model: nn.Module,
+    example_inputs: Tensor,
+    layers: Sequence[HiddenLayer],
+    kept: Mapping[str, Sequence[int]],
+    means: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Shrink every layer to its ``kept`` units, in place, trained weights transferred.
+
+    ``means`` (per layer, the units' mean outputs) are folded into the consumers' biases first; pass
+    ``None`` to drop removed units without compensation.
+
+    Raises:
+        ValueError: when a kept index is out of range, or the shrunk model no longer runs the example.
+    """
+    removals = {}
+    for layer in layers:
+        width = model.get_submodule(layer.name).out_features
+        keep = set(kept.get(layer.name, range(width)))
+        if not keep or not keep <= set(range(width)):
+            raise ValueError(f"kept units of {layer.name!r} must be a non-empty subset of range({width})")
+        removals[layer.name] = sorted(set(range(width)) - keep)
+    if means is not None:
+        for layer in layers:
+            fold_removed_units(model, layer, removals[layer.name], means[layer.name])
+    example_inputs = _two_samples(example_inputs)
+    remove_out_channels(model, example_inputs, removals)
+    try:
+        _eval_forward(model, [example_inputs])
+    except RuntimeError as error:
+        raise ValueError(
+            f"the rebuilt model no longer runs its example input ({error}); is it a plain stack?"
+        ) from error
+
+
+def layer_widths(model: nn.Module, layers: Sequence[HiddenLayer]) -> dict[str, int]:
+    """Output width of every hidden layer."""
+    return {layer.name: model.get_submodule(layer.name).out_features for layer in layers}

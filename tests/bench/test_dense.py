@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+
+import torch
+
+from lightning_prune.bench.dense import ARMS, choose_epsilon, main
+
+KEYS = {"params", "test_metric", "latency_ms_b1", "latency_ms_b256"}
+
+
+def test_dense_bench_quick_writes_the_promised_keys(tmp_path) -> None:
+    out = tmp_path / "dense.json"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--quick", "--datasets", "breast_cancer", "diabetes", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the benchmark times on one thread; give the session its threads back
+    result = json.loads(out.read_text())
+    assert set(result["datasets"]) == {"breast_cancer", "diabetes"}
+    for name, arms in result["datasets"].items():
+        for arm in ARMS:
+            assert set(arms[arm]) >= KEYS, (name, arm)
+        assert arms["rebuilt"]["params"] < arms["wide"]["params"]
+        assert {"param_reduction", "speedup_b1", "speedup_b256", "transfer_gain"} <= set(arms["ratios"])
+    assert result["metric"] == {"breast_cancer": "acc", "diabetes": "r2"}
+    assert result["environment"]["torch_threads"] == 1
+
+
+def test_choose_epsilon_uses_validation_only() -> None:
+    grid = {0.3: 0.97, 0.5: 0.965, 0.7: 0.90}
+    assert choose_epsilon(grid, wide_val=0.97, tolerance=0.005) == 0.5
+    assert choose_epsilon(grid, wide_val=0.99, tolerance=0.005) == 0.3

@@ -1,0 +1,262 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from lightning_prune import DenseUnitPruning, load_pruned
+from lightning_prune.data import TabularDataModule
+from lightning_prune.models import MLP, Classifier, Regressor
+from tests.helpers import REPO, cnn_classifier
+
+
+@pytest.fixture(scope="module")
+def cancer() -> TabularDataModule:
+    datamodule = TabularDataModule("breast_cancer", batch_size=64)
+    datamodule.setup()
+    return datamodule
+
+
+def mlp_classifier(datamodule: TabularDataModule, hidden: tuple[int, ...] = (64, 64)) -> Classifier:
+    net = MLP(datamodule.input_shape, datamodule.num_classes, hidden=hidden)
+    return Classifier(net, datamodule.num_classes, datamodule.input_shape, lr=1e-2, optimizer="adam")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epsilon": -0.1}, r"epsilon must be a number in \[0, 1\)"),
+        ({"epsilon": 1.0}, r"epsilon must be a number in \[0, 1\)"),
+        ({"epsilon": 1.5}, "got 1.5"),
+        ({"epsilon": float("nan")}, "got nan"),
+        ({"epsilon": "0.1"}, "got '0.1'"),
+        ({"epsilon": True}, "got True"),
+        ({"statistic": "cv"}, "statistic must be one of"),
+        ({"mode": "up"}, "mode must be one of"),
+        ({"wide_epochs": None}, "set wide_epochs, patience or both"),
+        ({"wide_epochs": -1}, "wide_epochs must be an integer >= 0"),
+        ({"patience": 0}, "patience must be an integer >= 1"),
+        ({"retrain_epochs": 0}, "retrain_epochs must be an integer >= 1"),
+        ({"min_units": 0}, "min_units must be an integer >= 1"),
+        ({"min_delta": -1.0}, "min_delta must be a number >= 0"),
+        ({"retrain_lr_scale": 0.0}, r"retrain_lr_scale must be a number in \(0, 1\]"),
+        ({"retrain_lr_scale": 2.0}, "got 2.0"),
+        ({"include_names": "("}, "include_names: .* is not a valid regular expression"),
+    ],
+)
+def test_dense_unit_pruning_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DenseUnitPruning(**kwargs)
+
+
+def test_dense_unit_pruning_state_key() -> None:
+    key = DenseUnitPruning(epsilon=0.2).state_key
+    assert "DenseUnitPruning" in key
+    assert "0.2" in key
+    assert "std" in key
+    assert key != DenseUnitPruning(epsilon=0.3).state_key
+
+
+def test_dense_unit_pruning_rebuilds_retrains_and_exports(cancer, trainer_kwargs) -> None:
+    model = mlp_classifier(cancer)
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=3, retrain_epochs=2, retrain_lr_scale=0.5)
+    trainer = pl.Trainer(max_epochs=10, callbacks=[pruning], **trainer_kwargs)
+    trainer.fit(model, datamodule=cancer)
+
+    assert trainer.current_epoch == 5  # 3 wide epochs, rebuild, 2 retrain epochs, stop
+    widths = [model.net.layers[1].out_features, model.net.layers[3].out_features]
+    assert pruning.widths_before == {"net.layers.1": 64, "net.layers.3": 64}
+    assert list(pruning.widths_after.values()) == widths
+    assert max(widths) < 64
+    assert pruning.params_after == sum(p.numel() for p in model.parameters()) < pruning.params_before
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters()}
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-2)
+    assert trainer.callback_metrics["prune/sparsity"] == pytest.approx(1 - pruning.params_after / pruning.params_before)
+    assert trainer.callback_metrics["val/acc"] > 0.9
+
+    summary = json.loads((Path(trainer_kwargs["default_root_dir"]) / "summary.json").read_text())["dense_unit_pruning"]
+    assert summary["rebuilt"]
+    assert summary["rebuild_epoch"] == 3
+    assert (summary["params_before"], summary["params_after"]) == (pruning.params_before, pruning.params_after)
+    assert summary["widths_after"] == pruning.widths_after
+    assert summary["history"][0]["widths"] == pruning.widths_after
+
+    exported = Path(summary["exported_model"])
+    torch.load(exported, weights_only=True)
+    fresh = load_pruned(mlp_classifier(cancer), exported).eval()
+    x = cancer.test_set.tensors[0]
+    torch.testing.assert_close(fresh(x), model.eval()(x))
+
+
+def test_dense_unit_pruning_epsilon_zero_keeps_every_unit(cancer, trainer_kwargs) -> None:
+    model = mlp_classifier(cancer)
+    pruning = DenseUnitPruning(epsilon=0.0, wide_epochs=1)
+    pl.Trainer(max_epochs=2, callbacks=[pruning], **trainer_kwargs).fit(model, datamodule=cancer)
+    assert pruning.rebuilt
+    assert pruning.widths_after == pruning.widths_before
+    assert pruning.params_after == pruning.params_before
+
+
+def test_dense_unit_pruning_rebuilds_on_plateau(cancer, trainer_kwargs) -> None:
+    # min_delta so large that nothing counts as an improvement after the first validation: a known plateau.
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=None, patience=2, min_delta=1e9)
+    trainer = pl.Trainer(max_epochs=5, callbacks=[pruning], **trainer_kwargs)
+    trainer.fit(mlp_classifier(cancer), datamodule=cancer)
+    assert pruning.pruning_state.history[0]["epoch"] == 3
+
+
+def test_dense_unit_pruning_needs_the_monitor(cancer, trainer_kwargs) -> None:
+    pruning = DenseUnitPruning(wide_epochs=None, patience=1, monitor="val/nothing")
+    with pytest.raises(ValueError, match="monitor='val/nothing'"):
+        pl.Trainer(max_epochs=2, callbacks=[pruning], **trainer_kwargs).fit(mlp_classifier(cancer), datamodule=cancer)
+
+
+def test_dense_unit_pruning_checks_epoch_budget(cancer, trainer_kwargs) -> None:
+    with pytest.raises(ValueError, match="wide_epochs must be < max_epochs"):
+        pl.Trainer(max_epochs=3, callbacks=[DenseUnitPruning(wide_epochs=3)], **trainer_kwargs).fit(
+            mlp_classifier(cancer), datamodule=cancer
+        )
+
+
+def test_dense_unit_pruning_refuses_model_without_linear_stack(digits, trainer_kwargs) -> None:
+    trainer = pl.Trainer(max_epochs=2, callbacks=[DenseUnitPruning(wide_epochs=1)], **trainer_kwargs)
+    with pytest.raises(ValueError, match="no hidden layer"):
+        trainer.fit(cnn_classifier(widths=(8, 8)), datamodule=digits)
+
+
+def _fit(datamodule, tmp_path: Path, name: str, ckpt_path: str | None = None):
+    pl.seed_everything(0, verbose=False)
+    model = mlp_classifier(datamodule)
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=2, retrain_lr_scale=0.5)  # the scaled lr must survive too
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
+    trainer = pl.Trainer(
+        max_epochs=5,
+        callbacks=[pruning, checkpoints],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path / name),
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return model, pruning, trainer
+
+
+@pytest.mark.parametrize("resume_epoch", [1, 3], ids=["before-rebuild", "after-rebuild"])
+def test_dense_unit_pruning_resume_equals_uninterrupted(cancer, tmp_path, resume_epoch: int) -> None:
+    model, pruning, trainer = _fit(cancer, tmp_path, "full")
+    checkpoint = next((tmp_path / "full").glob(f"epoch={resume_epoch}-*.ckpt"))
+    assert torch.load(checkpoint, weights_only=True)["state_dict"]
+    resumed_model, resumed, resumed_trainer = _fit(cancer, tmp_path, "resumed", str(checkpoint))
+
+    assert resumed.widths_after == pruning.widths_after
+    assert resumed.pruning_state.history == pruning.pruning_state.history
+    for (name, value), (_, resumed_value) in zip(model.state_dict().items(), resumed_model.state_dict().items()):
+        torch.testing.assert_close(resumed_value, value, msg=name)
+    torch.testing.assert_close(resumed_trainer.callback_metrics["val/loss"], trainer.callback_metrics["val/loss"])
+
+
+class UserNet(nn.Module):
+    """Not one of ours: its own layer names, functional activations, BatchNorm1d in the stack."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, 48)
+        self.bn = nn.BatchNorm1d(48)
+        self.hidden = nn.Linear(48, 48)
+        self.out = nn.Linear(48, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.silu(self.hidden(F.relu(self.bn(self.embed(x))))))
+
+
+class UserModule(pl.LightningModule):
+    """A plain user LightningModule: no example_input_array, its own loss and optimizer."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.model = UserNet(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_dense_unit_pruning_on_a_user_module(cancer, trainer_kwargs) -> None:
+    module = UserModule(cancer.input_shape[0])
+    pruning = DenseUnitPruning(epsilon=0.7, wide_epochs=2, monitor="val_loss")
+    pl.Trainer(max_epochs=3, callbacks=[pruning], **trainer_kwargs).fit(module, datamodule=cancer)
+    width = module.model.embed.out_features
+    assert set(pruning.widths_after) == {"model.embed", "model.hidden"}
+    assert sum(pruning.widths_after.values()) < 96  # BatchNorm evens out the first layer's scores; something goes
+    assert module.model.bn.num_features == module.model.hidden.in_features == width
+    assert module.model.bn.running_mean.shape == (width,)
+
+
+def test_dense_unit_pruning_on_a_regressor(trainer_kwargs) -> None:
+    datamodule = TabularDataModule("diabetes", batch_size=64)
+    datamodule.setup()
+    module = Regressor(MLP(datamodule.input_shape, 1, hidden=(64, 64)), datamodule.input_shape, lr=1e-2)
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=2)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[pruning], **trainer_kwargs)
+    trainer.fit(module, datamodule=datamodule)
+    assert pruning.params_after < pruning.params_before
+    assert "val/r2" in trainer.callback_metrics
+
+
+DDP_SCRIPT = """
+import lightning.pytorch as pl
+from lightning_prune import DenseUnitPruning
+from lightning_prune.data import TabularDataModule
+from lightning_prune.models import MLP, Classifier
+
+pl.seed_everything(0)
+datamodule = TabularDataModule("breast_cancer", batch_size=64)
+datamodule.setup()
+net = MLP(datamodule.input_shape, 2, hidden=(64, 64))
+model = Classifier(net, 2, datamodule.input_shape, lr=1e-2, optimizer="adam")
+trainer = pl.Trainer(max_epochs=3, callbacks=[DenseUnitPruning(epsilon=0.3, wide_epochs=1)], accelerator="cpu",
+                     devices=2, strategy="ddp", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, default_root_dir={root!r})
+trainer.fit(model, datamodule=datamodule)
+print("RANK", trainer.global_rank, "WIDTHS", model.net.layers[1].out_features, model.net.layers[3].out_features)
+"""
+
+
+@pytest.mark.slow
+def test_dense_unit_pruning_ddp(tmp_path) -> None:
+    # Plain DDP re-launches the script once per rank (ddp_spawn would hand the shrunk weights back to a
+    # wide model in the parent process): both ranks must rebuild the same widths from the gathered scores.
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(root=str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    widths = {line.split("WIDTHS")[1].strip() for line in done.stdout.splitlines() if line.startswith("RANK")}
+    assert len(widths) == 1  # the same architecture on both ranks
+    summary = json.loads((tmp_path / "summary.json").read_text())["dense_unit_pruning"]
+    assert summary["params_after"] < summary["params_before"]
+    assert widths == {" ".join(str(w) for w in summary["widths_after"].values())}

@@ -35,6 +35,7 @@ from torch import nn
 
 from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
 from lightning_prune.callbacks import DenseUnitPruning, IterativePruning
+from lightning_prune.core.latency import TimingSettings, measure_latency
 from lightning_prune.core.structured import count_parameters
 from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
@@ -66,17 +67,9 @@ class BestWeights(pl.Callback):
 
 
 def latency_ms(net: nn.Module, input_shape: Sequence[int], batch: int, repeats: int, warmup: int) -> float:
-    """Median wall time of one forward of ``batch`` inputs, in milliseconds."""
-    net = net.eval()
-    x = torch.randn(batch, *input_shape)
-    times = []
-    with torch.inference_mode():
-        for index in range(warmup + repeats):
-            started = time.perf_counter()
-            net(x)
-            if index >= warmup:
-                times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+    """Median wall time of one forward of ``batch`` inputs, in milliseconds (the shared timing core)."""
+    settings = TimingSettings(warmup=warmup, repeats=repeats)
+    return measure_latency(net, torch.randn(batch, *input_shape), settings, "cpu").p50_ms
 
 
 def build_module(datamodule: TabularDataModule, hidden: Sequence[int], lr: float) -> pl.LightningModule:

@@ -104,19 +104,27 @@ class PruningCallback(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Refuse a checkpoint without this pruner's state: Lightning would only warn and start it afresh.
+        """Refuse a checkpoint whose pruning state belongs to another pruner or configuration.
+
+        Lightning would only warn and start this pruner afresh on an already pruned model. A checkpoint
+        with no pruning state at all (a dense run continued with pruning) is fine.
 
         Raises:
-            ValueError: naming the checkpoint, this callback's state key and the states it does hold.
+            ValueError: naming the checkpoint, this callback's state key and the pruning states it holds.
         """
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key not in states:
+        states = [str(key) for key in checkpoint.get("callbacks") or {}]
+        pruners = {cls.__name__ for cls in _subclasses(PruningCallback)}
+        pruning_states = [key for key in states if key.split("{")[0] in pruners]
+        if pruning_states and self.state_key not in states:
             raise ValueError(
-                f"checkpoint {trainer.ckpt_path} holds no state for {self.state_key}; "
-                f"it holds {sorted(map(str, states))}. "
-                "It was written by a different pruning configuration: resume with the same callback arguments, "
-                "or load only the weights into your model to start a new pruning run."
+                f"checkpoint {trainer.ckpt_path} holds no state for {self.state_key}; its pruning state is "
+                f"{pruning_states}. It was written by a different pruning configuration: resume with the same "
+                "callback arguments, or load only the weights into your model to start a new pruning run."
             )
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
 
 def find_pruner(trainer: pl.Trainer, requester: str) -> PruningCallback:

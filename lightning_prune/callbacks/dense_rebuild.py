@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lightning_prune.callbacks._lightning import (
     broadcast,
+    check_spawn_reload,
     example_input,
     output_dir,
     rebuild_after_shrink,
@@ -132,7 +133,6 @@ class DenseUnitPruning(PruningCallback):
         self._wait = 0
         self._layers: list[HiddenLayer] = []
         self._epoch_started = 0.0
-        self._load_hook = None
 
     def _validate(self) -> None:
         if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
@@ -175,8 +175,8 @@ class DenseUnitPruning(PruningCallback):
         if not self.rebuilt:
             self.widths_before = layer_widths(pl_module, self._layers)
             self.params_before = count_parameters(pl_module)
-        if self._load_hook is None:
-            self._load_hook = resize_on_load(pl_module)
+        check_spawn_reload(trainer, pl_module, "DenseUnitPruning")
+        resize_on_load(pl_module)
 
     def _check_epoch_budget(self, trainer: pl.Trainer) -> None:
         max_epochs = trainer.max_epochs
@@ -355,11 +355,6 @@ class DenseUnitPruning(PruningCallback):
         self._best = state_dict.get("best")
         self._last_value = state_dict.get("last_value")
         self._wait = state_dict.get("wait", 0)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._load_hook is not None:
-            self._load_hook.remove()
-            self._load_hook = None
 
 
 def _is_number(value: object) -> bool:

@@ -293,3 +293,18 @@ def test_checkpoint_of_another_configuration_is_refused(digits, trainer_kwargs, 
             other,
             ckpt_path=tmp_path / "a" / "ckpt" / "last.ckpt",
         )
+
+
+def test_a_dense_checkpoint_can_be_continued_with_pruning(digits, trainer_kwargs, tmp_path):
+    dense = pl.Trainer(
+        max_epochs=1,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "dense", save_last=True, save_top_k=0)],
+        limit_train_batches=2,
+        **{**trainer_kwargs, "enable_checkpointing": True},
+    )
+    dense.fit(cnn_classifier(), datamodule=digits)
+    args = {"target_sparsity": 0.5, "step_ratio": 0.5, "warmup_epochs": 1}
+    pruning, _, _ = _fit(
+        digits, trainer_kwargs, tmp_path / "pruned", cnn_classifier, args, ckpt_path=tmp_path / "dense" / "last.ckpt"
+    )
+    assert pruning.pruning_state.sparsity == pytest.approx(0.5, abs=1e-3)

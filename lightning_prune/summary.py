@@ -19,7 +19,7 @@ from lightning_prune.report import derived, read
 from lightning_prune.report.read import Run, Step
 
 FINETUNE_STYLE = {"ran": "green", "skipped": "yellow", "none": "dim"}
-PERCENT_FIGURES = {"test/acc", "val/acc", "sparsity"}
+PERCENT_FIGURES = {"test/acc", "val/acc", "sparsity"}  # R² and losses print as plain numbers
 COUNT_FIGURES = {"params", "params_nonzero", "finetunes_skipped"}
 CAPTIONS = {
     "acc before": "last validation before the step",

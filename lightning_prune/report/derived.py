@@ -10,6 +10,8 @@ from lightning_prune.report.read import Run, as_dict, as_number, pruning_histori
 DIRECTION = {
     "test/acc": 1,
     "val/acc": 1,
+    "test/r2": 1,
+    "val/r2": 1,
     "sparsity": 1,
     "test/loss": -1,
     "val/loss": -1,
@@ -29,7 +31,7 @@ SECTION_FIGURES = {
     "finetunes_skipped": "finetunes_skipped",
     "wall_s": "wall_s",
 }
-METRIC_FIGURES = {k: k for k in ("test/acc", "val/acc", "test/loss", "val/loss")} | {"prune/sparsity": "sparsity"}
+METRIC_FIGURES = {k: k for k in ("test/acc", "val/acc", "test/r2", "val/r2", "test/loss", "val/loss")} | {"prune/sparsity": "sparsity"}
 
 
 def final_figures(run: Run) -> dict[str, float]:

@@ -31,7 +31,8 @@ SECTION_FIGURES = {
     "finetunes_skipped": "finetunes_skipped",
     "wall_s": "wall_s",
 }
-METRIC_FIGURES = {k: k for k in ("test/acc", "val/acc", "test/r2", "val/r2", "test/loss", "val/loss")} | {"prune/sparsity": "sparsity"}
+_METRICS = ("test/acc", "val/acc", "test/r2", "val/r2", "test/loss", "val/loss")
+METRIC_FIGURES = {k: k for k in _METRICS} | {"prune/sparsity": "sparsity"}
 
 
 def final_figures(run: Run) -> dict[str, float]:

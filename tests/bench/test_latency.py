@@ -10,9 +10,10 @@ ARM_KEYS = {"measured_ms", "test_acc", "macs", "params"}
 
 def test_quick_latency_benchmark_writes_the_promised_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the run writes its table and exports under ./bench_out
+    # A mild budget: the smallest allowed net of a 1-epoch ResNet on a loaded CI machine can time above 0.5x dense.
     threads = torch.get_num_threads()
     try:
-        assert main(["--quick", "--out", str(tmp_path / "latency.json")]) == 0
+        assert main(["--quick", "--budget-fraction", "0.75", "--out", str(tmp_path / "latency.json")]) == 0
     finally:
         torch.set_num_threads(threads)
     result = json.loads((tmp_path / "latency.json").read_text())

@@ -8,8 +8,25 @@ Add a callback to your own ``Trainer``::
 or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 """
 
-from lightning_prune.callbacks import IterativePruning, PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks import (
+    AccuracyGate,
+    IterativePruning,
+    LayerFreezing,
+    PruningAwareLR,
+    PruningCallback,
+    PruningListener,
+    PruningState,
+)
 from lightning_prune.core.export import load_pruned
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "load_pruned"]
+__all__ = [
+    "AccuracyGate",
+    "IterativePruning",
+    "LayerFreezing",
+    "PruningAwareLR",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "load_pruned",
+]
 __version__ = "0.1.0"

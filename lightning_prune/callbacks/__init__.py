@@ -1,6 +1,18 @@
 """Lightning callbacks, one method per file, all driving :mod:`lightning_prune.core`."""
 
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, find_pruner
+from lightning_prune.callbacks.ice_freezing import LayerFreezing
+from lightning_prune.callbacks.ice_gate import AccuracyGate
+from lightning_prune.callbacks.ice_lr import PruningAwareLR
 from lightning_prune.callbacks.iterative import IterativePruning
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "find_pruner"]
+__all__ = [
+    "AccuracyGate",
+    "IterativePruning",
+    "LayerFreezing",
+    "PruningAwareLR",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "find_pruner",
+]

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning_prune import AccuracyGate, IterativePruning, LayerFreezing, PruningAwareLR
 from lightning_prune.ice_stage2 import stage2_argv
 from lightning_prune.ice_tuning import STAGE1_SPACE, best_overrides, bounded_time_objective
-from lightning_prune.run import register_recipes
+from lightning_prune.run import metric_to_optimize, register_recipes, train
 from tests.helpers import REPO
 
 TINY = [
@@ -27,10 +27,10 @@ TINY = [
 ]
 
 
-def composed(overrides: list[str]):
+def composed(overrides: list[str], hydra_node: bool = True):
     register_recipes()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("run", overrides=overrides, return_hydra_config=True)
+        return compose("run", overrides=overrides, return_hydra_config=hydra_node)
 
 
 def test_stage1_yaml_searches_the_documented_space() -> None:
@@ -83,6 +83,19 @@ def test_best_overrides(tmp_path: Path) -> None:
         best_overrides(tmp_path / "bad.yaml")
 
 
+def test_stage1_trial_returns_the_objective(tmp_path: Path) -> None:
+    """One stage-1 trial in-process: the app returns the bounded-time objective to the sweeper."""
+    overrides = ["recipe=ice_pruning", "hparams_search=ice_stage1_optuna", *TINY, f"paths.output_dir={tmp_path}"]
+    cfg = composed([*overrides, "logger=none", "trainer.enable_progress_bar=false"], hydra_node=False)
+    metrics = train(cfg)
+    value = metric_to_optimize(metrics, cfg.optimized_metric)
+    assert cfg.optimized_metric == "objective"
+    assert value == bounded_time_objective(metrics, max_drop_pt=1.0, penalty_s_per_pt=1000.0)
+    assert value >= metrics["run/fit_s"] > 0
+    assert cfg.data.train_fraction == 0.2
+
+
+@pytest.mark.slow
 def test_stage1_sweep_then_stage2(tmp_path: Path) -> None:
     """The two documented commands, for real: a 2-trial Optuna sweep, then stage 2 from its results."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

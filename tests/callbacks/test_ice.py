@@ -340,3 +340,21 @@ def test_ice_resume_gives_the_same_decisions(stop_epoch: int, digits, trainer_kw
     torch.testing.assert_close(resumed.callback_metrics["val/acc"], full.callback_metrics["val/acc"])
     for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.slow
+def test_accuracy_gate_ddp_decides_as_one_process(digits, trainer_kwargs: dict, tmp_path: Path) -> None:
+    """Two gloo ranks pool their counts: the same accuracies (and decisions) as a single process."""
+    decisions = {}
+    for name, extra in [("single", {}), ("ddp", {"strategy": "ddp_spawn", "devices": 2})]:
+        pl.seed_everything(0)
+        out = tmp_path / name
+        # Unstructured: ddp_spawn copies the final weights back into the unshrunk parent model.
+        pruner = IterativePruning(target_sparsity=0.8, step_ratio=0.5, export_dir=str(out))
+        gate = AccuracyGate(threshold=100.0, val_batches=3, export_dir=str(out))  # 3 batches: unequal shares
+        fit([pruner, gate], digits, trainer_kwargs, max_epochs=3, **extra)
+        decisions[name] = json.loads((out / "summary.json").read_text())["ice_gate"]
+    assert decisions["ddp"]["acc_reference"] == pytest.approx(decisions["single"]["acc_reference"])
+    assert len(decisions["ddp"]["decisions"]) == 3
+    for ddp, single in zip(decisions["ddp"]["decisions"], decisions["single"]["decisions"]):
+        assert ddp == pytest.approx(single)

@@ -23,7 +23,7 @@ import yaml
 # the fine-tune rates of our small models. conf/hparams_search/ice_stage1_optuna.yaml spells the same
 # choices (a test keeps them equal); the benchmark samples from this dict.
 STAGE1_SPACE: dict[str, list[float]] = {
-    "callbacks.ice_gate.threshold": [1.0, 2.0],
+    "callbacks.ice_gate.threshold": [1.0, 2.0, 4.0],
     "callbacks.ice_freezing.fraction": [0.3, 0.6],
     "callbacks.ice_lr.base_lr": [0.01, 0.02],
     "callbacks.ice_lr.p": [0.1, 0.15, 0.2],

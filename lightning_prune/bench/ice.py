@@ -18,7 +18,6 @@ a 12-block ResNet over 2x-pooled 14x14 inputs (to fit the CPU budget), else digi
 from __future__ import annotations
 
 import copy
-import random
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,20 +49,30 @@ from lightning_prune.models import Classifier, ResNet
 class Workload:
     """Sizes of one benchmark run (the default, or ``--quick``)."""
 
-    blocks: tuple[int, ...] = (4, 4, 4)
+    blocks: tuple[int, ...] = (8, 8, 8)
     widths: tuple[int, ...] = (16, 32, 64)
     pool: int = 2
     train_fraction: float = 0.2
-    search_fraction: float = 0.1
-    pretrain_epochs: int = 6
+    search_fraction: float = 0.05
+    pretrain_epochs: int = 12
     step_ratio: float = 0.6
     finetune_lr: float = 0.01
     val_batches: int = 8
+    search_val_batches: int = 4
     trials: int = 6
     max_drop_pt: float = 1.0
 
 
-QUICK = Workload(blocks=(2, 2), widths=(8, 16), pool=1, pretrain_epochs=2, search_fraction=0.3, trials=2, val_batches=2)
+QUICK = Workload(
+    blocks=(2, 2),
+    widths=(8, 16),
+    pool=1,
+    pretrain_epochs=2,
+    search_fraction=0.3,
+    trials=2,
+    val_batches=2,
+    search_val_batches=2,
+)
 PARTS = {
     "gate": ("callbacks.ice_gate.",),
     "freezing": ("callbacks.ice_freezing.",),
@@ -87,7 +96,7 @@ def pretrain(datamodule: ArrayDataModule, work: Workload, root: Path) -> dict[st
     return copy.deepcopy(model.state_dict())
 
 
-def make_parts(params: dict[str, Any], parts: tuple[str, ...], work: Workload) -> list[pl.Callback]:
+def make_parts(params: dict[str, Any], parts: tuple[str, ...], val_batches: int) -> list[pl.Callback]:
     """The ICE callbacks named in ``parts``, configured from stage-1 style ``params``."""
 
     def pick(prefix: str) -> dict[str, Any]:
@@ -95,7 +104,7 @@ def make_parts(params: dict[str, Any], parts: tuple[str, ...], work: Workload) -
 
     callbacks: list[pl.Callback] = []
     if "gate" in parts:
-        callbacks.append(AccuracyGate(val_batches=work.val_batches, **pick("callbacks.ice_gate.")))
+        callbacks.append(AccuracyGate(val_batches=val_batches, **pick("callbacks.ice_gate.")))
     if "freezing" in parts:
         callbacks.append(LayerFreezing(**pick("callbacks.ice_freezing.")))
     if "lr" in parts:
@@ -147,17 +156,27 @@ def stage1(
 
     def objective(trial: optuna.Trial) -> float:
         params = {key: trial.suggest_categorical(key, choices) for key, choices in STAGE1_SPACE.items()}
-        arm = run_arm(state, datamodule, work, make_parts(params, tuple(PARTS), work), root, test=False)
+        arm = run_arm(
+            state, datamodule, work, make_parts(params, tuple(PARTS), work.search_val_batches), root, test=False
+        )
         metrics = {
             "run/fit_s": arm["wall_s"],
             "ice/acc_reference": arm["acc_reference"],
             "ice/acc_final": arm["acc_final"],
         }
         value = bounded_time_objective(metrics, max_drop_pt=work.max_drop_pt)
-        trials.append({"params": params, "objective": value, **{k: arm[k] for k in ("wall_s", "finetune_epochs")}})
+        drop_pt = 100.0 * (arm["acc_reference"] - arm["acc_final"])
+        trials.append(
+            {
+                "params": params,
+                "objective": value,
+                "drop_pt": drop_pt,
+                "wall_s": arm["wall_s"],
+                "finetune_epochs": arm["finetune_epochs"],
+            }
+        )
         return value
 
-    random.seed(seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=seed))
     study.optimize(objective, n_trials=work.trials)
@@ -200,10 +219,12 @@ def main(argv: list[str]) -> int:
         with Stopwatch() as search_watch:
             search = stage1(state, subset(datamodule, work.search_fraction), work, args.seed, root)
         best = search["best_params"]
-        ice = run_arm(state, datamodule, work, make_parts(best, tuple(PARTS), work), root)
+        ice = run_arm(state, datamodule, work, make_parts(best, tuple(PARTS), work.val_batches), root)
         ice["run_s"], ice["search_s"] = ice["wall_s"], search_watch.seconds
         ice["wall_s"] = ice["run_s"] + ice["search_s"]
-        ablations = {name: run_arm(state, datamodule, work, make_parts(best, (name,), work), root) for name in PARTS}
+        ablations = {
+            name: run_arm(state, datamodule, work, make_parts(best, (name,), work.val_batches), root) for name in PARTS
+        }
     result = {
         "dataset": dataset,
         "baseline": baseline,

@@ -9,11 +9,14 @@ or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 """
 
 from lightning_prune.callbacks import (
+    AccuracyGate,
     DenseUnitPruning,
     InstantSoupPruning,
     IterativePruning,
     LatencyBenchmark,
     LatencyBudgetPruning,
+    LayerFreezing,
+    PruningAwareLR,
     PruningCallback,
     PruningListener,
     PruningState,
@@ -22,11 +25,14 @@ from lightning_prune.callbacks._lightning import resize_on_load
 from lightning_prune.core.export import load_pruned
 
 __all__ = [
+    "AccuracyGate",
     "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",
     "LatencyBenchmark",
     "LatencyBudgetPruning",
+    "LayerFreezing",
+    "PruningAwareLR",
     "PruningCallback",
     "PruningListener",
     "PruningState",

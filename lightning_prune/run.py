@@ -90,10 +90,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     started = time.perf_counter()
     datamodule, module, trainer = build(cfg)
+    fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_s = time.perf_counter() - fit_started
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("prune_layer/")}
+    # Wall time as a metric, and an optional objective computed from the metrics (ICE's stage-1 search).
+    metrics["run/fit_s"] = fit_s
+    if cfg.get("objective") is not None:
+        metrics["objective"] = float(instantiate(cfg.objective)(metrics))
     summary = {
         "metrics": metrics,
         "wall_s": time.perf_counter() - started,

@@ -2,17 +2,23 @@
 
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, find_pruner
 from lightning_prune.callbacks.dense_rebuild import DenseUnitPruning
+from lightning_prune.callbacks.ice_freezing import LayerFreezing
+from lightning_prune.callbacks.ice_gate import AccuracyGate
+from lightning_prune.callbacks.ice_lr import PruningAwareLR
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
 from lightning_prune.callbacks.soup import InstantSoupPruning
 
 __all__ = [
+    "AccuracyGate",
     "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",
     "LatencyBenchmark",
     "LatencyBudgetPruning",
+    "LayerFreezing",
+    "PruningAwareLR",
     "PruningCallback",
     "PruningListener",
     "PruningState",

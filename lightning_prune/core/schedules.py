@@ -79,3 +79,24 @@ def exponential_latency(initial_ms: float, target_ms: float, num_steps: int) -> 
         math.exp((t / num_steps) * math.log(target_ms) + (1 - t / num_steps) * math.log(initial_ms))
         for t in range(1, num_steps + 1)
     ]
+
+
+def pruning_aware_lr(remaining_fraction: float, base_lr: float, delta: float, p: float, beta: float) -> float:
+    """ICE-Pruning's learning rate for a fine-tune: ``base - delta / (1 + (x / (2(1-p) - x)) ** beta)``.
+
+    ``x`` is the remaining fraction of the weights. The rate stays near ``base_lr`` while ``x > 1 - p``,
+    is ``base_lr - delta / 2`` at ``x = 1 - p`` and falls to ``base_lr - delta`` once the network is
+    sparser: a sigmoid step whose steepness is ``beta``. Written as a logistic of ``beta * ln(ratio)``
+    so large ``beta`` cannot overflow. Needs ``0 <= p < 0.5`` (so ``2(1-p) > 1 >= x``).
+
+    Example::
+
+        >>> [round(pruning_aware_lr(x, 0.001, 7e-4, 0.15, 50), 6) for x in (1.0, 0.85, 0.5)]
+        [0.001, 0.00065, 0.0003]
+    """
+    ratio = remaining_fraction / (2.0 * (1.0 - p) - remaining_fraction)
+    if ratio <= 0:
+        return base_lr - delta
+    z = beta * math.log(ratio)
+    step = math.exp(-z) / (1.0 + math.exp(-z)) if z > 0 else 1.0 / (1.0 + math.exp(z))
+    return base_lr - delta * step

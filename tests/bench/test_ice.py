@@ -1,0 +1,27 @@
+"""The ICE benchmark's quick mode: every arm runs and the JSON has the keys the issue names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightning_prune.bench.ice import main
+
+ARM_KEYS = {"wall_s", "test_acc", "sparsity", "finetune_epochs"}
+
+
+def test_ice_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "ice.json"
+    assert main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "digits"
+    arms = [result["baseline"], result["ice"], *result["ablations"].values()]
+    assert set(result["ablations"]) == {"gate", "freezing", "lr"}
+    assert all(set(arm) >= ARM_KEYS for arm in arms)
+    assert len({round(arm["sparsity"], 6) for arm in arms}) == 1  # equal final sparsity in every arm
+    assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]
+    assert result["acc_delta_pt"] == 100 * (result["ice"]["test_acc"] - result["baseline"]["test_acc"])
+    assert result["ice"]["wall_s"] == result["ice"]["run_s"] + result["ice"]["search_s"]
+    assert result["baseline"]["finetune_epochs"] == result["baseline"]["steps"]  # traditional: one per step
+    assert set(result["ice_time_split_s"]) >= {"search", "evaluate", "finetune", "prune"}
+    assert len(result["search"]["trials"]) == 2

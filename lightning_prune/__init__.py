@@ -8,8 +8,21 @@ Add a callback to your own ``Trainer``::
 or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 """
 
-from lightning_prune.callbacks import IterativePruning, PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks import (
+    AnytimeProgressivePruning,
+    IterativePruning,
+    PruningCallback,
+    PruningListener,
+    PruningState,
+)
 from lightning_prune.core.export import load_pruned
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "load_pruned"]
+__all__ = [
+    "AnytimeProgressivePruning",
+    "IterativePruning",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "load_pruned",
+]
 __version__ = "0.1.0"

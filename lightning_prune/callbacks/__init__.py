@@ -2,5 +2,13 @@
 
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, find_pruner
 from lightning_prune.callbacks.iterative import IterativePruning
+from lightning_prune.callbacks.progressive import AnytimeProgressivePruning
 
-__all__ = ["IterativePruning", "PruningCallback", "PruningListener", "PruningState", "find_pruner"]
+__all__ = [
+    "AnytimeProgressivePruning",
+    "IterativePruning",
+    "PruningCallback",
+    "PruningListener",
+    "PruningState",
+    "find_pruner",
+]

@@ -291,8 +291,9 @@ class AnytimeProgressivePruning(PruningCallback):
         splits = {"train": (train, trainer.limit_train_batches), "val": (data.val_set, trainer.limit_val_batches)}
         if data.test_set is not None:
             splits["test"] = (data.test_set, trainer.limit_test_batches)
+        eval_batch = max(256, data.batch_size)  # no gradients: larger batches, less overhead
         return {
-            split: count_errors(pl_module, data.loader(dataset), limit, trainer.strategy.batch_to_device)
+            split: count_errors(pl_module, data.loader(dataset, eval_batch), limit, trainer.strategy.batch_to_device)
             for split, (dataset, limit) in splits.items()
         }
 

@@ -189,9 +189,9 @@ class MegabatchDataModule(pl.LightningDataModule):
             raise ValueError("MegabatchDataModule has no test set (give test_set= or a datamodule with a test split)")
         return self.loader(self.test_set)
 
-    def loader(self, dataset: Dataset, **kwargs: object) -> DataLoader:
-        """A loader with this module's batch size and workers (evaluation order unless a sampler is given)."""
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, **kwargs)
+    def loader(self, dataset: Dataset, batch_size: int | None = None, **kwargs: object) -> DataLoader:
+        """A loader with this module's workers and batch size (unless given), in order unless a sampler is given."""
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, num_workers=self.num_workers, **kwargs)
 
 
 def _has_test(datamodule: pl.LightningDataModule) -> bool:

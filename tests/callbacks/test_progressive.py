@@ -169,3 +169,30 @@ def test_app_resume_matches_uninterrupted(trainer_kwargs: dict, tmp_path: Path, 
         for key in ("sparsity", "train_acc", "val_acc", "test_acc", "cer", "train_samples"):
             assert a[key] == pytest.approx(b[key]), key
     torch.testing.assert_close(trainer.callback_metrics["val/acc"], full_trainer.callback_metrics["val/acc"])
+
+
+def test_app_recipe_composes_and_runs(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from lightning_prune.run import train
+    from tests.helpers import REPO
+
+    overrides = [
+        "recipe=anytime_progressive",
+        f"paths.output_dir={tmp_path}",
+        "logger=none",
+        "model.net.widths=[8,8]",
+        "callbacks.anytime_progressive.epochs_per_megabatch=1",
+        "trainer.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("run", overrides=overrides)
+    assert cfg.callbacks.anytime_progressive.num_megabatches == cfg.data.num_megabatches == 4
+    assert cfg.data.datamodule._target_ == "lightning_prune.data.DigitsDataModule"
+    metrics = train(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    history = summary["anytime_progressive"]["history"]
+    assert len(history) == 4
+    assert history[-1]["sparsity"] == pytest.approx(APP_TARGET_SPARSITY, abs=2e-3)
+    assert metrics["test/acc"] == pytest.approx(summary["anytime_progressive"]["test_acc"], abs=1e-6)

@@ -48,3 +48,24 @@ def count_errors(
     finally:
         model.train(was_training)
     return wrong, total
+
+
+def anytime_metrics(errors: dict[str, tuple[int, int]], previous_cer: int) -> dict[str, Any]:
+    """Accuracy per split, generalisation gap (train - val accuracy) and the cumulative error rate.
+
+    ``errors`` maps ``"train"``, ``"val"`` and optionally ``"test"`` to (misclassified, total); CER adds
+    this megabatch's test errors (validation errors when there is no test set) to ``previous_cer``.
+
+    Example::
+
+        >>> metrics = anytime_metrics({"train": (5, 100), "val": (4, 40), "test": (30, 200)}, previous_cer=50)
+        >>> metrics["test_acc"], round(metrics["gen_gap"], 4), metrics["cer"]
+        (0.85, 0.05, 80)
+    """
+    metrics: dict[str, Any] = {
+        f"{split}_acc": 1.0 - wrong / total if total else float("nan") for split, (wrong, total) in errors.items()
+    }
+    metrics["gen_gap"] = metrics["train_acc"] - metrics["val_acc"]
+    cer_split = "test" if "test" in errors else "val"
+    wrong = errors[cer_split][0]
+    return {**metrics, "errors": wrong, "cer": previous_cer + wrong, "cer_split": cer_split}

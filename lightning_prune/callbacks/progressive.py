@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import Subset
 
-from lightning_prune.callbacks._anytime import count_errors, reload_train_data
+from lightning_prune.callbacks._anytime import anytime_metrics, count_errors, reload_train_data
 from lightning_prune.callbacks._lightning import broadcast, output_dir
 from lightning_prune.callbacks._protocol import PruningCallback, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
@@ -272,12 +272,7 @@ class AnytimeProgressivePruning(PruningCallback):
                 errors = self._errors(trainer, pl_module, megabatch)
         errors = broadcast(trainer, errors)
         record = state.history[-1]
-        for split, (wrong, total) in errors.items():
-            record[f"{split}_acc"] = 1.0 - wrong / total if total else float("nan")
-        record["gen_gap"] = record["train_acc"] - record["val_acc"]
-        cer_split = "test" if "test" in errors else "val"
-        previous = state.history[-2]["cer"] if len(state.history) > 1 else 0
-        record.update(errors=errors[cer_split][0], cer=previous + errors[cer_split][0], cer_split=cer_split)
+        record.update(anytime_metrics(errors, state.history[-2]["cer"] if len(state.history) > 1 else 0))
         record["epochs_trained"] = epochs_done - state.last_step_epoch
         if log:
             for key in ("train_acc", "val_acc", "test_acc", "gen_gap", "cer", "sparsity"):

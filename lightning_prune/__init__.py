@@ -10,6 +10,7 @@ or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 
 from lightning_prune.callbacks import (
     AccuracyGate,
+    AnytimeProgressivePruning,
     DenseUnitPruning,
     InstantSoupPruning,
     IterativePruning,
@@ -26,6 +27,7 @@ from lightning_prune.core.export import load_pruned
 
 __all__ = [
     "AccuracyGate",
+    "AnytimeProgressivePruning",
     "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",

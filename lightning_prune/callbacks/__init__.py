@@ -8,10 +8,12 @@ from lightning_prune.callbacks.ice_lr import PruningAwareLR
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
+from lightning_prune.callbacks.progressive import AnytimeProgressivePruning
 from lightning_prune.callbacks.soup import InstantSoupPruning
 
 __all__ = [
     "AccuracyGate",
+    "AnytimeProgressivePruning",
     "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",

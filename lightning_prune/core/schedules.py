@@ -100,3 +100,46 @@ def pruning_aware_lr(remaining_fraction: float, base_lr: float, delta: float, p:
     z = beta * math.log(ratio)
     step = math.exp(-z) / (1.0 + math.exp(-z)) if z > 0 else 1.0 / (1.0 + math.exp(z))
     return base_lr - delta * step
+
+
+APP_BASE = 0.8
+APP_TARGET_SPARSITY = 1.0 - APP_BASE**4.5  # the paper's default exponent tau = 4.5: about 0.366 of the weights kept
+
+
+def app_exponent(target_sparsity: float, base: float = APP_BASE) -> float:
+    """The exponent tau with ``base ** tau == 1 - target_sparsity`` (APP's ``--sparsity_level``).
+
+    Example::
+
+        >>> round(app_exponent(APP_TARGET_SPARSITY), 6)
+        4.5
+    """
+    if not 0 < target_sparsity < 1:
+        raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}")
+    return math.log(1.0 - target_sparsity) / math.log(base)
+
+
+def app(target_sparsity: float, num_steps: int, base: float = APP_BASE) -> list[float]:
+    """Anytime Progressive Pruning's schedule: density ``base ** e_t``, e_t spaced linearly from 1 to tau.
+
+    tau comes from the target (:func:`app_exponent`), so the last step lands on ``target_sparsity``; the
+    paper's tau = 4.5 is ``target_sparsity = APP_TARGET_SPARSITY``. The first step keeps ``base`` of the
+    weights, so targets below ``1 - base`` are refused; a single step goes straight to the target.
+
+    Example::
+
+        >>> [round(s, 4) for s in app(APP_TARGET_SPARSITY, 3)]
+        [0.2, 0.4586, 0.6336]
+    """
+    tau = app_exponent(target_sparsity, base)
+    if tau < 1.0 - 1e-12:
+        raise ValueError(
+            f"schedule 'app' starts at density {base} (sparsity {1 - base:.2f}); target_sparsity must be >= "
+            f"{1 - base:.2f}, got {target_sparsity}"
+        )
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_steps == 1:
+        return [target_sparsity]
+    exponents = [1.0 + (tau - 1.0) * step / (num_steps - 1) for step in range(num_steps)]
+    return [1.0 - base**e for e in exponents]

@@ -6,10 +6,11 @@ shapes; ``SCORES`` names the ones that need only the weights, which is what conf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def magnitude(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -58,3 +59,43 @@ def sp_lamp(channel_norms: Tensor) -> Tensor:
         [0.2, 0.048, 1.0]
     """
     return lamp({"channels": channel_norms.detach().float().flatten()})["channels"]
+
+
+def loss_gradients(
+    model: nn.Module,
+    names: Sequence[str],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+) -> dict[str, Tensor]:
+    """Gradients of ``loss_fn(model(x), y)`` for the named parameters, summed over ``batches`` (SNIP's term).
+
+    The model runs in training mode, as SNIP scores it, but its buffers (BatchNorm running statistics)
+    are restored afterwards and no ``.grad`` is written, so scoring leaves the model and the optimizer
+    exactly as they were. Parameters the loss does not reach get zero gradients.
+
+    Example::
+
+        >>> net = nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        >>> grads = loss_gradients(net, ["weight"], [(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))])
+        >>> [round(v, 4) for v in grads["weight"].flatten().tolist()]
+        [-0.2689, 0.0, 0.2689, 0.0]
+    """
+    params = [model.get_parameter(name) for name in names]
+    totals = [torch.zeros_like(param) for param in params]
+    saved = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        for x, y in batches:
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            for total, grad in zip(totals, grads):
+                if grad is not None:
+                    total += grad.detach()
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(saved[name])
+    return dict(zip(names, totals))

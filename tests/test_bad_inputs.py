@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import pytest
@@ -16,9 +18,18 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from torch import nn
 
-from lightning_prune import DenseUnitPruning, InstantSoupPruning, IterativePruning, LatencyBudgetPruning
-from lightning_prune.data import DigitsDataModule, MNISTDataModule, NpzDataModule
-from lightning_prune.models import MLP, Classifier
+from lightning_prune import (
+    AccuracyGate,
+    AnytimeProgressivePruning,
+    DenseUnitPruning,
+    InstantSoupPruning,
+    IterativePruning,
+    LatencyBudgetPruning,
+    LayerFreezing,
+    PruningAwareLR,
+)
+from lightning_prune.data import DigitsDataModule, MegabatchDataModule, MNISTDataModule, NpzDataModule
+from lightning_prune.models import MLP, Classifier, SmallCNN
 from lightning_prune.run import check_resume_checkpoint, register_recipes
 from tests.helpers import REPO, cnn_classifier
 from tests.test_run import run_app
@@ -65,6 +76,67 @@ CONSTRUCTION = {
         "latency_budget_ms",
     ),
     "budget fraction above dense": (lambda: LatencyBudgetPruning(budget_fraction=1.5), "budget_fraction"),
+    "negative gate threshold": (
+        lambda: AccuracyGate(threshold=-1.0),
+        r"threshold must be a number of accuracy points >= 0, got -1.0",
+    ),
+    "gate evaluating zero batches": (
+        lambda: AccuracyGate(val_batches=0),
+        r"val_batches must be an integer >= 1 or None \(all batches\), got 0",
+    ),
+    "gate metric that cannot be imported": (
+        lambda: AccuracyGate(metric_fn="no_such_module.f1"),
+        r"metric_fn='no_such_module.f1' cannot be imported .*give the dotted import path of a callable",
+    ),
+    "freezing fraction above 1": (
+        lambda: LayerFreezing(fraction=1.5),
+        r"fraction must be a number in \[0, 1\] \(share of convs frozen\), got 1.5",
+    ),
+    "negative freezing fraction": (
+        lambda: LayerFreezing(fraction=-0.1),
+        r"fraction must be a number in \[0, 1\] \(share of convs frozen\), got -0.1",
+    ),
+    "LR step at half the network": (lambda: PruningAwareLR(p=0.5), r"p must be in \[0, 0.5\) .*got 0.5"),
+    "negative LR step": (lambda: PruningAwareLR(p=-0.1), r"p must be in \[0, 0.5\) .*got -0.1"),
+    "LR drop as large as the rate": (
+        lambda: PruningAwareLR(base_lr=0.01, delta=0.01),
+        r"delta must be in \[0, base_lr=0.01\) so the rate stays positive, got 0.01",
+    ),
+    "zero base LR": (lambda: PruningAwareLR(base_lr=0.0), "base_lr must be > 0 and finite, got 0.0"),
+    "infinite base LR": (lambda: PruningAwareLR(base_lr=float("inf")), "base_lr must be > 0 and finite, got inf"),
+    "zero LR steepness": (lambda: PruningAwareLR(beta=0), r"beta must be > 0 \(steepness of the step\), got 0"),
+    "APP sparsity of 1": (
+        lambda: AnytimeProgressivePruning(target_sparsity=1.0),
+        r"target_sparsity must be in \[0, 1\) \(0 trains dense\), got 1.0",
+    ),
+    "negative APP sparsity": (
+        lambda: AnytimeProgressivePruning(target_sparsity=-0.2),
+        r"target_sparsity must be in \[0, 1\) \(0 trains dense\), got -0.2",
+    ),
+    "unknown APP schedule": (
+        lambda: AnytimeProgressivePruning(schedule="exponential"),
+        r"schedule must be one of \['app', 'linear', 'cubic', 'oneshot'\], got 'exponential'",
+    ),
+    "unknown replay mode": (
+        lambda: AnytimeProgressivePruning(replay="buffer"),
+        r"replay must be one of \['full', 'partial', 'none'\], got 'buffer'",
+    ),
+    "replay fraction of 1": (
+        lambda: AnytimeProgressivePruning(replay="partial", replay_fraction=1.0),
+        r"replay_fraction must be in \(0, 1\) .*got 1.0",
+    ),
+    "SNIP fraction as text": (
+        lambda: AnytimeProgressivePruning(snip_fraction="0.2"),
+        r"snip_fraction must be in \(0, 1\] \(share of one megabatch\), got '0.2'",
+    ),
+    "zero megabatches": (
+        lambda: MegabatchDataModule(DigitsDataModule(), num_megabatches=0),
+        "num_megabatches must be an integer >= 1, got 0",
+    ),
+    "megabatch batch size as text": (
+        lambda: MegabatchDataModule(DigitsDataModule(), batch_size="64"),
+        r"batch_size must be >= 1, got '64' \(an integer, or None for the wrapped module's\)",
+    ),
 }
 
 
@@ -94,6 +166,35 @@ class DictBatches(pl.LightningDataModule):
         return self._loader(self.inner.val_set)
 
 
+class TrainOnly(pl.LightningDataModule):
+    """Training data and nothing to validate on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = DigitsDataModule(batch_size=64)
+        self.inner.setup()
+
+    def train_dataloader(self):
+        return self.inner.train_dataloader()
+
+
+class EmptyValidation(TrainOnly):
+    """A validation loader that yields nothing."""
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(self.inner.val_set, []), batch_size=64)
+
+
+class DictClassifier(Classifier):
+    """A module that trains on dict batches (so only the gate's default metric can object to them)."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch["image"], batch["label"]), batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        return super().validation_step((batch["image"], batch["label"]), batch_idx)
+
+
 def _head_only_model() -> Classifier:
     return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 10, (1, 8, 8))
 
@@ -102,45 +203,127 @@ def _mlp() -> Classifier:
     return Classifier(MLP((1, 8, 8), 10, hidden=(64, 64)), 10, (1, 8, 8))
 
 
+def _dict_model() -> DictClassifier:
+    return DictClassifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
+
+
+def _pruner() -> IterativePruning:
+    return IterativePruning(target_sparsity=0.5, step_ratio=0.5, export_dir=None)
+
+
+def _megabatches(num: int) -> MegabatchDataModule:
+    return MegabatchDataModule(DigitsDataModule(batch_size=64), num_megabatches=num)
+
+
+class FitCase(NamedTuple):
+    """A mistake that only shows once the Trainer, the model and the data meet."""
+
+    callbacks: Callable[[], list[pl.Callback]]
+    model: Callable[[], pl.LightningModule]
+    message: str
+    data: Callable[[], pl.LightningDataModule] | None = None  # None: the digits fixture
+    max_epochs: int = 3
+
+
 FIT = {
-    "regex matching nothing": (
-        lambda: IterativePruning(target_sparsity=0.5, include_names="nomatch"),
+    "regex matching nothing": FitCase(
+        lambda: [IterativePruning(target_sparsity=0.5, include_names="nomatch")],
         cnn_classifier,
         r"the parameter selection matched nothing in Classifier \(include_types=.*include_names='nomatch'",
     ),
-    "model with no prunable layer": (
-        lambda: IterativePruning(target_sparsity=0.5),
+    "model with no prunable layer": FitCase(
+        lambda: [IterativePruning(target_sparsity=0.5)],
         _head_only_model,
         r"matched nothing in Classifier .*prune_head=False",
     ),
-    "too few epochs for the schedule": (
-        lambda: IterativePruning(target_sparsity=0.9, step_ratio=0.5, warmup_epochs=2),
+    "too few epochs for the schedule": FitCase(
+        lambda: [IterativePruning(target_sparsity=0.9, step_ratio=0.5, warmup_epochs=2)],
         cnn_classifier,
         r"needs Trainer\(max_epochs >= 6\).*got max_epochs=3",
     ),
-    "latency budget above dense": (
-        lambda: LatencyBudgetPruning(
-            budget_fraction=None, latency_budget_ms=1e6, num_steps=1, warmup_epochs=0, repeats=5, rounds=1
-        ),
+    "latency budget above dense": FitCase(
+        lambda: [
+            LatencyBudgetPruning(
+                budget_fraction=None, latency_budget_ms=1e6, num_steps=1, warmup_epochs=0, repeats=5, rounds=1
+            )
+        ],
         _mlp,
         r"latency_budget_ms=1e\+06 is not below the dense model's measured latency",
     ),
-    "unreachable latency budget": (
-        lambda: LatencyBudgetPruning(
-            budget_fraction=None, latency_budget_ms=1e-6, num_steps=1, warmup_epochs=0, repeats=5, rounds=1
-        ),
+    "unreachable latency budget": FitCase(
+        lambda: [
+            LatencyBudgetPruning(
+                budget_fraction=None, latency_budget_ms=1e-6, num_steps=1, warmup_epochs=0, repeats=5, rounds=1
+            )
+        ],
         _mlp,
         r"the latency budget 1e-06 ms is unreachable: the smallest network allowed",
+    ),
+    "gate without validation data": FitCase(
+        lambda: [_pruner(), AccuracyGate()],
+        cnn_classifier,
+        r"AccuracyGate measures accuracy after every pruning step and needs validation data: define val_dataloader",
+        TrainOnly,
+    ),
+    "gate with an empty validation set": FitCase(
+        lambda: [_pruner(), AccuracyGate()],
+        cnn_classifier,
+        "AccuracyGate: the validation data yields no batches",
+        EmptyValidation,
+    ),
+    "gate on batches that are not (x, y)": FitCase(
+        # The pruner warms up for an epoch first: the gate must object before that training, not after it.
+        lambda: [IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1), AccuracyGate()],
+        _dict_model,
+        r"AccuracyGate with metric_fn=None needs \(x, y\) validation batches .*the first validation batch is a dict "
+        r"with keys \['image', 'label'\]\. For other batches give metric_fn=",
+        DictBatches,
+    ),
+    **{
+        f"{name} without a pruner": FitCase(
+            lambda make=make: [make()],
+            cnn_classifier,
+            rf"{name} works around a pruning callback and needs exactly one in Trainer\(callbacks=\.\.\.\), "
+            r"e\.g\. IterativePruning; found none",
+        )
+        for name, make in [
+            ("AccuracyGate", AccuracyGate),
+            ("LayerFreezing", LayerFreezing),
+            ("PruningAwareLR", PruningAwareLR),
+        ]
+    },
+    "freezing a model without convs": FitCase(
+        lambda: [_pruner(), LayerFreezing()],
+        _mlp,
+        r"the parameter selection matched nothing in Classifier \(include_types=\['Conv1d', 'Conv2d', 'Conv3d'\]",
+    ),
+    "more megabatches than training samples": FitCase(
+        lambda: [AnytimeProgressivePruning(num_megabatches=5000, epochs_per_megabatch=1)],
+        cnn_classifier,
+        r"num_megabatches=5000 exceeds the \d+ training samples; it must be at most the number of training samples",
+        lambda: _megabatches(5000),
+        max_epochs=5000,
+    ),
+    "APP without megabatch data": FitCase(
+        lambda: [AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],
+        cnn_classifier,
+        r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=DigitsDataModule",
+    ),
+    "APP with an ICE callback": FitCase(
+        lambda: [AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1), AccuracyGate()],
+        cnn_classifier,
+        r"AnytimeProgressivePruning does not work with Trainer\(callbacks=\[\.\.\., AccuracyGate\]\)",
+        lambda: _megabatches(3),
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(FIT))
 def test_bad_input_fails_before_training(case, digits, trainer_kwargs):
-    make_callback, make_model, message = FIT[case]
-    trainer = pl.Trainer(max_epochs=3, callbacks=[make_callback()], **trainer_kwargs)
+    callbacks, make_model, message, make_data, max_epochs = FIT[case]
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks(), **trainer_kwargs)
     with pytest.raises(ValueError, match=message):
-        trainer.fit(make_model(), datamodule=digits)
+        trainer.fit(make_model(), datamodule=make_data() if make_data else digits)
     assert trainer.global_step == 0
 
 

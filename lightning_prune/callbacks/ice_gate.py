@@ -66,7 +66,8 @@ class AccuracyGate(Callback, PruningListener):
 
     Raises:
         ValueError: for a negative ``threshold``, ``val_batches`` < 1, an unimportable ``metric_fn``
-            path, and (in ``setup``) when there is no pruner or no validation data.
+            path, (in ``setup``) when there is no pruner or no validation data, and (at fit start) when the
+            validation data yields no batch or, with the default metric, batches that are not ``(x, y)``.
         TypeError: when ``metric_fn`` is neither ``None``, a string nor a callable.
 
     Example::
@@ -128,6 +129,15 @@ class AccuracyGate(Callback, PruningListener):
                 "val_dataloader() on your LightningModule or DataModule, or pass val_dataloaders to trainer.fit"
             )
         self._loader = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Module and data are set up, no optimizer step has run: catch unusable batches now, not at the first step.
+        with torch.random.fork_rng(devices=[]):  # creating an iterator draws a seed: keep the run's stream as it was
+            first = next(iter(self._validation_loader(trainer)), None)
+        if first is None:
+            raise ValueError("AccuracyGate: the validation data yields no batches; it needs at least one to measure on")
+        if self._metric is batch_accuracy:
+            _check_xy_batch(first)
 
     # ---------------------------------------------------------------- pruner events
 
@@ -226,6 +236,23 @@ class AccuracyGate(Callback, PruningListener):
         self.decisions = [dict(d) for d in state_dict.get("decisions", self.decisions)]
 
 
+def _check_xy_batch(batch: Any) -> None:
+    """The default metric reads ``batch[0]`` as inputs and ``batch[1]`` as labels: refuse anything else."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+        return
+    if isinstance(batch, dict):
+        got = f"a dict with keys {sorted(map(str, batch))}"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {[type(item).__name__ for item in batch]}"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise ValueError(
+        f"AccuracyGate with metric_fn=None needs (x, y) validation batches (a tuple or list: input tensor, then "
+        f"label tensor); the first validation batch is {got}. For other batches give metric_fn=<a callable "
+        "(pl_module, batch) -> (score_sum, count), or its dotted import path>"
+    )
+
+
 def _pruning_over(state: PruningState) -> bool:
     """No pruning step is left (the last fine-tune, if any, has just run)."""
     target = state.target_sparsity
@@ -253,7 +280,10 @@ def resolve_metric(metric_fn: str | MetricFn | None) -> MetricFn:
     try:
         resolved = getattr(importlib.import_module(module_name), attr) if module_name else None
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"metric_fn={metric_fn!r} cannot be imported ({err})") from None
+        raise ValueError(
+            f"metric_fn={metric_fn!r} cannot be imported ({err}); give the dotted import path of a callable "
+            "(pl_module, batch) -> (score_sum, count), e.g. 'my_pkg.metrics.f1'"
+        ) from None
     if not callable(resolved):
         raise ValueError(f"metric_fn={metric_fn!r} must be the dotted path of a callable, e.g. 'my_pkg.metrics.f1'")
     return resolved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from typing import Any
 
@@ -76,8 +77,8 @@ class PruningAwareLR(Callback, PruningListener):
         for name, value in (("base_lr", base_lr), ("delta", delta), ("p", p), ("beta", beta)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-        if not base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {base_lr}")
+        if not 0 < base_lr < math.inf:
+            raise ValueError(f"base_lr must be > 0 and finite, got {base_lr}")
         if not 0 <= delta < base_lr:
             raise ValueError(f"delta must be in [0, base_lr={base_lr}) so the rate stays positive, got {delta}")
         if not 0 <= p < 0.5:

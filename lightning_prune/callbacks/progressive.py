@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 
 from lightning_prune.callbacks._anytime import anytime_metrics, count_errors, reload_train_data
 from lightning_prune.callbacks._lightning import broadcast, output_dir
-from lightning_prune.callbacks._protocol import PruningCallback, PruningState
+from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
 from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app, app_exponent, cubic, linear
@@ -74,7 +74,8 @@ class AnytimeProgressivePruning(PruningCallback):
     Raises:
         ValueError: for arguments out of range or unknown names (at construction); at ``setup``, for a
             data module that is not a :class:`MegabatchDataModule` with ``num_megabatches`` parts, or a
-            ``max_epochs`` below ``num_megabatches * epochs_per_megabatch``.
+            ``max_epochs`` below ``num_megabatches * epochs_per_megabatch``, or an ICE callback (a pruning
+            listener, which APP never calls) among the Trainer's callbacks.
 
     Example::
 
@@ -133,11 +134,12 @@ class AnytimeProgressivePruning(PruningCallback):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.target_sparsity, (int, float)) or not 0 <= self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in [0, 1) (0 trains dense), got {self.target_sparsity!r}")
-        if not 0 < self.snip_fraction <= 1:
-            raise ValueError(f"snip_fraction must be in (0, 1] (share of one megabatch), got {self.snip_fraction}")
-        if self.schedule not in SCHEDULES:
+        fraction = self.snip_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"snip_fraction must be in (0, 1] (share of one megabatch), got {fraction!r}")
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if self.scope not in SCOPES:
+        if not isinstance(self.scope, str) or self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {list(SCOPES)}, got {self.scope!r}")
         check_replay(self.replay, self.replay_fraction)
         validate_selector(self.include_types, self.include_names, self.exclude_names)
@@ -157,6 +159,7 @@ class AnytimeProgressivePruning(PruningCallback):
         if stage != "fit":
             return
         self._data = self._megabatch_data(trainer)
+        _refuse_listeners(trainer)
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )
@@ -349,6 +352,17 @@ class AnytimeProgressivePruning(PruningCallback):
         if masks is not None:
             self._masks = MaskSet(masks)
         self._restored = True
+
+
+def _refuse_listeners(trainer: pl.Trainer) -> None:
+    """APP has no fine-tune phase: an ICE callback beside it would silently do nothing, so refuse it."""
+    listeners = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+    if listeners:
+        raise ValueError(
+            f"AnytimeProgressivePruning does not work with Trainer(callbacks=[..., {', '.join(listeners)}]): it trains "
+            "every epoch and has no fine-tune for a pruning listener to skip, freeze or set a rate for; remove them, "
+            "or use them with a step-wise pruner such as IterativePruning"
+        )
 
 
 @rank_zero_only

@@ -21,11 +21,15 @@ REPLAY_MODES = ("full", "partial", "none")
 
 def check_replay(replay: str, replay_fraction: float) -> None:
     """Refuse an unknown replay mode or a partial-replay fraction outside (0, 1)."""
-    if replay not in REPLAY_MODES:
+    if not isinstance(replay, str) or replay not in REPLAY_MODES:
         raise ValueError(f"replay must be one of {list(REPLAY_MODES)}, got {replay!r}")
-    if not 0 < replay_fraction < 1:
+    if (
+        isinstance(replay_fraction, bool)
+        or not isinstance(replay_fraction, (int, float))
+        or not 0 < replay_fraction < 1
+    ):
         raise ValueError(
-            f"replay_fraction must be in (0, 1) (share of each earlier megabatch kept), got {replay_fraction}"
+            f"replay_fraction must be in (0, 1) (share of each earlier megabatch kept), got {replay_fraction!r}"
         )
 
 
@@ -92,8 +96,12 @@ class MegabatchDataModule(pl.LightningDataModule):
             raise ValueError("train_set needs val_set: the anytime record compares train and validation accuracy")
         if isinstance(num_megabatches, bool) or not isinstance(num_megabatches, int) or num_megabatches < 1:
             raise ValueError(f"num_megabatches must be an integer >= 1, got {num_megabatches!r}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size must be >= 1, got {batch_size!r} (an integer, or None for the wrapped module's)"
+            )
         self.datamodule, self.num_megabatches, self.shuffle = datamodule, num_megabatches, shuffle
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.batch_size = batch_size if batch_size is not None else getattr(datamodule, "batch_size", 64)
@@ -113,7 +121,10 @@ class MegabatchDataModule(pl.LightningDataModule):
             self._take_sets(self.datamodule)
         total = len(self.train_set)
         if self.num_megabatches > total:
-            raise ValueError(f"num_megabatches={self.num_megabatches} exceeds the {total} training samples")
+            raise ValueError(
+                f"num_megabatches={self.num_megabatches} exceeds the {total} training samples; it must be at most "
+                "the number of training samples, so that every megabatch holds at least one"
+            )
         order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle else None
         order = order if order is not None else torch.arange(total)
         self.megabatches = list(torch.tensor_split(order, self.num_megabatches))

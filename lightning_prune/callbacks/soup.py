@@ -32,6 +32,7 @@ from lightning_prune.core.schedules import fixed_ratio
 from lightning_prune.core.scores import SCORES
 from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters
 from lightning_prune.core.soup import MaskSoup, best_mix, clone_state, load_state, look_ahead, mean_loss
+from lightning_prune.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class InstantSoupPruning(PruningCallback):
         main_scores = score({name: pl_module.get_parameter(name) for name in self._names})
         main_mask = masks_from_scores(main_scores, sparsity, current, self.scope)
         soup.add(main_mask, main_scores)
-        for index in range(self.num_ingredients):
+        for index in track(range(self.num_ingredients), f"soup round {round_index + 1}: ingredients"):
             state, taken = self._cook(pl_module, optimizer, round_index, index, current)
             scores = score({name: state[name] for name in self._names})
             soup.add(masks_from_scores(scores, sparsity, current, self.scope), scores)
@@ -269,7 +270,7 @@ class InstantSoupPruning(PruningCallback):
         soup = {name: tensor.detach() for name, tensor in clone_state(pl_module).items()}
         main_scores = SCORES[self.importance]({name: soup[name] for name in self._names})
         loss_before = loss = self._val_loss(pl_module, soup)
-        for index in range(self.num_ingredients):
+        for index in track(range(self.num_ingredients), "model soup: ingredients"):
             sparsity = cycled(self.copy_sparsities, index)
             mask = masks_from_scores(main_scores, sparsity, None, self.scope)
             state, taken = self._cook(pl_module, optimizer, 0, index, mask)

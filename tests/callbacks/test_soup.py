@@ -220,3 +220,19 @@ def test_instant_soup_on_cuda_reaches_target_and_is_deterministic(digits, traine
     assert first.pruning_state.sparsity == pytest.approx(0.5, abs=1e-3)
     assert all(torch.equal(first._masks.masks[n], second._masks.masks[n]) for n in first._masks.masks)
     assert all(model.get_parameter(n).is_cuda for n in first._masks.masks)
+
+
+def test_ingredients_run_under_a_progress_bar(digits, trainer_kwargs, monkeypatch):
+    import lightning_prune.callbacks.soup as soup_module
+
+    seen, original = [], soup_module.track
+
+    def recording_track(items, description, **kwargs):
+        seen.append(description)
+        return original(items, description, **kwargs)
+
+    monkeypatch.setattr(soup_module, "track", recording_track)
+    soup, _, _ = _fit(digits, trainer_kwargs, target_sparsity=0.6, step_ratio=0.4)
+    assert seen
+    assert all("ingredients" in description for description in seen)
+    assert len(seen) == soup.pruning_state.num_steps  # one bar per round

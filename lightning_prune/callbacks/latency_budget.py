@@ -297,7 +297,9 @@ class LatencyBudgetPruning(StepwisePruning):
             record.update(self._shrink_to(trainer, pl_module, example, target, correcting=False), corrections=0)
             while last and record["measured_ms"] > self._limit_ms() and record["corrections"] < self.max_corrections:
                 outcome = self._shrink_to(trainer, pl_module, example, self._budget_ms, correcting=True)
-                record.update(outcome, corrections=record["corrections"] + 1)
+                # `removed` counts the whole step: a correction that removes nothing must not hide the first cut.
+                removed = record["removed"] + outcome["removed"]
+                record.update(outcome, removed=removed, corrections=record["corrections"] + 1)
                 if not outcome["removed"]:
                     break
             state.step += 1

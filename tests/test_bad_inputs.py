@@ -309,6 +309,11 @@ FIT = {
         cnn_classifier,
         r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=DigitsDataModule",
     ),
+    "ICE gate beside the dense rebuild": FitCase(
+        lambda: [DenseUnitPruning(epsilon=0.05, wide_epochs=1), AccuracyGate()],
+        _mlp,
+        r"AccuracyGate cannot work with DenseUnitPruning: that pruner has no pruning steps with fine-tunes",
+    ),
     "APP with an ICE callback": FitCase(
         lambda: [AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1), AccuracyGate()],
         cnn_classifier,

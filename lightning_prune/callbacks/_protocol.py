@@ -100,6 +100,8 @@ class PruningCallback(Callback):
     """Base class of callbacks that own a pruning run and expose its :class:`PruningState`."""
 
     pruning_state: PruningState
+    # Whether this pruner calls the PruningListener hooks; a listener beside one that does not would do nothing.
+    notifies_listeners: bool = True
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -131,7 +133,8 @@ def find_pruner(trainer: pl.Trainer, requester: str) -> PruningCallback:
     """The one pruner among ``trainer.callbacks``.
 
     Raises:
-        ValueError: naming ``requester`` when there is no pruner or more than one.
+        ValueError: naming ``requester`` when there is no pruner, more than one, or one that never calls
+            its listeners.
     """
     pruners = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
     if len(pruners) != 1:
@@ -139,5 +142,10 @@ def find_pruner(trainer: pl.Trainer, requester: str) -> PruningCallback:
         raise ValueError(
             f"{requester} works around a pruning callback and needs exactly one in Trainer(callbacks=...), "
             f"e.g. IterativePruning; found {found}"
+        )
+    if not pruners[0].notifies_listeners:
+        raise ValueError(
+            f"{requester} cannot work with {type(pruners[0]).__name__}: that pruner has no pruning steps with "
+            "fine-tunes to gate, freeze or set a rate for; use a step-wise pruner such as IterativePruning"
         )
     return pruners[0]

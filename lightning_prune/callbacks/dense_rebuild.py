@@ -100,6 +100,8 @@ class DenseUnitPruning(PruningCallback):
         True
     """
 
+    notifies_listeners = False  # one rebuild, no pruning steps: ICE listeners have nothing to act on
+
     def __init__(
         self,
         epsilon: float = 0.5,

@@ -1,5 +1,8 @@
 """What holding masks costs per training step: dense vs our masks vs Lightning's ``ModelPruning``.
 
+A fourth arm adds one callback that does nothing, to separate what the mechanism costs from what any
+callback costs in Lightning's loop (``masked_over_noop_callback``).
+
 ``python -m lightning_prune.bench overhead --out overhead.json``
 
 Each arm trains the same model, from the same weights, on the same batches: one epoch to get pruned
@@ -26,7 +29,7 @@ from lightning_prune.bench._common import default_data, environment, parser, pri
 from lightning_prune.core.selection import select_parameters
 from lightning_prune.models import MLP, Classifier, SmallCNN
 
-ARMS = ("dense", "masked", "modelpruning")
+ARMS = ("dense", "noop_callback", "masked", "modelpruning")
 
 
 class StepTimer(pl.Callback):
@@ -44,6 +47,9 @@ class StepTimer(pl.Callback):
 
 
 def arm_callbacks(arm: str, module: Classifier, sparsity: float) -> list[pl.Callback]:
+    if arm == "noop_callback":
+        # What any one more callback costs per step in Lightning's loop: the floor for a callback-based method.
+        return [pl.Callback()]
     if arm == "masked":
         return [
             IterativePruning(
@@ -91,6 +97,7 @@ def measure(
         "steps_timed": {arm: len(v) for arm, v in times.items()},
         "masked_over_dense": medians["masked"] / medians["dense"],
         "masked_over_modelpruning": medians["masked"] / medians["modelpruning"],
+        "masked_over_noop_callback": medians["masked"] / medians["noop_callback"],
     }
 
 
@@ -119,16 +126,18 @@ def main(argv: list[str]) -> int:
         [
             name,
             r["step_ms"]["dense"],
+            r["step_ms"]["noop_callback"],
             r["step_ms"]["masked"],
             r["step_ms"]["modelpruning"],
             r["masked_over_dense"],
             r["masked_over_modelpruning"],
+            r["masked_over_noop_callback"],
         ]
         for name, r in results.items()
     ]
     print_table(
         f"median training-step time (ms), {dataset}, sparsity {args.sparsity}",
-        ["model", "dense", "ours (masked)", "ModelPruning", "ours/dense", "ours/ModelPruning"],
+        ["model", "dense", "no-op callback", "ours", "ModelPruning", "ours/dense", "ours/ModelPruning", "ours/no-op"],
         rows,
     )
     print(f"wrote {write_json(args.out, result)}")

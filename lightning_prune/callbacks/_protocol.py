@@ -129,6 +129,11 @@ def _subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
 
+def pruning_listeners(trainer: pl.Trainer) -> list[PruningListener]:
+    """The Trainer's callbacks that listen to a pruner, in the order the user gave them."""
+    return [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+
+
 def find_pruner(trainer: pl.Trainer, requester: str) -> PruningCallback:
     """The one pruner among ``trainer.callbacks``.
 

@@ -6,7 +6,7 @@ import time
 
 import lightning.pytorch as pl
 
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener
+from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, pruning_listeners
 
 
 class StepwisePruning(PruningCallback):
@@ -44,7 +44,7 @@ class StepwisePruning(PruningCallback):
         return self.pruning_state.step < self.pruning_state.num_steps
 
     def _collect_listeners(self, trainer: pl.Trainer) -> None:
-        self._listeners = [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+        self._listeners = pruning_listeners(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._step_due(trainer.current_epoch):

@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 
 from lightning_prune.callbacks._anytime import anytime_metrics, count_errors, reload_train_data
 from lightning_prune.callbacks._lightning import broadcast, output_dir
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks._protocol import PruningCallback, PruningState, pruning_listeners
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
 from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app, app_exponent, cubic, linear
@@ -92,6 +92,8 @@ class AnytimeProgressivePruning(PruningCallback):
         >>> [round(r["sparsity"], 2) for r in app.pruning_state.history]
         [0.2, 0.46, 0.63]
     """
+
+    notifies_listeners = False  # trains every epoch: no fine-tune for a listener to gate, freeze or set a rate for
 
     def __init__(
         self,
@@ -356,7 +358,7 @@ class AnytimeProgressivePruning(PruningCallback):
 
 def _refuse_listeners(trainer: pl.Trainer) -> None:
     """APP has no fine-tune phase: an ICE callback beside it would silently do nothing, so refuse it."""
-    listeners = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+    listeners = [type(cb).__name__ for cb in pruning_listeners(trainer)]
     if listeners:
         raise ValueError(
             f"AnytimeProgressivePruning does not work with Trainer(callbacks=[..., {', '.join(listeners)}]): it trains "

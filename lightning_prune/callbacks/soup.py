@@ -24,7 +24,7 @@ from lightning_prune.callbacks._ingredients import (
     val_source,
 )
 from lightning_prune.callbacks._lightning import broadcast, output_dir
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.callbacks._soup_checks import check_arguments, check_step_budget
 from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
 from lightning_prune.core.masks import MaskSet, masks_from_scores
@@ -170,7 +170,7 @@ class InstantSoupPruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._listeners = [cb for cb in trainer.callbacks if isinstance(cb, PruningListener)]
+        self._listeners = pruning_listeners(trainer)
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_prune.callbacks._lightning import final_metrics
 from lightning_prune.core.export import write_summary
 from lightning_prune.summary import print_summary
 
@@ -95,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit_s = time.perf_counter() - fit_started
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("prune_layer/")}
+    metrics = final_metrics(trainer, "prune_layer/")
     # Wall time as a metric, and an optional objective computed from the metrics (ICE's stage-1 search).
     metrics["run/fit_s"] = fit_s
     if cfg.get("objective") is not None:

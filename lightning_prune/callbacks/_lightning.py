@@ -102,3 +102,12 @@ def check_spawn_reload(trainer: pl.Trainer, pl_module: pl.LightningModule, reque
 def output_dir(trainer: pl.Trainer, export_dir: str | None) -> Path:
     """Where a callback writes its exports: ``export_dir`` if given, else the Trainer's root dir."""
     return Path(export_dir if export_dir is not None else trainer.default_root_dir or os.getcwd())
+
+
+def final_metrics(trainer: pl.Trainer, skip_prefix: str | None = None) -> dict[str, float]:
+    """The Trainer's current metrics as plain floats for a summary, without the per-layer ``skip_prefix`` ones."""
+    return {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if skip_prefix is None or not key.startswith(skip_prefix)
+    }

@@ -17,6 +17,7 @@ from lightning_prune.callbacks._lightning import (
     broadcast,
     check_spawn_reload,
     example_input,
+    final_metrics,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
@@ -326,9 +327,7 @@ class DenseUnitPruning(PruningCallback):
                 "widths_after": layer_widths(pl_module, self._layers),
                 "time_s": state.time_s,
                 "history": state.history,
-                "metrics": {
-                    k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("dense/width")
-                },
+                "metrics": final_metrics(trainer, "dense/width"),
                 "exported_model": str(model_path),
             },
         )

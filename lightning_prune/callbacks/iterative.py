@@ -16,6 +16,7 @@ from lightning_prune.callbacks._lightning import (
     broadcast,
     check_spawn_reload,
     example_input,
+    final_metrics,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
@@ -364,9 +365,7 @@ class IterativePruning(StepwisePruning):
                 "params_nonzero": nonzero,
                 "time_s": state.time_s,
                 "history": state.history,
-                "metrics": {
-                    k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("prune_layer/")
-                },
+                "metrics": final_metrics(trainer, "prune_layer/"),
                 "exported_model": str(model_path),
             },
         )

@@ -16,6 +16,7 @@ from lightning_prune.callbacks._lightning import (
     broadcast,
     check_spawn_reload,
     example_input,
+    final_metrics,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
@@ -409,7 +410,7 @@ class LatencyBudgetPruning(StepwisePruning):
             "params": sum(p.numel() for p in trainer.lightning_module.parameters()),
             "time_s": self.pruning_state.time_s,
             "history": history,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "metrics": final_metrics(trainer),
             "exported_model": str(model_path),
         }
 

@@ -23,7 +23,7 @@ from lightning_prune.callbacks._ingredients import (
     train_source,
     val_source,
 )
-from lightning_prune.callbacks._lightning import broadcast, output_dir
+from lightning_prune.callbacks._lightning import broadcast, final_metrics, output_dir
 from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.callbacks._soup_checks import check_arguments, check_step_budget
 from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
@@ -367,7 +367,7 @@ class InstantSoupPruning(PruningCallback):
             "params_nonzero": sum(int((p != 0).sum()) for p in pl_module.parameters()),
             "time_s": state.time_s,
             "history": state.history,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("prune_layer/")},
+            "metrics": final_metrics(trainer, "prune_layer/"),
             "exported_model": str(model_path),
         }
         write_summary(directory / "summary.json", "instant_soup", summary)

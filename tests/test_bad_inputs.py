@@ -314,6 +314,12 @@ FIT = {
         _mlp,
         r"AccuracyGate cannot work with DenseUnitPruning: that pruner has no pruning steps with fine-tunes",
     ),
+    "ICE callback before APP": FitCase(
+        lambda: [AccuracyGate(), AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],
+        cnn_classifier,
+        r"AccuracyGate cannot work with AnytimeProgressivePruning: that pruner has no pruning steps with fine-tunes",
+        lambda: _megabatches(3),
+    ),
     "APP with an ICE callback": FitCase(
         lambda: [AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1), AccuracyGate()],
         cnn_classifier,

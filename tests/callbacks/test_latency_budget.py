@@ -184,3 +184,27 @@ def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwar
     torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
     assert resumed_trainer.callback_metrics["val/acc"] == full_trainer.callback_metrics["val/acc"]
     assert [r["removed"] for r in resumed.pruning_state.history] == [r["removed"] for r in full.pruning_state.history]
+
+
+def test_a_step_counts_the_channels_of_all_its_corrections(monkeypatch):
+    """A correction that removes nothing (the re-plan found no cheaper network) must not hide the first cut."""
+    import lightning_prune.callbacks.latency_budget as module
+
+    pruning = LatencyBudgetPruning(budget_fraction=0.5, num_steps=1, max_corrections=2)
+    pruning._budgets, pruning._budget_ms, pruning._original_weights = [1.0], 1.0, 100
+    pruning.pruning_state.num_steps = 1
+    outcomes = iter([{"removed": 8, "measured_ms": 2.0}, {"removed": 3, "measured_ms": 1.8}, {"removed": 0}])
+
+    def shrink_to(*args, **kwargs):
+        return {"predicted_ms": 1.0, "measured_ms": 1.5, "feasible": True, "recalibrated": True, **next(outcomes)}
+
+    monkeypatch.setattr(pruning, "_shrink_to", shrink_to)
+    monkeypatch.setattr(module, "example_input", lambda trainer, pl_module: None)
+
+    class Stub:
+        current_epoch, callback_metrics = 1, {}
+
+    pruning._prune_step(Stub(), Classifier(MLP((1, 8, 8), 10, hidden=(8,)), 10, (1, 8, 8)))
+    record = pruning.pruning_state.history[0]
+    assert record["corrections"] == 2
+    assert record["removed"] == 8 + 3 + 0

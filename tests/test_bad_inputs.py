@@ -84,6 +84,10 @@ CONSTRUCTION = {
         lambda: AccuracyGate(val_batches=0),
         r"val_batches must be an integer >= 1 or None \(all batches\), got 0",
     ),
+    "gate finetune_last as text": (
+        lambda: AccuracyGate(finetune_last="yes"),
+        r"finetune_last must be true or false, got 'yes'",
+    ),
     "gate metric that cannot be imported": (
         lambda: AccuracyGate(metric_fn="no_such_module.f1"),
         r"metric_fn='no_such_module.f1' cannot be imported .*give the dotted import path of a callable",

@@ -57,6 +57,7 @@ def test_ice_recipe_and_each_part_alone(removed: list[str], kept: tuple) -> None
     assert sum(cfg.model.net.blocks) == 12
     ice = [type(cb) for cb in callbacks if isinstance(cb, (AccuracyGate, LayerFreezing, PruningAwareLR))]
     assert tuple(ice) == kept
+    assert all(cb.finetune_last for cb in callbacks if isinstance(cb, AccuracyGate))  # the run ends fine-tuned
 
 
 def test_bounded_time_objective_bounds_accuracy_and_minimises_time() -> None:
@@ -66,6 +67,9 @@ def test_bounded_time_objective_bounds_accuracy_and_minimises_time() -> None:
     assert bounded_time_objective(fast_ok) < bounded_time_objective(slow_ok)  # the paper's objective says the opposite
     assert bounded_time_objective(fast_bad) > bounded_time_objective(slow_ok)  # 4 pt over the bound
     assert bounded_time_objective(fast_bad, max_drop_pt=5.0) == 1.0
+    # Against the traditional pipeline's accuracy on the same subset instead of A0: 0.5 pt below it, within 1 pt.
+    assert bounded_time_objective(fast_bad, reference_acc=0.905) == 1.0
+    assert bounded_time_objective(fast_bad, reference_acc=0.93) == pytest.approx(1.0 + 2000.0)
     with pytest.raises(KeyError, match="ice/acc_final"):
         bounded_time_objective({"run/fit_s": 1.0, "ice/acc_reference": 0.9})
 
@@ -93,6 +97,9 @@ def test_stage1_trial_returns_the_objective(tmp_path: Path) -> None:
     assert value == bounded_time_objective(metrics, max_drop_pt=1.0, penalty_s_per_pt=1000.0)
     assert value >= metrics["run/fit_s"] > 0
     assert cfg.data.train_fraction == 0.2
+
+    cfg = composed([*overrides, "logger=none", "objective.reference_acc=0.0"], hydra_node=False)
+    assert instantiate(cfg.objective)(metrics) == metrics["run/fit_s"]  # nothing is below a reference of 0
 
 
 @pytest.mark.slow

@@ -144,7 +144,12 @@ def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]
     result["wide"] = measure(wide, datamodule, args)
     result["epsilon_grid"] = {}
     for epsilon in args.epsilons:
-        pruning = DenseUnitPruning(epsilon=epsilon, wide_epochs=wide_epochs, retrain_epochs=args.retrain_epochs)
+        pruning = DenseUnitPruning(
+            epsilon=epsilon,
+            wide_epochs=wide_epochs,
+            retrain_epochs=args.retrain_epochs,
+            retrain_lr_scale=args.retrain_lr_scale,
+        )
         module = build_module(datamodule, HIDDEN, args.lr)
         arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
         widths = list(pruning.widths_after.values())
@@ -262,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-wide-epochs", type=int, default=50)
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--retrain-lr-scale", type=float, default=1.0, help="DenseUnitPruning's retrain_lr_scale")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")
     p.add_argument("--repeats", type=int, default=300)

@@ -62,6 +62,10 @@ class AccuracyGate(Callback, PruningListener):
         val_batches: how many validation batches each evaluation uses (``None``: all of them); >= 1.
         metric_fn: ``None`` for top-1 accuracy (:func:`batch_accuracy`), a callable
             ``(pl_module, batch) -> (score_sum, count)``, or the dotted import path of one (YAML).
+        finetune_last: always fine-tune after the last step, whatever its drop, so the model the run
+            ends with has been fine-tuned since its last prune (the paper's DenseNet pipeline ends with a
+            final fine-tune too). With it a large ``threshold`` costs less accuracy: drops can pile up
+            over skipped steps and one fine-tune at the end recovers them.
         export_dir: where ``summary.json`` goes (default: the Trainer's root dir).
 
     Raises:
@@ -91,6 +95,7 @@ class AccuracyGate(Callback, PruningListener):
         threshold: float = 1.0,
         val_batches: int | None = 4,
         metric_fn: str | MetricFn | None = None,
+        finetune_last: bool = False,
         export_dir: str | None = None,
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
@@ -105,6 +110,9 @@ class AccuracyGate(Callback, PruningListener):
             metric_fn,
             export_dir,
         )
+        if not isinstance(finetune_last, bool):
+            raise ValueError(f"finetune_last must be true or false, got {finetune_last!r}")
+        self.finetune_last = finetune_last
         self._metric = resolve_metric(metric_fn)
         self.reference_acc: float | None = None
         self.final_acc: float | None = None
@@ -149,11 +157,11 @@ class AccuracyGate(Callback, PruningListener):
     def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         accuracy = self.evaluate(trainer, pl_module, state)
         drop_pt = 100.0 * (self.reference_acc - accuracy)
-        self._skip = drop_pt < self.threshold
+        self._skip = drop_pt < self.threshold and not (self.finetune_last and _pruning_over(state))
         decision = {"acc_reference": self.reference_acc, "acc_after": accuracy, "drop_pt": drop_pt}
         state.history[-1].update(decision, gate_skip=self._skip)
         self.decisions.append({"step": state.step, **decision, "skipped": self._skip})
-        verdict = "skip fine-tune" if self._skip else "fine-tune"
+        verdict = "skip fine-tune" if self._skip else "fine-tune" + (" (last step)" if drop_pt < self.threshold else "")
         _info(f"step {state.step}: accuracy {accuracy:.4f}, drop {drop_pt:.2f} pt vs {self.threshold} -> {verdict}")
 
     def skip_finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:

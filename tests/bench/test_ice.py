@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lightning_prune.bench.ice import main
+from lightning_prune.ice_tuning import STAGE1_SPACE
 
 ARM_KEYS = {"wall_s", "test_acc", "sparsity", "finetune_epochs"}
 
@@ -24,4 +25,9 @@ def test_ice_bench_quick(tmp_path: Path) -> None:
     assert result["ice"]["wall_s"] == result["ice"]["run_s"] + result["ice"]["search_s"]
     assert result["baseline"]["finetune_epochs"] == result["baseline"]["steps"]  # traditional: one per step
     assert set(result["ice_time_split_s"]) >= {"search", "evaluate", "finetune", "prune"}
-    assert len(result["search"]["trials"]) == 2
+    search = result["search"]
+    thresholds = [trial["params"]["callbacks.ice_gate.threshold"] for trial in search["trials"]]
+    assert thresholds == STAGE1_SPACE["callbacks.ice_gate.threshold"]  # one trial per threshold
+    assert search["reference"]["finetune_epochs"] == result["baseline"]["steps"]  # the traditional pipeline
+    assert min(trial["objective"] for trial in search["trials"]) == search["best_objective"]
+    assert result["ice"]["finetune_epochs"] >= 1  # the last step is always fine-tuned

@@ -45,6 +45,7 @@ def batches_per_epoch(digits) -> int:
         ({"threshold": "1"}, "threshold must be"),
         ({"val_batches": 0}, "val_batches must be"),
         ({"val_batches": 1.5}, "val_batches must be"),
+        ({"finetune_last": "yes"}, "finetune_last must be"),
         ({"metric_fn": "no_such_module.accuracy"}, "cannot be imported"),
         ({"metric_fn": "lightning_prune.callbacks.ice_gate.log"}, "dotted path of a callable"),
     ],
@@ -154,6 +155,16 @@ def test_accuracy_gate_fine_tunes_when_the_drop_is_large(digits, trainer_kwargs:
     assert all(r["drop_pt"] > 0 for r in ran)
     assert trainer.global_step == (WARMUP + len(ran)) * batches_per_epoch(digits)
     assert trainer.callback_metrics["ice/finetunes_skipped"] == len(history) - len(ran)
+
+
+def test_accuracy_gate_finetune_last_fine_tunes_after_the_last_step_only(digits, trainer_kwargs: dict) -> None:
+    pruner, gate = structured(), AccuracyGate(threshold=100.0, val_batches=2, finetune_last=True)
+    trainer = fit([pruner, gate], digits, trainer_kwargs)
+    history = pruner.pruning_state.history
+    assert [r["finetune"] for r in history] == ["skipped"] * 3 + ["ran"]  # every drop is small, yet the last runs
+    assert [d["skipped"] for d in gate.decisions] == [True] * 3 + [False]
+    assert trainer.global_step == (WARMUP + 1) * batches_per_epoch(digits)
+    assert gate.final_acc is not None  # measured once that fine-tune ended
 
 
 def test_accuracy_gate_metric_fn(digits, trainer_kwargs: dict) -> None:

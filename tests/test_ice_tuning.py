@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,27 @@ def test_stage1_trial_returns_the_objective(tmp_path: Path) -> None:
 
     cfg = composed([*overrides, "logger=none", "objective.reference_acc=0.0"], hydra_node=False)
     assert instantiate(cfg.objective)(metrics) == metrics["run/fit_s"]  # nothing is below a reference of 0
+
+
+def documented_reference_command() -> list[str]:
+    """The overrides of the reference run spelled out in the stage-1 config's comments."""
+    text = (REPO / "conf" / "hparams_search" / "ice_stage1_optuna.yaml").read_text()
+    lines = [line.lstrip("# ").rstrip("\\ ") for line in text.splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("python -m lightning_prune.run recipe=ice"))
+    end = next(i for i in range(start, len(lines)) if "optimized_metric=" in lines[i])
+    argv = shlex.split(" ".join(lines[start : end + 1]))
+    assert argv[:3] == ["python", "-m", "lightning_prune.run"]
+    return argv[3:]
+
+
+def test_documented_stage1_reference_run(tmp_path: Path) -> None:
+    """The command that measures objective.reference_acc runs and returns the final accuracy."""
+    overrides = [*documented_reference_command(), *TINY, f"paths.output_dir={tmp_path}", "logger=none"]
+    cfg = composed([*overrides, "trainer.enable_progress_bar=false"], hydra_node=False)
+    metrics = train(cfg)
+    assert metric_to_optimize(metrics, cfg.optimized_metric) == metrics["ice/acc_final"]
+    assert 0.0 < metrics["ice/acc_final"] <= 1.0
+    assert "test/acc" not in metrics  # test=false: the reference uses the gate's validation batches only
 
 
 @pytest.mark.slow

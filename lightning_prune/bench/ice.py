@@ -230,12 +230,16 @@ def load_data(args: Any, work: Workload) -> tuple[ArrayDataModule, str]:
 def main(argv: list[str]) -> int:
     p = parser("ice", "ICE-Pruning vs traditional iterative pruning: wall time and accuracy at equal sparsity")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--trials", type=int, default=None, help="stage-1 trials (default 3; --quick 2)")
+    p.add_argument("--trials", type=int, default=None, help="stage-1 trials (default 3)")
+    p.add_argument("--train-fraction", type=float, default=None, help="MNIST training fraction (default 0.2)")
+    p.add_argument("--search-fraction", type=float, default=None, help="stage-1 subset of that (default 0.05)")
+    p.add_argument("--skip-ablations", action="store_true", help="baseline and ICE only")
     args = p.parse_args(argv)
     quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = replace(QUICK if args.quick else Workload(), **({"trials": args.trials} if args.trials else {}))
+    sizes = {"trials": args.trials, "train_fraction": args.train_fraction, "search_fraction": args.search_fraction}
+    work = replace(QUICK if args.quick else Workload(), **{k: v for k, v in sizes.items() if v is not None})
     datamodule, dataset = load_data(args, work)
     with tempfile.TemporaryDirectory(prefix="ice-bench-") as tmp:
         root = Path(tmp)
@@ -254,7 +258,7 @@ def main(argv: list[str]) -> int:
         ice["run_s"], ice["search_s"] = ice["wall_s"], search_watch.seconds
         ice["wall_s"] = ice["run_s"] + ice["search_s"]
         ablations = {}
-        for name in PARTS:
+        for name in () if args.skip_ablations else PARTS:
             _progress(f"ablation: {name} only")
             ablations[name] = run_arm(state, datamodule, work, make_parts(best, (name,), work.val_batches), root)
     result = {

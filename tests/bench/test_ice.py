@@ -31,3 +31,12 @@ def test_ice_bench_quick(tmp_path: Path) -> None:
     assert search["reference"]["finetune_epochs"] == result["baseline"]["steps"]  # the traditional pipeline
     assert min(trial["objective"] for trial in search["trials"]) == search["best_objective"]
     assert result["ice"]["finetune_epochs"] >= 1  # the last step is always fine-tuned
+
+
+def test_ice_bench_sizes_and_skipping_the_ablations(tmp_path: Path) -> None:
+    out = tmp_path / "ice.json"
+    assert main(["--quick", "--skip-ablations", "--search-fraction", "0.5", "--out", str(out), "--threads", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["ablations"] == {}
+    assert result["workload"]["search_fraction"] == 0.5
+    assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]

@@ -1,4 +1,4 @@
-"""ODF2NNA on the bundled tabular sets: wide net vs rebuilt net vs magnitude pruning vs scratch.
+"""ODF2NNA on the bundled tabular sets: wide net vs rebuilt net vs a control, magnitude pruning and scratch.
 
 ``python -m lightning_prune.bench dense --out dense.json``. Per data set and seed (split and initialisation),
 the wide 3x256 ReLU MLP trains until its validation loss has not improved for ``--patience`` epochs (the
@@ -6,6 +6,10 @@ the wide 3x256 ReLU MLP trains until its validation loss has not improved for ``
 of epochs:
 
 - ``wide``: the wide net, ``retrain_epochs`` more epochs.
+- ``control``: ``DenseUnitPruning(epsilon=0)``: the rebuilt arm's path (fresh optimizer, retraining, test
+  weights chosen after the rebuild) with every unit kept, so ``rebuilt - control`` is what removing units
+  costs and ``control - wide`` what the path itself costs (the wide arm may keep weights from before the
+  checkpoint, the pruned arms cannot).
 - ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` scores the units at that point, rebuilds a narrower
   MLP with the trained weights and retrains it ``retrain_epochs`` epochs; one arm per candidate epsilon, and
   the reported one is the largest epsilon whose *validation* metric (mean over seeds) stays within
@@ -41,7 +45,7 @@ from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
 
 DATASETS = {"breast_cancer": "acc", "wine": "acc", "digits": "acc", "diabetes": "r2"}
-ARMS = ("wide", "rebuilt", "magnitude", "scratch")
+ARMS = ("wide", "control", "rebuilt", "magnitude", "scratch")
 HIDDEN = (256, 256, 256)
 
 
@@ -142,19 +146,29 @@ def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]
     wide = fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt)
     result: dict[str, Any] = {"seed": seed, "datamodule": datamodule, "ckpt": ckpt, "wide_epochs": wide_epochs}
     result["wide"] = measure(wide, datamodule, args)
-    result["epsilon_grid"] = {}
-    for epsilon in args.epsilons:
-        pruning = DenseUnitPruning(
-            epsilon=epsilon,
-            wide_epochs=wide_epochs,
-            retrain_epochs=args.retrain_epochs,
-            retrain_lr_scale=args.retrain_lr_scale,
-        )
-        module = build_module(datamodule, HIDDEN, args.lr)
-        arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
-        widths = list(pruning.widths_after.values())
-        result["epsilon_grid"][epsilon] = {**measure(arm, datamodule, args), "widths": widths}
+    result["control"] = _rebuilt_arm(datamodule, wide_epochs, 0.0, ckpt, args)
+    result["epsilon_grid"] = {
+        epsilon: _rebuilt_arm(datamodule, wide_epochs, epsilon, ckpt, args) for epsilon in args.epsilons
+    }
     return result
+
+
+def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float, ckpt: str, args: Any) -> dict:
+    """ODF2NNA from the shared checkpoint.
+
+    ``epsilon=0`` keeps every unit: the control, with the same rebuild, fresh optimizer, retraining and
+    selection window as a pruned arm and nothing removed.
+    """
+    pruning = DenseUnitPruning(
+        epsilon=epsilon,
+        wide_epochs=wide_epochs,
+        retrain_epochs=args.retrain_epochs,
+        retrain_lr_scale=args.retrain_lr_scale,
+    )
+    module = build_module(datamodule, HIDDEN, args.lr)
+    total = wide_epochs + args.retrain_epochs
+    arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
+    return {**measure(arm, datamodule, args), "widths": list(pruning.widths_after.values())}
 
 
 def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
@@ -247,6 +261,8 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         "speedup_b256": wide["latency_ms_b256"] / rebuilt["latency_ms_b256"],
         "magnitude_speedup_b256": wide["latency_ms_b256"] / result["magnitude"]["latency_ms_b256"],
         "transfer_gain": rebuilt["test_metric"] - result["scratch"]["test_metric"],
+        "metric_delta_vs_control": rebuilt["test_metric"] - result["control"]["test_metric"],
+        "control_delta": result["control"]["test_metric"] - wide["test_metric"],
     }
     return result
 

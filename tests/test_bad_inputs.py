@@ -70,6 +70,10 @@ CONSTRUCTION = {
     ),
     "epsilon above 1": (lambda: DenseUnitPruning(epsilon=1.5), r"epsilon must be a number in \[0, 1\) .*got 1.5"),
     "negative epsilon": (lambda: DenseUnitPruning(epsilon=-0.1), r"epsilon must be a number in \[0, 1\) .*got -0.1"),
+    "dense reference quantile 0": (
+        lambda: DenseUnitPruning(reference_quantile=0),
+        r"reference_quantile must be a number in \(0, 1\] .*got 0",
+    ),
     "zero latency budget": (lambda: LatencyBudgetPruning(budget_fraction=0.0), "budget_fraction"),
     "negative latency budget": (
         lambda: LatencyBudgetPruning(budget_fraction=None, latency_budget_ms=-5.0),

@@ -164,6 +164,7 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
         wide_epochs=wide_epochs,
         retrain_epochs=args.retrain_epochs,
         retrain_lr_scale=args.retrain_lr_scale,
+        reference_quantile=args.reference_quantile,
     )
     module = build_module(datamodule, HIDDEN, args.lr)
     total = wide_epochs + args.retrain_epochs
@@ -284,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--retrain-lr-scale", type=float, default=1.0, help="DenseUnitPruning's retrain_lr_scale")
+    p.add_argument(
+        "--reference-quantile", type=float, default=1.0, help="DenseUnitPruning's reference_quantile (1.0: max)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")
     p.add_argument("--repeats", type=int, default=300)

@@ -66,10 +66,13 @@ class DenseUnitPruning(PruningCallback):
     ``monitor`` when ``patience`` is set.
 
     Args:
-        epsilon: relative threshold in [0, 1): a unit is kept when ``score >= epsilon * max score of its
-            layer`` (0 keeps every unit; with epsilon > 0 a constant unit is always removed).
+        epsilon: relative threshold in [0, 1): a unit is kept when ``score >= epsilon * reference``, the
+            reference being its layer's largest score by default (0 keeps every unit; with epsilon > 0 a
+            constant unit is always removed).
         statistic: the unit score, a key of :data:`~lightning_prune.core.units.UNIT_STATISTICS`
             (``"std"``, ``"variance"``, ``"range"``).
+        reference_quantile: in (0, 1]: the layer's reference score is this quantile of its scores
+            (1.0: the largest, methods.md's rule; 0.99: a few runaway units cannot empty the layer).
         wide_epochs: rebuild at the start of this epoch at the latest (``None``: only on a plateau).
         patience: rebuild once ``monitor`` has not improved for this many validation runs (``None``: off).
         monitor: metric watched for the plateau; ``mode`` says whether lower (``"min"``) or higher is better.
@@ -107,6 +110,7 @@ class DenseUnitPruning(PruningCallback):
         self,
         epsilon: float = 0.5,
         statistic: str = "std",
+        reference_quantile: float = 1.0,
         wide_epochs: int | None = 10,
         patience: int | None = None,
         monitor: str = "val/loss",
@@ -119,7 +123,7 @@ class DenseUnitPruning(PruningCallback):
         include_names: str | None = None,
         export_dir: str | None = None,
     ) -> None:
-        self.epsilon, self.statistic = epsilon, statistic
+        self.epsilon, self.statistic, self.reference_quantile = epsilon, statistic, reference_quantile
         self.wide_epochs, self.patience, self.retrain_epochs = wide_epochs, patience, retrain_epochs
         self.retrain_lr_scale = retrain_lr_scale
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
@@ -142,6 +146,11 @@ class DenseUnitPruning(PruningCallback):
             raise ValueError(
                 f"epsilon must be a number in [0, 1) (relative to each layer's largest score), got {self.epsilon!r}"
             )
+        if not _is_number(self.reference_quantile) or not 0 < self.reference_quantile <= 1:
+            raise ValueError(
+                f"reference_quantile must be a number in (0, 1] (1.0: the layer's largest score), "
+                f"got {self.reference_quantile!r}"
+            )
         if not _is_number(self.retrain_lr_scale) or not 0 < self.retrain_lr_scale <= 1:
             raise ValueError(f"retrain_lr_scale must be a number in (0, 1], got {self.retrain_lr_scale!r}")
         if not _is_number(self.min_delta) or self.min_delta < 0:
@@ -161,7 +170,10 @@ class DenseUnitPruning(PruningCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            epsilon=self.epsilon, statistic=self.statistic, include_names=self.include_names
+            epsilon=self.epsilon,
+            statistic=self.statistic,
+            reference_quantile=self.reference_quantile,
+            include_names=self.include_names,
         )
 
     @property
@@ -276,7 +288,10 @@ class DenseUnitPruning(PruningCallback):
     def _plan(self, moments: dict[str, UnitMoments]) -> dict[str, Any]:
         """Rank 0's decision as plain lists: the kept units and every unit's mean output, per layer."""
         score = UNIT_STATISTICS[self.statistic]
-        kept = {name: keep_units(score(moments[name]), self.epsilon, self.min_units) for name in moments}
+        kept = {
+            name: keep_units(score(moments[name]), self.epsilon, self.min_units, self.reference_quantile)
+            for name in moments
+        }
         means = {name: moments[name].mean.tolist() for name in moments} if self.fold_removed else None
         return {"kept": kept, "means": means}
 

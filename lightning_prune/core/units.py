@@ -11,7 +11,8 @@ its framework-free engine:
 - :func:`collect_unit_moments` streams the training data once and keeps per-unit count, mean, M2,
   min and max of what the next layer *receives* (the unit after its norm and activation), so any
   statistic in :data:`UNIT_STATISTICS` can be computed without holding the activations.
-- :func:`keep_units` applies the rule ``statistic >= epsilon * max over the layer``.
+- :func:`keep_units` applies the rule ``statistic >= epsilon * max over the layer`` (or a high quantile
+  of the layer's scores instead of the max, so a few runaway units cannot set every other unit's bar).
 - :func:`rebuild_layers` folds each removed unit's mean output into the next layer's bias, then removes
   the units physically through :func:`~lightning_prune.core.structured.remove_out_channels` (torch-pruning
   slices the Linear, its norms and the next Linear's inputs consistently).
@@ -256,9 +257,12 @@ def _eval_forward(model: nn.Module, inputs: Iterable[Tensor]) -> None:
 # ---------------------------------------------------------------- decide and rebuild
 
 
-def keep_units(scores: Tensor, epsilon: float, min_units: int = 1) -> list[int]:
-    """Indices of the useful units: ``score >= epsilon * max(score)``, and never a constant unit when epsilon > 0.
+def keep_units(scores: Tensor, epsilon: float, min_units: int = 1, reference_quantile: float = 1.0) -> list[int]:
+    """Indices of the useful units: ``score >= epsilon * reference``, and never a constant unit when epsilon > 0.
 
+    The reference is the ``reference_quantile`` of the layer's scores: 1.0 is the largest (methods.md's
+    rule); 0.99 ignores the top 1 %, because a long-trained layer can grow a handful of units whose
+    output varies ten times more than the rest, and against their max every other unit looks constant.
     At least ``min_units`` are kept (the highest-scoring ones), so no layer becomes empty.
 
     Example::
@@ -267,10 +271,15 @@ def keep_units(scores: Tensor, epsilon: float, min_units: int = 1) -> list[int]:
         [1, 3]
         >>> keep_units(torch.tensor([0.0, 0.0, 0.0]), epsilon=0.1)
         [0]
+        >>> keep_units(torch.tensor([1.0, 1.0, 1.0, 10.0]), epsilon=0.5, reference_quantile=0.5)
+        [0, 1, 2, 3]
     """
     if not 0 <= epsilon < 1:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
-    useful = scores >= epsilon * scores.max()
+    if not 0 < reference_quantile <= 1:
+        raise ValueError(f"reference_quantile must be in (0, 1], got {reference_quantile}")
+    reference = scores.max() if reference_quantile == 1 else torch.quantile(scores.double(), reference_quantile)
+    useful = scores >= epsilon * reference
     if epsilon > 0:
         useful &= scores > 0
     kept = useful.nonzero().flatten().tolist()

@@ -50,6 +50,8 @@ def mlp_classifier(datamodule: TabularDataModule, hidden: tuple[int, ...] = (64,
         ({"min_delta": -1.0}, "min_delta must be a number >= 0"),
         ({"retrain_lr_scale": 0.0}, r"retrain_lr_scale must be a number in \(0, 1\]"),
         ({"retrain_lr_scale": 2.0}, "got 2.0"),
+        ({"reference_quantile": 0.0}, r"reference_quantile must be a number in \(0, 1\]"),
+        ({"reference_quantile": 1.5}, "got 1.5"),
         ({"include_names": "("}, "include_names: .* is not a valid regular expression"),
     ],
 )
@@ -64,6 +66,7 @@ def test_dense_unit_pruning_state_key() -> None:
     assert "0.2" in key
     assert "std" in key
     assert key != DenseUnitPruning(epsilon=0.3).state_key
+    assert key != DenseUnitPruning(epsilon=0.2, reference_quantile=0.99).state_key
 
 
 def test_dense_unit_pruning_rebuilds_retrains_and_exports(cancer, trainer_kwargs) -> None:
@@ -96,6 +99,22 @@ def test_dense_unit_pruning_rebuilds_retrains_and_exports(cancer, trainer_kwargs
     fresh = load_pruned(mlp_classifier(cancer), exported).eval()
     x = cancer.test_set.tensors[0]
     torch.testing.assert_close(fresh(x), model.eval()(x))
+
+
+def test_reference_quantile_keeps_a_layer_with_runaway_units(cancer, trainer_kwargs) -> None:
+    """Two units of the last hidden layer made to vary 50x more than the rest: against the layer's max
+    the others all fall under epsilon and only the two survive; against the 0.95 quantile they stay."""
+    widths = {}
+    for quantile in (1.0, 0.95):
+        torch.manual_seed(0)
+        model = mlp_classifier(cancer)
+        with torch.no_grad():
+            model.net.layers[3].weight[:2] *= 50
+        pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=0, retrain_epochs=1, reference_quantile=quantile)
+        pl.Trainer(max_epochs=1, callbacks=[pruning], **trainer_kwargs).fit(model, datamodule=cancer)
+        widths[quantile] = pruning.widths_after["net.layers.3"]
+    assert widths[1.0] == 2
+    assert widths[0.95] > 16
 
 
 def test_dense_unit_pruning_epsilon_zero_keeps_every_unit(cancer, trainer_kwargs) -> None:

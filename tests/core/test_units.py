@@ -125,6 +125,20 @@ def test_keep_units_rule() -> None:
     assert keep_units(torch.zeros(3), 0.1) == [0]
 
 
+def test_keep_units_reference_quantile_ignores_runaway_units() -> None:
+    scores = torch.cat([torch.linspace(1.0, 2.0, 98), torch.tensor([20.0, 30.0])])
+    assert keep_units(scores, 0.3) == [98, 99]  # 0.3 * max = 9: every ordinary unit looks constant
+    assert keep_units(scores, 0.3, reference_quantile=1.0) == keep_units(scores, 0.3)
+    assert len(keep_units(scores, 0.3, reference_quantile=0.97)) == 100  # reference ~2.0: all above 0.6
+    assert keep_units(scores, 0.9, reference_quantile=0.97)[0] > 60  # the bar at 0.9 x ~2.0 still bites
+
+
+@pytest.mark.parametrize("quantile", [0.0, -0.5, 1.5])
+def test_keep_units_rejects_reference_quantile(quantile: float) -> None:
+    with pytest.raises(ValueError, match="reference_quantile must be in"):
+        keep_units(torch.ones(3), 0.1, reference_quantile=quantile)
+
+
 @pytest.mark.parametrize("epsilon", [-0.1, 1.0, 2.0, float("nan")])
 def test_keep_units_rejects_epsilon(epsilon: float) -> None:
     with pytest.raises(ValueError, match="epsilon must be in"):

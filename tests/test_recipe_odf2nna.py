@@ -26,6 +26,7 @@ def test_odf2nna_recipe_composes() -> None:
     assert isinstance(callback, DenseUnitPruning)
     assert cfg.trainer.max_epochs == callback.wide_epochs + callback.retrain_epochs
     assert callback.patience == 3
+    assert callback.reference_quantile == 0.99
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--retrain-lr-scale", type=float, default=1.0, help="DenseUnitPruning's retrain_lr_scale")
     p.add_argument(
-        "--reference-quantile", type=float, default=1.0, help="DenseUnitPruning's reference_quantile (1.0: max)"
+        "--reference-quantile",
+        type=float,
+        default=0.99,
+        help="DenseUnitPruning's reference_quantile, as in recipes/odf2nna.yaml (1.0: the layer's max)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")

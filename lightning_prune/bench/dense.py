@@ -125,7 +125,7 @@ def measure(arm: Arm, datamodule: TabularDataModule, args: Any) -> dict[str, Any
 
 
 def run_dataset(name: str, args: Any) -> list[dict[str, Any]]:
-    """Every seed's four arms; epsilon is chosen once per data set, on validation metrics pooled over seeds."""
+    """Every seed's five arms; epsilon is chosen once per data set, on validation metrics pooled over seeds."""
     with tempfile.TemporaryDirectory() as root:
         seeds = [_wide_and_grid(name, args.seed + offset, f"{root}/{offset}", args) for offset in range(args.seeds)]
         grid_val = {eps: statistics.mean(s["epsilon_grid"][eps]["val_metric"] for s in seeds) for eps in args.epsilons}
@@ -229,8 +229,12 @@ def _magnitude_callback(
     )
 
 
-def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Mean parameters and metric, median latency over seeds; the per-seed metrics kept alongside."""
+def summarise(per_seed: list[dict[str, dict[str, Any]]], tolerance: float) -> dict[str, Any]:
+    """Mean parameters and metric, median latency over seeds; the per-seed metrics kept alongside.
+
+    ``rebuilt.epsilon_within_tolerance`` is false when no candidate met the validation tolerance and the
+    smallest epsilon was reported as a fallback.
+    """
     result: dict[str, Any] = {}
     for arm in ARMS:
         runs = [seed_result[arm] for seed_result in per_seed]
@@ -255,6 +259,8 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         for epsilon in per_seed[0]["epsilon_grid"]
     }
     wide, rebuilt = result["wide"], result["rebuilt"]
+    chosen_val = result["epsilon_grid"][str(rebuilt["epsilon"])]["val_metric"]
+    rebuilt["epsilon_within_tolerance"] = chosen_val >= wide["val_metric"] - tolerance
     result["ratios"] = {
         "param_reduction": 1 - rebuilt["params"] / wide["params"],
         "metric_delta": rebuilt["test_metric"] - wide["test_metric"],
@@ -304,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     datasets = {}
     for name in args.datasets:
-        datasets[name] = summarise(run_dataset(name, args))
+        datasets[name] = summarise(run_dataset(name, args), args.tolerance)
     result = {
         "datasets": datasets,
         "protocol": {k: v for k, v in vars(args).items() if k not in ("out", "data_dir")},

@@ -25,6 +25,7 @@ def test_dense_bench_quick_writes_the_promised_keys(tmp_path) -> None:
         assert arms["control"]["params"] == arms["wide"]["params"]  # epsilon 0 keeps every unit
         ratios = {"param_reduction", "speedup_b1", "speedup_b256", "transfer_gain", "metric_delta_vs_control"}
         assert ratios <= set(arms["ratios"])
+        assert isinstance(arms["rebuilt"]["epsilon_within_tolerance"], bool)
     assert result["metric"] == {"breast_cancer": "acc", "diabetes": "r2"}
     assert result["environment"]["torch_threads"] == 1
 

@@ -123,7 +123,9 @@ class AccuracyGate(Callback, PruningListener):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(threshold=self.threshold, val_batches=self.val_batches)
+        return self._generate_state_key(
+            threshold=self.threshold, val_batches=self.val_batches, finetune_last=self.finetune_last
+        )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":

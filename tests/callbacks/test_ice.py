@@ -93,6 +93,7 @@ def test_pruning_aware_lr_bad_arguments(kwargs: dict, match: str) -> None:
 
 def test_ice_state_keys() -> None:
     assert AccuracyGate(threshold=1.0).state_key != AccuracyGate(threshold=2.0).state_key
+    assert AccuracyGate(finetune_last=True).state_key != AccuracyGate(finetune_last=False).state_key
     assert "AccuracyGate" in AccuracyGate().state_key
     assert LayerFreezing(fraction=0.3).state_key != LayerFreezing(fraction=0.6).state_key
     assert PruningAwareLR(p=0.1).state_key != PruningAwareLR(p=0.2).state_key

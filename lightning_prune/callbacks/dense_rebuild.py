@@ -71,8 +71,6 @@ class DenseUnitPruning(PruningCallback):
             constant unit is always removed).
         statistic: the unit score, a key of :data:`~lightning_prune.core.units.UNIT_STATISTICS`
             (``"std"``, ``"variance"``, ``"range"``).
-        reference_quantile: in (0, 1]: the layer's reference score is this quantile of its scores
-            (1.0: the largest, methods.md's rule; 0.99: a few runaway units cannot empty the layer).
         wide_epochs: rebuild at the start of this epoch at the latest (``None``: only on a plateau).
         patience: rebuild once ``monitor`` has not improved for this many validation runs (``None``: off).
         monitor: metric watched for the plateau; ``mode`` says whether lower (``"min"``) or higher is better.
@@ -84,6 +82,8 @@ class DenseUnitPruning(PruningCallback):
         min_units: units every layer keeps at least (the highest-scoring).
         include_names: regex on Linear names; only matching layers are pruned (default: every stack).
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
+        reference_quantile: in (0, 1]: the layer's reference score is this quantile of its scores
+            (1.0: the largest, methods.md's rule; 0.99: a few runaway units cannot empty the layer).
 
     Raises:
         ValueError: for arguments out of range or unknown names; in ``setup``, when the model has no plain
@@ -110,7 +110,6 @@ class DenseUnitPruning(PruningCallback):
         self,
         epsilon: float = 0.5,
         statistic: str = "std",
-        reference_quantile: float = 1.0,
         wide_epochs: int | None = 10,
         patience: int | None = None,
         monitor: str = "val/loss",
@@ -122,6 +121,7 @@ class DenseUnitPruning(PruningCallback):
         min_units: int = 1,
         include_names: str | None = None,
         export_dir: str | None = None,
+        reference_quantile: float = 1.0,
     ) -> None:
         self.epsilon, self.statistic, self.reference_quantile = epsilon, statistic, reference_quantile
         self.wide_epochs, self.patience, self.retrain_epochs = wide_epochs, patience, retrain_epochs
@@ -144,7 +144,7 @@ class DenseUnitPruning(PruningCallback):
     def _validate(self) -> None:
         if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
             raise ValueError(
-                f"epsilon must be a number in [0, 1) (relative to each layer's largest score), got {self.epsilon!r}"
+                f"epsilon must be a number in [0, 1) (relative to each layer's reference score), got {self.epsilon!r}"
             )
         if not _is_number(self.reference_quantile) or not 0 < self.reference_quantile <= 1:
             raise ValueError(

@@ -278,8 +278,7 @@ def keep_units(scores: Tensor, epsilon: float, min_units: int = 1, reference_qua
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
     if not 0 < reference_quantile <= 1:
         raise ValueError(f"reference_quantile must be in (0, 1], got {reference_quantile}")
-    reference = scores.max() if reference_quantile == 1 else torch.quantile(scores.double(), reference_quantile)
-    useful = scores >= epsilon * reference
+    useful = scores >= epsilon * torch.quantile(scores, reference_quantile)  # quantile 1.0 is the max
     if epsilon > 0:
         useful &= scores > 0
     kept = useful.nonzero().flatten().tolist()

@@ -305,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.max_wide_epochs, args.retrain_epochs, args.repeats, args.warmup = 1, 2, 1, 20, 5
         args.epsilons = args.epsilons[-1:]
+    for epsilon in args.epsilons:  # the callback's own checks, before any net is trained
+        DenseUnitPruning(
+            epsilon=epsilon, retrain_lr_scale=args.retrain_lr_scale, reference_quantile=args.reference_quantile
+        )
     quiet()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from lightning_prune.bench import dense
 from lightning_prune.bench.dense import ARMS, choose_epsilon, main
 
 KEYS = {"params", "test_metric", "latency_ms_b1", "latency_ms_b256"}
@@ -34,3 +36,22 @@ def test_choose_epsilon_uses_validation_only() -> None:
     grid = {0.3: 0.97, 0.5: 0.965, 0.7: 0.90}
     assert choose_epsilon(grid, wide_val=0.97, tolerance=0.005) == 0.5
     assert choose_epsilon(grid, wide_val=0.99, tolerance=0.005) == 0.3
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--reference-quantile", "2"], "reference_quantile must be a number in"),
+        (["--epsilons", "0.5", "1.5"], "epsilon must be a number in"),
+        (["--retrain-lr-scale", "0"], "retrain_lr_scale must be a number in"),
+    ],
+)
+def test_dense_bench_refuses_bad_settings_before_training(tmp_path, monkeypatch, argv: list[str], match: str) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("a net was trained before the settings were checked")
+
+    monkeypatch.setattr(dense, "_train_wide", no_training)
+    out = tmp_path / "dense.json"
+    with pytest.raises(ValueError, match=match):
+        main(["--datasets", "wine", "--out", str(out), *argv])
+    assert not out.exists()

@@ -229,6 +229,15 @@ def load_data(args: Any, work: Workload) -> tuple[ArrayDataModule, str]:
     return datamodule, name
 
 
+def check_sizes(work: Workload) -> None:
+    """Refuse fractions and trial counts that would fail only after pre-training and the baseline."""
+    for flag, value in (("--train-fraction", work.train_fraction), ("--search-fraction", work.search_fraction)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{flag} must be in (0, 1], got {value}")
+    if work.trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {work.trials}")
+
+
 def main(argv: list[str]) -> int:
     p = parser("ice", "ICE-Pruning vs traditional iterative pruning: wall time and accuracy at equal sparsity")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -242,6 +251,7 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     sizes = {"trials": args.trials, "train_fraction": args.train_fraction, "search_fraction": args.search_fraction}
     work = replace(QUICK if args.quick else Workload(), **{k: v for k, v in sizes.items() if v is not None})
+    check_sizes(work)
     datamodule, dataset = load_data(args, work)
     with tempfile.TemporaryDirectory(prefix="ice-bench-") as tmp:
         root = Path(tmp)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from lightning_prune.bench import ice as ice_bench
 from lightning_prune.bench.ice import main
 from lightning_prune.ice_tuning import STAGE1_SPACE
 
@@ -40,3 +43,20 @@ def test_ice_bench_sizes_and_skipping_the_ablations(tmp_path: Path) -> None:
     assert result["ablations"] == {}
     assert result["workload"]["search_fraction"] == 0.5
     assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--search-fraction", "0"], r"--search-fraction must be in \(0, 1\], got 0.0"),
+        (["--train-fraction", "1.5"], r"--train-fraction must be in \(0, 1\], got 1.5"),
+        (["--trials", "-1"], "--trials must be >= 1, got -1"),
+    ],
+)
+def test_ice_bench_refuses_bad_sizes_before_training(tmp_path: Path, monkeypatch, argv: list[str], match: str) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("the model was pre-trained before the sizes were checked")
+
+    monkeypatch.setattr(ice_bench, "pretrain", no_training)
+    with pytest.raises(ValueError, match=match):
+        main(["--quick", "--out", str(tmp_path / "ice.json"), *argv])

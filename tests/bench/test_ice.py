@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_prune.bench import ice as ice_bench
+from lightning_prune.bench._common import default_data
 from lightning_prune.bench.ice import main
 from lightning_prune.ice_tuning import STAGE1_SPACE
 
@@ -33,7 +36,20 @@ def test_ice_bench_quick(tmp_path: Path) -> None:
     assert thresholds == STAGE1_SPACE["callbacks.ice_gate.threshold"]  # one trial per threshold
     assert search["reference"]["finetune_epochs"] == result["baseline"]["steps"]  # the traditional pipeline
     assert min(trial["objective"] for trial in search["trials"]) == search["best_objective"]
+    for trial in search["trials"]:  # trials are bounded on the whole validation split, not the gate's batches
+        assert trial["drop_vs_reference_pt"] == 100.0 * (search["reference"]["val_acc"] - trial["val_acc"])
     assert result["ice"]["finetune_epochs"] >= 1  # the last step is always fine-tuned
+
+
+def test_pretraining_depends_on_the_seed_only(tmp_path: Path) -> None:
+    datamodule, _ = default_data(None, 0, batch_size=128, digits=True)
+    work = replace(ice_bench.QUICK, pretrain_epochs=1)
+    states = []
+    for seed, disturbance in ((0, 1), (0, 2), (1, 1)):
+        torch.manual_seed(disturbance)  # a process's own initial seed is arbitrary
+        states.append(ice_bench.pretrain(datamodule, work, seed, tmp_path))
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert not all(torch.equal(states[0][key], states[2][key]) for key in states[0])
 
 
 def test_ice_bench_sizes_and_skipping_the_ablations(tmp_path: Path) -> None:

@@ -259,7 +259,8 @@ trainer = pl.Trainer(max_epochs=3, callbacks=[DenseUnitPruning(epsilon=0.3, wide
                      devices=2, strategy="ddp", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir={root!r})
 trainer.fit(model, datamodule=datamodule)
-print("RANK", trainer.global_rank, "WIDTHS", model.net.layers[1].out_features, model.net.layers[3].out_features)
+widths = f"{{model.net.layers[1].out_features}} {{model.net.layers[3].out_features}}"
+open(f"widths_rank{{trainer.global_rank}}.txt", "w").write(widths)  # a file each: printed lines can interleave
 """
 
 
@@ -274,7 +275,7 @@ def test_dense_unit_pruning_ddp(tmp_path) -> None:
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    widths = {line.split("WIDTHS")[1].strip() for line in done.stdout.splitlines() if line.startswith("RANK")}
+    widths = {(tmp_path / f"widths_rank{rank}.txt").read_text() for rank in range(2)}
     assert len(widths) == 1  # the same architecture on both ranks
     summary = json.loads((tmp_path / "summary.json").read_text())["dense_unit_pruning"]
     assert summary["params_after"] < summary["params_before"]

@@ -31,7 +31,7 @@ class RankDump(pl.Callback):
 @pytest.mark.skipif(not hasattr(lightning_prune, "resize_on_load"), reason="needs the spawn-safe resize_on_load")
 def test_ddp_ranks_apply_rank0_plan(tmp_path, digits, trainer_kwargs):
     pruning = LatencyBudgetPruning(
-        budget_fraction=0.6, num_steps=2, warmup_epochs=1, threads=1, batch_size=128, repeats=10, lut_repeats=5
+        budget_fraction=0.75, num_steps=2, warmup_epochs=1, threads=1, batch_size=128, repeats=10, lut_repeats=5
     )
     kwargs = {**trainer_kwargs, "devices": 2, "strategy": "ddp_spawn"}
     trainer = pl.Trainer(

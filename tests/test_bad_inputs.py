@@ -70,6 +70,10 @@ CONSTRUCTION = {
     ),
     "epsilon above 1": (lambda: DenseUnitPruning(epsilon=1.5), r"epsilon must be a number in \[0, 1\) .*got 1.5"),
     "negative epsilon": (lambda: DenseUnitPruning(epsilon=-0.1), r"epsilon must be a number in \[0, 1\) .*got -0.1"),
+    "carry_optimizer_state not a bool": (
+        lambda: DenseUnitPruning(carry_optimizer_state="no"),
+        "carry_optimizer_state must be true or false, got 'no'",
+    ),
     "dense reference quantile 0": (
         lambda: DenseUnitPruning(reference_quantile=0),
         r"reference_quantile must be a number in \(0, 1\] .*got 0",

@@ -165,6 +165,7 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
         retrain_epochs=args.retrain_epochs,
         retrain_lr_scale=args.retrain_lr_scale,
         reference_quantile=args.reference_quantile,
+        carry_optimizer_state=not args.fresh_optimizer,
     )
     module = build_module(datamodule, HIDDEN, args.lr)
     total = wide_epochs + args.retrain_epochs
@@ -296,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.99,
         help="DenseUnitPruning's reference_quantile, as in recipes/odf2nna.yaml (1.0: the layer's max)",
+    )
+    p.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="DenseUnitPruning(carry_optimizer_state=False): restart Adam after the rebuild (the earlier default)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from lightning_prune.callbacks._carry import OptimizerSnapshot, entry_origins
 from lightning_prune.callbacks._lightning import (
     broadcast,
     check_spawn_reload,
@@ -84,6 +85,9 @@ class DenseUnitPruning(PruningCallback):
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
         reference_quantile: in (0, 1]: the layer's reference score is this quantile of its scores
             (1.0: the largest, methods.md's rule; 0.99: a few runaway units cannot empty the layer).
+        carry_optimizer_state: give the rebuilt optimizer the kept entries' state (Adam moments, momentum,
+            step counts), the learning rates and the schedulers' positions, so training continues rather
+            than restarts; ``False``: a fresh optimizer from ``configure_optimizers``.
 
     Raises:
         ValueError: for arguments out of range or unknown names; in ``setup``, when the model has no plain
@@ -122,13 +126,14 @@ class DenseUnitPruning(PruningCallback):
         include_names: str | None = None,
         export_dir: str | None = None,
         reference_quantile: float = 1.0,
+        carry_optimizer_state: bool = True,
     ) -> None:
         self.epsilon, self.statistic, self.reference_quantile = epsilon, statistic, reference_quantile
         self.wide_epochs, self.patience, self.retrain_epochs = wide_epochs, patience, retrain_epochs
         self.retrain_lr_scale = retrain_lr_scale
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
         self.fold_removed, self.min_units, self.include_names = fold_removed, min_units, include_names
-        self.export_dir = export_dir
+        self.export_dir, self.carry_optimizer_state = export_dir, carry_optimizer_state
         self._validate()
         self.pruning_state = PruningState(num_steps=1)
         self.params_before = self.params_after = 0
@@ -142,6 +147,18 @@ class DenseUnitPruning(PruningCallback):
         self._epoch_started = 0.0
 
     def _validate(self) -> None:
+        self._validate_numbers()
+        if not isinstance(self.carry_optimizer_state, bool):
+            raise ValueError(f"carry_optimizer_state must be true or false, got {self.carry_optimizer_state!r}")
+        if self.statistic not in UNIT_STATISTICS:
+            raise ValueError(f"statistic must be one of {sorted(UNIT_STATISTICS)}, got {self.statistic!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.wide_epochs is None and self.patience is None:
+            raise ValueError("set wide_epochs, patience or both: otherwise the rebuild never happens")
+        validate_selector(DEFAULT_TYPES, self.include_names, ())
+
+    def _validate_numbers(self) -> None:
         if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
             raise ValueError(
                 f"epsilon must be a number in [0, 1) (relative to each layer's reference score), got {self.epsilon!r}"
@@ -155,17 +172,10 @@ class DenseUnitPruning(PruningCallback):
             raise ValueError(f"retrain_lr_scale must be a number in (0, 1], got {self.retrain_lr_scale!r}")
         if not _is_number(self.min_delta) or self.min_delta < 0:
             raise ValueError(f"min_delta must be a number >= 0, got {self.min_delta!r}")
-        if self.statistic not in UNIT_STATISTICS:
-            raise ValueError(f"statistic must be one of {sorted(UNIT_STATISTICS)}, got {self.statistic!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.wide_epochs is None and self.patience is None:
-            raise ValueError("set wide_epochs, patience or both: otherwise the rebuild never happens")
         for name, lowest in [("wide_epochs", 0), ("patience", 1), ("retrain_epochs", 1), ("min_units", 1)]:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
                 raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
-        validate_selector(DEFAULT_TYPES, self.include_names, ())
 
     @property
     def state_key(self) -> str:
@@ -252,8 +262,16 @@ class DenseUnitPruning(PruningCallback):
             plan = self._plan(moments) if trainer.is_global_zero else None
             plan = broadcast(trainer, plan)
             means = {name: torch.tensor(values) for name, values in plan["means"].items()} if plan["means"] else None
-            rebuild_layers(pl_module, example_input(trainer, pl_module), self._layers, plan["kept"], means)
+            example = example_input(trainer, pl_module)
+            if self.carry_optimizer_state:
+                snapshot = OptimizerSnapshot.take(trainer, pl_module)
+                origins = entry_origins(
+                    pl_module, lambda m, x: rebuild_layers(m, x, self._layers, plan["kept"]), example
+                )
+            rebuild_layers(pl_module, example, self._layers, plan["kept"], means)
             rebuild_after_shrink(trainer)
+            if self.carry_optimizer_state:
+                snapshot.restore(trainer, pl_module, origins)
             _scale_learning_rates(trainer, self.retrain_lr_scale)
         self.widths_after = layer_widths(pl_module, self._layers)
         self.params_after = count_parameters(pl_module)

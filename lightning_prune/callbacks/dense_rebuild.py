@@ -87,7 +87,8 @@ class DenseUnitPruning(PruningCallback):
             (1.0: the largest, methods.md's rule; 0.99: a few runaway units cannot empty the layer).
         carry_optimizer_state: give the rebuilt optimizer the kept entries' state (Adam moments, momentum,
             step counts), the learning rates and the schedulers' positions, so training continues rather
-            than restarts; ``False``: a fresh optimizer from ``configure_optimizers``.
+            than restarts (costs one float64 copy of the module during the rebuild); ``False``: a fresh
+            optimizer from ``configure_optimizers``.
 
     Raises:
         ValueError: for arguments out of range or unknown names; in ``setup``, when the model has no plain

@@ -64,8 +64,9 @@ class Latency:
     """One latency measurement of one model at one batch size (milliseconds per call).
 
     ``p50_ms``/``p90_ms``/``p99_ms`` pool every timed call; ``quiet_p50_ms`` is the lowest median of the
-    ``rounds`` rounds (equal to ``p50_ms`` for one round) and ``spread`` the relative range of the round
-    medians; ``throughput`` is samples per second at the median; ``peak_memory_mb`` is CUDA only.
+    ``rounds`` rounds (equal to ``p50_ms`` for one round), ``round_medians_ms`` all of them in order, and
+    ``spread`` their relative range; ``throughput`` is samples per second at the median;
+    ``peak_memory_mb`` is CUDA only.
     """
 
     device: str
@@ -83,6 +84,7 @@ class Latency:
     quiet_p50_ms: float = 0.0
     spread: float = 0.0
     rounds: int = 1
+    round_medians_ms: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,15 +199,21 @@ def call_times_ms(
 
 
 def _timed_forward(
-    model: nn.Module, timed: nn.Module, inputs: Tensor, settings: TimingSettings, device: torch.device
+    model: nn.Module,
+    timed: nn.Module,
+    inputs: Tensor,
+    settings: TimingSettings,
+    device: torch.device,
+    warmup: int | None = None,
 ) -> tuple[list[float], int, float | None]:
     was_training = model.training
     timed.eval()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    warmup = settings.warmup if warmup is None else warmup
     try:
         with _cpu_threads(settings.threads) as threads, torch.inference_mode(), _autocast(device, settings):
-            times = _call_times_ms(lambda: timed(inputs), device, settings.warmup, settings.repeats)
+            times = _call_times_ms(lambda: timed(inputs), device, warmup, settings.repeats)
     finally:
         model.train(was_training)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -273,7 +281,9 @@ def interleaved_latency(
     Load on a shared machine comes in bursts that only ever add time. Interleaving spreads a burst over
     all models, so their ratio stays honest; ``quiet_p50_ms``, the lowest per-round median, is the
     estimate least disturbed by other processes; ``spread``, (max - min) / median of the per-round
-    medians, is the noise to report next to the numbers.
+    medians, is the noise to report next to the numbers. Each model is warmed up with
+    ``settings.warmup`` calls before its first round and one call before each later round (the other
+    models ran in between), so short rounds stay cheap: :func:`paired_ratio` wants many of them.
     """
     settings = settings or TimingSettings()
     if not isinstance(rounds, int) or rounds < 1:
@@ -284,10 +294,11 @@ def interleaved_latency(
     medians: dict[str, list[float]] = {name: [] for name in models}
     peaks: dict[str, float | None] = {}
     threads = torch.get_num_threads()
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        warmup = settings.warmup if round_index == 0 else min(1, settings.warmup)
         for name, model in models.items():
             timed, timed_inputs = prepared[name]
-            times, threads, peaks[name] = _timed_forward(model, timed, timed_inputs, settings, devices[name])
+            times, threads, peaks[name] = _timed_forward(model, timed, timed_inputs, settings, devices[name], warmup)
             pooled[name] += times
             medians[name].append(statistics.median(times))
     results = {}
@@ -301,10 +312,31 @@ def interleaved_latency(
             settings,
             peak_memory_mb=peaks[name],
             quiet_p50_ms=min(medians[name]),
+            round_medians_ms=medians[name],
             spread=(max(medians[name]) - min(medians[name])) / middle if middle > 0 else 0.0,
             rounds=rounds,
         )
     return results
+
+
+def paired_ratio(model: Latency, reference: Latency) -> float:
+    """``model``'s latency over ``reference``'s, from one :func:`interleaved_latency` call.
+
+    The median of the per-round ratios: on a machine whose speed drifts (a shared host, frequency
+    changes) both models' rounds in one pass see the same speed, so each ratio cancels it, where the
+    ratio of two separately chosen round medians would not.
+
+    Example::
+
+        >>> fast = Latency("cpu", 1, 1, 1, 1, 1, 1, 1, "perf_counter", 1, 3, round_medians_ms=[1.0, 2.0, 1.0])
+        >>> slow = Latency("cpu", 1, 1, 1, 1, 1, 1, 1, "perf_counter", 1, 3, round_medians_ms=[2.0, 4.0, 3.0])
+        >>> paired_ratio(fast, slow)
+        0.5
+    """
+    pairs = list(zip(model.round_medians_ms, reference.round_medians_ms, strict=True))
+    if not pairs:
+        raise ValueError("paired_ratio needs per-round medians from one interleaved_latency call")
+    return statistics.median(mine / theirs for mine, theirs in pairs)
 
 
 def batch_of(example: Tensor, batch_size: int) -> Tensor:

@@ -1,4 +1,5 @@
 import json
+import time
 
 import lightning.pytorch as pl
 import pytest
@@ -10,8 +11,10 @@ from lightning_prune.core.structured import architecture_spec
 from lightning_prune.models import MLP, Classifier
 from tests.helpers import cnn_classifier, resnet_classifier
 
-# Cheap but honest timing for tests: one thread (steadier on a shared machine), few calls per entry.
-FAST = {"threads": 1, "repeats": 10, "rounds": 3, "lut_repeats": 5, "batch_size": 128}
+# Cheap but honest timing for tests: one thread (steadier on a shared machine), few calls per entry. The
+# final check allows 15 %: side-by-side timing of one model on a busy 2-core host varies by ~4 % (sd) from
+# one measurement to the next; real misses (absolute timing once read +36 to +87 % in CI) lie far outside.
+FAST = {"threads": 1, "repeats": 10, "rounds": 3, "lut_repeats": 5, "batch_size": 128, "tolerance": 0.15}
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +81,21 @@ def test_bad_budgets_fail_at_fit_start_naming_the_numbers(budget_ms, message, di
         trainer.fit(mlp_classifier(), datamodule=digits)
 
 
+def test_a_pessimistic_table_does_not_refuse_a_budget_the_smallest_network_meets(monkeypatch, digits, trainer_kwargs):
+    """Layer timings taken on a busy machine can overstate small layers; the smallest network is built and
+    timed before the budget is refused."""
+    import lightning_prune.callbacks.latency_budget as module
+
+    table_says = module.predict_ms
+    monkeypatch.setattr(
+        module, "predict_ms", lambda network, table, keep, *a: table_says(network, table, keep, *a) * (5 if keep else 1)
+    )
+    pruning = LatencyBudgetPruning(budget_fraction=0.6, num_steps=1, warmup_epochs=0, **FAST)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[pruning], limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(wide_cnn_classifier(), datamodule=digits)
+    assert pruning.pruning_state.history[0]["removed"] > 0
+
+
 def test_too_few_epochs_and_missing_cuda_fail_at_setup(digits, trainer_kwargs):
     trainer = pl.Trainer(max_epochs=3, callbacks=[LatencyBudgetPruning(num_steps=3, warmup_epochs=1)], **trainer_kwargs)
     with pytest.raises(ValueError, match=r"needs Trainer\(max_epochs >= 4\) .* got max_epochs=3"):
@@ -96,7 +114,7 @@ def test_resnet_fit_meets_the_measured_budget_and_exports(digits, trainer_kwargs
 
     summary = json.loads((tmp_path / "summary.json").read_text())["latency_budget"]
     assert summary["budget_ms"] == pytest.approx(0.6 * summary["dense_ms"])
-    assert summary["measured_ms"] <= summary["budget_ms"] * 1.05, summary  # measured, not predicted
+    assert summary["measured_ms"] <= summary["budget_ms"] * 1.15, summary  # measured, not predicted
     assert summary["met_budget"]
     assert summary["threads"] == 1
     assert summary["batch_size"] == 128
@@ -117,6 +135,49 @@ def test_resnet_fit_meets_the_measured_budget_and_exports(digits, trainer_kwargs
     fresh = load_pruned(resnet_classifier(), tmp_path / "pruned_model.pt")
     assert architecture_spec(fresh) == architecture_spec(model)
     torch.testing.assert_close(fresh.state_dict(), model.state_dict())
+
+
+class SlowMachineAtTheEnd(pl.Callback):
+    """From ``on_train_end`` on, the module's forward takes ``factor`` times as long (for every instance of its
+    class), as on a shared host whose other tenants woke up after the budget was measured."""
+
+    def __init__(self, factor):
+        self.factor, self.patched = factor, None
+
+    def on_train_end(self, trainer, pl_module):
+        cls, factor = type(pl_module), self.factor
+        self.patched = (cls, cls.forward)
+        original = cls.forward
+
+        def slow_forward(module, *args, **kwargs):
+            started = time.perf_counter()
+            output = original(module, *args, **kwargs)
+            until = time.perf_counter() + (factor - 1) * (time.perf_counter() - started)
+            while time.perf_counter() < until:  # busy, like the work itself: a sleep oversleeps by ~1 ms
+                pass
+            return output
+
+        cls.forward = slow_forward
+
+    def teardown(self, trainer, pl_module, stage):
+        if self.patched is not None:
+            cls, original = self.patched
+            cls.forward = original
+
+
+def test_the_final_check_holds_when_the_machine_slows_down_after_calibration(digits, trainer_kwargs, tmp_path):
+    # 30 % allowed: this test is about drift (separate absolute timings would read the 3x slowdown as +200 %).
+    pruning = LatencyBudgetPruning(budget_fraction=0.6, num_steps=1, warmup_epochs=0, **{**FAST, "tolerance": 0.3})
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[SlowMachineAtTheEnd(3.0), pruning], limit_train_batches=2, **trainer_kwargs
+    )
+    trainer.fit(wide_cnn_classifier(), datamodule=digits)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())["latency_budget"]
+    assert summary["dense_now_ms"] > 1.8 * summary["dense_ms"]  # the dense copy really got slower
+    assert summary["measured_ms"] == pytest.approx(summary["ratio_to_dense"] * summary["dense_ms"])
+    assert summary["ratio_to_dense"] <= 0.6 * 1.3, summary
+    assert summary["met_budget"]
 
 
 def wide_cnn_classifier():

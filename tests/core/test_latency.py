@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -8,10 +10,12 @@ from lightning_prune.core.latency import (
     check_device,
     interleaved_latency,
     measure_latency,
+    paired_ratio,
     resolve_device,
 )
 
 QUICK = TimingSettings(warmup=1, repeats=5)
+FEW = TimingSettings(warmup=0, repeats=3)
 
 
 def test_cpu_measurement_records_threads_restores_them_and_the_train_mode():
@@ -59,6 +63,38 @@ def test_interleaved_measures_each_model_every_round():
     results = interleaved_latency(models, torch.randn(3, 4), TimingSettings(warmup=1, repeats=4), rounds=3)
     assert calls == {"a": 15, "b": 15}
     assert all(r.repeats == 12 and r.spread >= 0 for r in results.values())
+
+
+def test_interleaved_warms_up_fully_once_then_one_call_per_round():
+    calls = []
+    model = nn.Linear(4, 4)
+    model.register_forward_hook(lambda *args: calls.append(1))
+    result = interleaved_latency({"m": model}, torch.randn(3, 4), TimingSettings(warmup=5, repeats=3), rounds=4)["m"]
+    assert len(calls) == 5 + 3 + 3 * (1 + 3)
+    assert len(result.round_medians_ms) == 4
+    assert result.quiet_p50_ms == min(result.round_medians_ms)
+
+
+def test_paired_ratio_cancels_a_machine_that_slows_down_between_rounds():
+    slowdown = {"factor": 1.0}
+
+    class Busy(nn.Module):
+        def __init__(self, ms):
+            super().__init__()
+            self.ms = ms
+
+        def forward(self, x):
+            time.sleep(self.ms * slowdown["factor"] / 1e3)
+            return x
+
+    class Drifting(dict):  # a machine that gets 1.5x slower after each round of both models
+        def items(self):
+            yield from super().items()
+            slowdown["factor"] *= 1.5
+
+    timed = interleaved_latency(Drifting(small=Busy(2.0), large=Busy(4.0)), torch.zeros(1, 1), FEW, rounds=4)
+    assert timed["large"].spread > 1.0  # the absolute figures drifted by more than 2x
+    assert paired_ratio(timed["small"], timed["large"]) == pytest.approx(0.5, rel=0.2)
 
 
 def test_batch_of_repeats_the_first_sample():

@@ -174,7 +174,7 @@ def test_the_final_check_holds_when_the_machine_slows_down_after_calibration(dig
     trainer.fit(wide_cnn_classifier(), datamodule=digits)
 
     summary = json.loads((tmp_path / "summary.json").read_text())["latency_budget"]
-    assert summary["dense_now_ms"] > 1.8 * summary["dense_ms"]  # the dense copy really got slower
+    assert summary["dense_now_ms"] > 1.5 * summary["dense_ms"]  # the dense copy really got slower
     assert summary["measured_ms"] == pytest.approx(summary["ratio_to_dense"] * summary["dense_ms"])
     assert summary["ratio_to_dense"] <= 0.6 * 1.3, summary
     assert summary["met_budget"]

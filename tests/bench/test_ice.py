@@ -24,6 +24,7 @@ def test_ice_bench_quick(tmp_path: Path) -> None:
     assert result["dataset"] == "digits"
     arms = [result["baseline"], result["ice"], *result["ablations"].values()]
     assert set(result["ablations"]) == {"gate", "freezing", "lr"}
+    assert result["complete"] is True
     assert all(set(arm) >= ARM_KEYS for arm in arms)
     assert len({round(arm["sparsity"], 6) for arm in arms}) == 1  # equal final sparsity in every arm
     assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]
@@ -76,3 +77,21 @@ def test_ice_bench_refuses_bad_sizes_before_training(tmp_path: Path, monkeypatch
     monkeypatch.setattr(ice_bench, "pretrain", no_training)
     with pytest.raises(ValueError, match=match):
         main(["--quick", "--out", str(tmp_path / "ice.json"), *argv])
+
+
+def test_a_run_stopped_during_the_ablations_keeps_its_comparison(tmp_path: Path, monkeypatch) -> None:
+    make_parts = ice_bench.make_parts
+
+    def stop_at_the_first_ablation(params, parts, val_batches):
+        if len(parts) == 1:
+            raise KeyboardInterrupt
+        return make_parts(params, parts, val_batches)
+
+    monkeypatch.setattr(ice_bench, "make_parts", stop_at_the_first_ablation)
+    out = tmp_path / "ice.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--quick", "--search-fraction", "0.5", "--out", str(out), "--threads", "1"])
+    result = json.loads(out.read_text())
+    assert result["complete"] is False
+    assert result["ablations"] == {}
+    assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]

@@ -39,6 +39,7 @@ from torch import nn
 
 from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
 from lightning_prune.callbacks import DenseUnitPruning, IterativePruning
+from lightning_prune.callbacks.dense_rebuild import COMPENSATIONS
 from lightning_prune.core.latency import TimingSettings, measure_latency
 from lightning_prune.core.structured import count_parameters
 from lightning_prune.data import TabularDataModule
@@ -166,6 +167,7 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
         retrain_lr_scale=args.retrain_lr_scale,
         reference_quantile=args.reference_quantile,
         carry_optimizer_state=not args.fresh_optimizer,
+        compensation=args.compensation,
     )
     module = build_module(datamodule, HIDDEN, args.lr)
     total = wide_epochs + args.retrain_epochs
@@ -201,8 +203,13 @@ def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, roo
     plateau = EarlyStopping(monitor="val/loss", patience=args.patience)
     fit = trainer(args.max_wide_epochs, [best, plateau, checkpoint], root=root, enable_checkpointing=True)
     fit.fit(module, datamodule=datamodule)
-    epochs = torch.load(checkpoint.last_model_path, weights_only=True)["epoch"] + 1
-    return checkpoint.last_model_path, epochs
+    # The last checkpoint resumes at the epoch after the last one trained: its "epoch" is the count trained.
+    state = torch.load(checkpoint.last_model_path, weights_only=True)
+    if args.restore_best:
+        state["state_dict"] = best.state
+    path = f"{root}/wide_end.ckpt"
+    torch.save(state, path)
+    return path, state["epoch"]
 
 
 def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: float) -> float:
@@ -302,6 +309,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fresh-optimizer",
         action="store_true",
         help="DenseUnitPruning(carry_optimizer_state=False): restart Adam after the rebuild (the earlier default)",
+    )
+    p.add_argument(
+        "--compensation",
+        default="least_squares",
+        choices=list(COMPENSATIONS),
+        help="DenseUnitPruning's compensation: what replaces the removed units' input to the next layer",
+    )
+    p.add_argument(
+        "--no-restore-best",
+        dest="restore_best",
+        action="store_false",
+        help="pruned arms start from the wide net's last weights, not its best-validation ones (restore_best=False)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and timing")

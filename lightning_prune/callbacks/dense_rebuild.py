@@ -28,6 +28,7 @@ from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, count_parameters
 from lightning_prune.core.units import (
+    REPLACEMENTS,
     UNIT_STATISTICS,
     HiddenLayer,
     UnitMoments,
@@ -36,10 +37,12 @@ from lightning_prune.core.units import (
     keep_units,
     layer_widths,
     rebuild_layers,
+    replacement,
 )
 
 log = logging.getLogger(__name__)
 MODES = ("min", "max")
+COMPENSATIONS = (*REPLACEMENTS, "none")
 
 
 class DenseUnitPruning(PruningCallback):
@@ -50,7 +53,8 @@ class DenseUnitPruning(PruningCallback):
     of its output over the training data; units whose score is below ``epsilon`` times the largest score
     of their layer are removed; a smaller dense net is rebuilt with the surviving weights transferred,
     then retrained. Here the rebuild happens in place at the start of an epoch: after ``wide_epochs``
-    epochs, or earlier when ``monitor`` has not improved for ``patience`` validation runs. The layers,
+    epochs, or earlier when ``monitor`` has not improved for ``patience`` validation runs; by default
+    from the weights of the best ``monitor`` value so far (``restore_best``), not the last epoch's. The layers,
     their BatchNorm1d/LayerNorm/PReLU and the next layers' inputs shrink through torch-pruning; activations
     and dropout are untouched; the optimizer is rebuilt; training goes on (``retrain_epochs`` more, or
     until ``max_epochs``). Any plain ``Linear -> (activation | norm | dropout)* -> Linear`` stack inside
@@ -58,8 +62,10 @@ class DenseUnitPruning(PruningCallback):
 
     The score (``statistic``) is read where the next layer receives the unit, after norm and activation,
     with the model in eval mode. ``"std"`` (default) is our reading of "variability": the paper's exact
-    formula is not in the sources we could read. Removed units' mean outputs are folded into the next
-    layer's bias (``fold_removed``), which makes removing constant units (dead ReLUs) exact.
+    formula is not in the sources we could read. What the removed units fed the next layer is not simply
+    dropped (``compensation``): by default it is rebuilt from the kept units by least squares over the
+    training data (exact for constant units and for units that duplicate kept ones), so the rebuilt net
+    starts retraining close to the wide one.
 
     Requires from your LightningModule: ``(x, ...)`` or tensor training batches and a ``forward(x)`` that
     runs the net; an ``example_input_array`` or an ``(x, y)`` validation batch (to trace the graph); a
@@ -79,12 +85,18 @@ class DenseUnitPruning(PruningCallback):
         retrain_epochs: epochs trained after the rebuild before training stops (``None``: until max_epochs).
         retrain_lr_scale: the rebuilt optimizer's learning rate(s) times this, in (0, 1]: "lightly retrain"
             the transferred weights rather than shake them with the full rate.
-        fold_removed: add removed units' mean contribution to the next layer's bias.
+        compensation: what replaces the removed units' input to the next layer: ``"least_squares"``
+            (their affine reconstruction from the kept units over the training data; keeps a
+            ``units x units`` covariance per layer during the scoring pass), ``"mean"`` (their mean output,
+            folded into the next bias) or ``"none"`` (dropped, the paper's plain weight transfer).
         min_units: units every layer keeps at least (the highest-scoring).
         include_names: regex on Linear names; only matching layers are pruned (default: every stack).
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
         reference_quantile: in (0, 1]: the layer's reference score is this quantile of its scores
             (1.0: the largest, methods.md's rule; 0.99: a few runaway units cannot empty the layer).
+        restore_best: at the rebuild, go back to the weights of the best ``monitor`` value seen so far (a
+            plateau means the last epochs were no better); keeps one CPU copy of the weights, which the
+            checkpoints carry until the rebuild. ``False``, or ``monitor`` never logged: the last weights.
         carry_optimizer_state: give the rebuilt optimizer the kept entries' state (Adam moments, momentum,
             step counts), the learning rates and the schedulers' positions, so training continues rather
             than restarts (costs one float64 copy of the module during the rebuild); ``False``: a fresh
@@ -122,19 +134,21 @@ class DenseUnitPruning(PruningCallback):
         min_delta: float = 0.0,
         retrain_epochs: int | None = None,
         retrain_lr_scale: float = 1.0,
-        fold_removed: bool = True,
+        compensation: str = "least_squares",
         min_units: int = 1,
         include_names: str | None = None,
         export_dir: str | None = None,
         reference_quantile: float = 1.0,
         carry_optimizer_state: bool = True,
+        restore_best: bool = True,
     ) -> None:
         self.epsilon, self.statistic, self.reference_quantile = epsilon, statistic, reference_quantile
         self.wide_epochs, self.patience, self.retrain_epochs = wide_epochs, patience, retrain_epochs
         self.retrain_lr_scale = retrain_lr_scale
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
-        self.fold_removed, self.min_units, self.include_names = fold_removed, min_units, include_names
+        self.compensation, self.min_units, self.include_names = compensation, min_units, include_names
         self.export_dir, self.carry_optimizer_state = export_dir, carry_optimizer_state
+        self.restore_best = restore_best
         self._validate()
         self.pruning_state = PruningState(num_steps=1)
         self.params_before = self.params_after = 0
@@ -142,6 +156,8 @@ class DenseUnitPruning(PruningCallback):
         self.widths_after: dict[str, int] = {}
         self._architecture: dict[str, Any] | None = None
         self._best: float | None = None
+        self._best_epoch: int | None = None
+        self._best_weights: dict[str, Tensor] | None = None
         self._last_value: float | None = None
         self._wait = 0
         self._layers: list[HiddenLayer] = []
@@ -149,10 +165,13 @@ class DenseUnitPruning(PruningCallback):
 
     def _validate(self) -> None:
         self._validate_numbers()
-        if not isinstance(self.carry_optimizer_state, bool):
-            raise ValueError(f"carry_optimizer_state must be true or false, got {self.carry_optimizer_state!r}")
+        for name in ("carry_optimizer_state", "restore_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.statistic not in UNIT_STATISTICS:
             raise ValueError(f"statistic must be one of {sorted(UNIT_STATISTICS)}, got {self.statistic!r}")
+        if self.compensation not in COMPENSATIONS:
+            raise ValueError(f"compensation must be one of {list(COMPENSATIONS)}, got {self.compensation!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.wide_epochs is None and self.patience is None:
@@ -229,16 +248,19 @@ class DenseUnitPruning(PruningCallback):
             return
         if self.monitor in trainer.callback_metrics:
             self._last_value = float(trainer.callback_metrics[self.monitor])
-        if self.patience is None:
-            return
-        if self._last_value is None:
+        elif self.patience is not None:
             raise ValueError(
                 f"DenseUnitPruning(monitor={self.monitor!r}) was not logged; "
                 f"available: {sorted(trainer.callback_metrics)}"
             )
+        else:
+            return
         sign = 1.0 if self.mode == "min" else -1.0
-        if self._best is None or sign * (self._best - self._last_value) > self.min_delta:
-            self._best, self._wait = self._last_value, 0
+        improved = self._best is None or sign * (self._best - self._last_value) > self.min_delta
+        if broadcast(trainer, improved):  # rank 0 decides: every rank restores and rebuilds at the same point
+            self._best, self._best_epoch, self._wait = self._last_value, trainer.current_epoch, 0
+            if self.restore_best:
+                self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
         else:
             self._wait += 1
 
@@ -258,18 +280,18 @@ class DenseUnitPruning(PruningCallback):
         record: dict[str, Any] = {"step": 1, "epoch": trainer.current_epoch}
         if self._last_value is not None:
             record[f"{self.monitor}_before"] = self._last_value
+        self._restore_best_weights(pl_module, record)
         with state.timed("prune"):
             moments = self._unit_moments(trainer, pl_module)
             plan = self._plan(moments) if trainer.is_global_zero else None
             plan = broadcast(trainer, plan)
-            means = {name: torch.tensor(values) for name, values in plan["means"].items()} if plan["means"] else None
             example = example_input(trainer, pl_module)
             if self.carry_optimizer_state:
                 snapshot = OptimizerSnapshot.take(trainer, pl_module)
                 origins = entry_origins(
                     pl_module, lambda m, x: rebuild_layers(m, x, self._layers, plan["kept"]), example
                 )
-            rebuild_layers(pl_module, example, self._layers, plan["kept"], means)
+            rebuild_layers(pl_module, example, self._layers, plan["kept"], plan["replacements"])
             rebuild_after_shrink(trainer)
             if self.carry_optimizer_state:
                 snapshot.restore(trainer, pl_module, origins)
@@ -286,33 +308,51 @@ class DenseUnitPruning(PruningCallback):
             f"parameters {self.params_before} -> {self.params_after}"
         )
 
+    def _restore_best_weights(self, pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
+        if not self.restore_best:
+            return
+        if self._best_weights is None:
+            rank_zero_warn(
+                f"DenseUnitPruning(restore_best=True): {self.monitor!r} was never logged before the rebuild; "
+                "pruning the last weights"
+            )
+            return
+        pl_module.load_state_dict(self._best_weights)
+        record["restored_epoch"], record[f"{self.monitor}_restored"] = self._best_epoch, self._best
+        self._best_weights = None
+        _info(f"restored the weights of epoch {self._best_epoch} ({self.monitor}={self._best:.4g}) before the rebuild")
+
     def _unit_moments(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, UnitMoments]:
         """Every rank scores its shard of the training data; the moments are merged across ranks."""
         limit = trainer.num_training_batches  # respects limit_train_batches; inf for the whole loader
         with torch.random.fork_rng(devices=[]):  # iterating a loader draws a seed; leave training's RNG alone
             batches = itertools.islice(trainer.train_dataloader, None if math.isinf(limit) else int(limit))
             inputs = (_batch_input(batch).to(pl_module.device) for batch in batches)
-            moments = collect_unit_moments(pl_module, self._layers, inputs)
+            covariance = self.compensation == "least_squares"
+            moments = collect_unit_moments(pl_module, self._layers, inputs, covariance)
         if trainer.world_size == 1:
             return moments
         merged = {}
         for name, local in moments.items():
             gathered = pl_module.all_gather(local.to_tensor())
-            parts = [UnitMoments.from_tensor(part) for part in gathered]
+            comoments = [None] * len(gathered) if local.comoment is None else pl_module.all_gather(local.comoment)
+            parts = [UnitMoments.from_tensor(part, comoment) for part, comoment in zip(gathered, comoments)]
             merged[name] = parts[0]
             for part in parts[1:]:
                 merged[name] = merged[name].merge(part)
         return merged
 
     def _plan(self, moments: dict[str, UnitMoments]) -> dict[str, Any]:
-        """Rank 0's decision as plain lists: the kept units and every unit's mean output, per layer."""
+        """Rank 0's decision, per layer: the kept units and what replaces the removed ones (CPU tensors)."""
         score = UNIT_STATISTICS[self.statistic]
         kept = {
             name: keep_units(score(moments[name]), self.epsilon, self.min_units, self.reference_quantile)
             for name in moments
         }
-        means = {name: moments[name].mean.tolist() for name in moments} if self.fold_removed else None
-        return {"kept": kept, "means": means}
+        replacements = None
+        if self.compensation != "none":
+            replacements = {name: replacement(moments[name].cpu(), kept[name], self.compensation) for name in moments}
+        return {"kept": kept, "replacements": replacements}
 
     # ---------------------------------------------------------------- during retraining
 
@@ -376,6 +416,8 @@ class DenseUnitPruning(PruningCallback):
             "widths_after": dict(self.widths_after),
             "architecture": self._architecture,
             "best": self._best,
+            "best_epoch": self._best_epoch,
+            "best_weights": self._best_weights,
             "last_value": self._last_value,
             "wait": self._wait,
         }
@@ -388,6 +430,8 @@ class DenseUnitPruning(PruningCallback):
         self.widths_after = state_dict.get("widths_after", self.widths_after)
         self._architecture = state_dict.get("architecture")
         self._best = state_dict.get("best")
+        self._best_epoch = state_dict.get("best_epoch")
+        self._best_weights = state_dict.get("best_weights")
         self._last_value = state_dict.get("last_value")
         self._wait = state_dict.get("wait", 0)
 

@@ -10,11 +10,16 @@ its framework-free engine:
   adds, concatenations and reshapes are refused with the layer and the reason.
 - :func:`collect_unit_moments` streams the training data once and keeps per-unit count, mean, M2,
   min and max of what the next layer *receives* (the unit after its norm and activation), so any
-  statistic in :data:`UNIT_STATISTICS` can be computed without holding the activations.
+  statistic in :data:`UNIT_STATISTICS` can be computed without holding the activations; on request
+  also the units' covariance, for the least-squares replacement below.
 - :func:`keep_units` applies the rule ``statistic >= epsilon * max over the layer`` (or a high quantile
   of the layer's scores instead of the max, so a few runaway units cannot set every other unit's bar).
-- :func:`rebuild_layers` folds each removed unit's mean output into the next layer's bias, then removes
-  the units physically through :func:`~lightning_prune.core.structured.remove_out_channels` (torch-pruning
+- :func:`replacement` describes what the removed units are replaced with, as an affine function of the
+  kept ones: their mean (``"mean"``), or their least-squares reconstruction from the kept units over the
+  training data (``"least_squares"``, the "reweighting" of Mariet & Sra, *Diversity Networks*, ICLR 2016).
+  Removed units of a trained layer are rarely constant; their correlated part survives in the kept units.
+- :func:`rebuild_layers` adds each replacement to the next layer's weights and bias, then removes the
+  units physically through :func:`~lightning_prune.core.structured.remove_out_channels` (torch-pruning
   slices the Linear, its norms and the next Linear's inputs consistently).
 
 The statistic is the one open choice: the paper scores "the variability of the output of the unit's
@@ -153,8 +158,9 @@ def _forward_order(model: nn.Module, example_inputs: Tensor) -> dict[str, int]:
 class UnitMoments:
     """Streaming per-unit moments (float64): count, mean, M2 (sum of squared deviations), min, max.
 
-    Batches and ranks merge with Chan et al.'s parallel formula, so the result does not depend on how
-    the data was split.
+    ``comoment`` (``units x units`` sums of products of deviations, M2 on its diagonal) is kept only when
+    asked for: it costs ``units**2`` floats per layer. Batches and ranks merge with Chan et al.'s parallel
+    formula, so the result does not depend on how the data was split.
     """
 
     count: Tensor
@@ -162,38 +168,56 @@ class UnitMoments:
     m2: Tensor
     minimum: Tensor
     maximum: Tensor
+    comoment: Tensor | None = None
 
     @classmethod
-    def of(cls, values: Tensor) -> UnitMoments:
+    def of(cls, values: Tensor, covariance: bool = False) -> UnitMoments:
         """Moments of ``values`` of shape ``(samples, units)``."""
         values = values.detach().double()
         mean = values.mean(0)
+        deviations = values - mean
         return cls(
             torch.full_like(mean, values.shape[0]),
             mean,
-            ((values - mean) ** 2).sum(0),
+            (deviations**2).sum(0),
             values.amin(0),
             values.amax(0),
+            deviations.T @ deviations if covariance else None,
         )
 
     def merge(self, other: UnitMoments) -> UnitMoments:
         count = self.count + other.count
         delta = other.mean - self.mean
+        weight = self.count * other.count / count
+        comoment = None
+        if self.comoment is not None and other.comoment is not None:
+            comoment = self.comoment + other.comoment + torch.outer(delta, delta) * weight[0]
         return UnitMoments(
             count,
             self.mean + delta * other.count / count,
-            self.m2 + other.m2 + delta**2 * self.count * other.count / count,
+            self.m2 + other.m2 + delta**2 * weight,
             torch.minimum(self.minimum, other.minimum),
             torch.maximum(self.maximum, other.maximum),
+            comoment,
         )
 
+    @property
+    def covariance(self) -> Tensor:
+        """Population covariance of the units (needs ``comoment``)."""
+        if self.comoment is None:
+            raise ValueError("these moments were collected without covariance=True")
+        return self.comoment / self.count[0]
+
     def to_tensor(self) -> Tensor:
-        """``(5, units)``: what ranks exchange."""
+        """``(5, units)``: what ranks exchange (``comoment`` travels on its own)."""
         return torch.stack([self.count, self.mean, self.m2, self.minimum, self.maximum])
 
     @classmethod
-    def from_tensor(cls, stacked: Tensor) -> UnitMoments:
-        return cls(*stacked.double().unbind(0))
+    def from_tensor(cls, stacked: Tensor, comoment: Tensor | None = None) -> UnitMoments:
+        return cls(*stacked.double().unbind(0), None if comoment is None else comoment.double())
+
+    def cpu(self) -> UnitMoments:
+        return UnitMoments.from_tensor(self.to_tensor().cpu(), None if self.comoment is None else self.comoment.cpu())
 
 
 def unit_std(moments: UnitMoments) -> Tensor:
@@ -218,18 +242,19 @@ UNIT_STATISTICS: dict[str, Callable[[UnitMoments], Tensor]] = {
 
 
 def collect_unit_moments(
-    model: nn.Module, layers: Sequence[HiddenLayer], inputs: Iterable[Tensor]
+    model: nn.Module, layers: Sequence[HiddenLayer], inputs: Iterable[Tensor], covariance: bool = False
 ) -> dict[str, UnitMoments]:
     """Moments of every hidden unit over ``inputs``, read at the consumer's input, model in eval mode.
 
     Reading what the next Linear receives makes the score the unit's output after its norm and
-    activation, whether those are modules or functional calls in ``forward``.
+    activation, whether those are modules or functional calls in ``forward``. ``covariance`` also
+    keeps the units' comoment matrix (what a least-squares :func:`replacement` needs).
     """
     moments: dict[str, UnitMoments] = {}
 
     def hook_for(layer: HiddenLayer) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            batch = UnitMoments.of(args[0].reshape(-1, args[0].shape[-1]))
+            batch = UnitMoments.of(args[0].reshape(-1, args[0].shape[-1]), covariance)
             moments[layer.name] = moments[layer.name].merge(batch) if layer.name in moments else batch
 
         return hook
@@ -287,20 +312,75 @@ def keep_units(scores: Tensor, epsilon: float, min_units: int = 1, reference_qua
     return kept
 
 
-def fold_removed_units(model: nn.Module, layer: HiddenLayer, removed: Sequence[int], means: Tensor) -> bool:
-    """Add the removed units' mean contribution ``W[:, removed] @ mean[removed]`` to the consumer's bias.
+REPLACEMENTS = ("least_squares", "mean")
 
-    Exact for constant units (a dead ReLU, a saturated unit); for near-constant ones it is the best
-    constant replacement over the training data. Returns ``False`` (nothing folded) when the consumer
-    has no bias.
+# Ridge on the kept units' covariance, relative to their mean variance: kept units of a wide layer are
+# often nearly collinear, and an unregularised solve turns that into huge opposite-signed weights.
+_RIDGE = 1e-3
+
+
+@dataclass
+class Replacement:
+    """What stands in for a layer's removed units: ``removed ≈ weight @ kept + bias`` (float64)."""
+
+    weight: Tensor  # (removed, kept)
+    bias: Tensor  # (removed,)
+
+
+def replacement(moments: UnitMoments, kept: Sequence[int], method: str = "least_squares") -> Replacement:
+    """The removed units' outputs as an affine function of the kept units' outputs, over the training data.
+
+    ``"mean"``: each removed unit becomes its mean (exact for a constant unit, a dead ReLU).
+    ``"least_squares"``: the best affine reconstruction from the kept units (ridge-regularised regression
+    on the collected covariance); its constant part is still the mean for constant units, and a removed
+    unit that duplicates a kept one moves its outgoing weights onto it. Needs ``covariance=True`` moments.
+
+    Example::
+
+        >>> values = torch.tensor([[0.0, 0.0, 3.0], [1.0, 2.0, 3.0], [2.0, 4.0, 3.0]])  # unit 1 = 2 * unit 0
+        >>> swap = replacement(UnitMoments.of(values, covariance=True), kept=[0])
+        >>> swap.weight.squeeze().round(decimals=2).tolist(), swap.bias.round(decimals=2).tolist()
+        ([2.0, 0.0], [0.0, 3.0])
+    """
+    if method not in REPLACEMENTS:
+        raise ValueError(f"replacement method must be one of {list(REPLACEMENTS)}, got {method!r}")
+    kept_index = torch.as_tensor(sorted(set(kept)), dtype=torch.long)
+    removed_mask = torch.ones_like(moments.mean, dtype=torch.bool)
+    removed_mask[kept_index] = False
+    removed_index = removed_mask.nonzero().flatten()
+    if method == "mean":
+        return Replacement(moments.mean.new_zeros(len(removed_index), len(kept_index)), moments.mean[removed_index])
+    covariance = moments.covariance
+    kept_covariance = covariance[kept_index][:, kept_index]
+    ridge = _RIDGE * kept_covariance.diagonal().mean() + torch.finfo(torch.float64).tiny
+    kept_covariance = kept_covariance + ridge * torch.eye(len(kept_index), dtype=torch.float64)
+    weight = torch.linalg.solve(kept_covariance, covariance[kept_index][:, removed_index]).T
+    return Replacement(weight, moments.mean[removed_index] - weight @ moments.mean[kept_index])
+
+
+def apply_replacement(model: nn.Module, layer: HiddenLayer, kept: Sequence[int], swap: Replacement) -> bool:
+    """Route the removed units' outgoing weights through their replacement, before they are cut.
+
+    ``swap`` must come from :func:`replacement` with the same ``kept`` units (both sort them).
+
+    The consumer computes ``W_kept @ kept + W_removed @ removed + b``; with ``removed ≈ A @ kept + c``
+    that is ``(W_kept + W_removed @ A) @ kept + (b + W_removed @ c)``. Returns ``False`` when the
+    consumer has no bias, so the constant part ``c`` had nowhere to go.
     """
     consumer = model.get_submodule(layer.consumer)
-    if consumer.bias is None or not removed:
-        return False
-    index = torch.as_tensor(list(removed), device=consumer.weight.device)
+    width = consumer.weight.shape[1]
+    kept_index = torch.as_tensor(sorted(set(kept)), device=consumer.weight.device)
+    removed = sorted(set(range(width)) - set(kept))
+    if not removed:
+        return True
+    removed_index = torch.as_tensor(removed, device=consumer.weight.device)
     with torch.no_grad():
-        contribution = consumer.weight[:, index].double() @ means.to(consumer.weight.device).double()[index]
-        consumer.bias.add_(contribution.to(consumer.bias.dtype))
+        outgoing = consumer.weight[:, removed_index].double()
+        rerouted = consumer.weight[:, kept_index].double() + outgoing @ swap.weight.to(outgoing.device)
+        consumer.weight[:, kept_index] = rerouted.to(consumer.weight.dtype)
+        if consumer.bias is None:
+            return False
+        consumer.bias.add_((outgoing @ swap.bias.to(outgoing.device)).to(consumer.bias.dtype))
     return True
 
 
@@ -309,11 +389,11 @@ def rebuild_layers(
     example_inputs: Tensor,
     layers: Sequence[HiddenLayer],
     kept: Mapping[str, Sequence[int]],
-    means: Mapping[str, Tensor] | None = None,
+    replacements: Mapping[str, Replacement] | None = None,
 ) -> None:
     """Shrink every layer to its ``kept`` units, in place, trained weights transferred.
 
-    ``means`` (per layer, the units' mean outputs) are folded into the consumers' biases first; pass
+    ``replacements`` (per layer, from :func:`replacement`) are applied to the consumers first; pass
     ``None`` to drop removed units without compensation.
 
     Raises:
@@ -326,9 +406,11 @@ def rebuild_layers(
         if not keep or not keep <= set(range(width)):
             raise ValueError(f"kept units of {layer.name!r} must be a non-empty subset of range({width})")
         removals[layer.name] = sorted(set(range(width)) - keep)
-    if means is not None:
+    if replacements is not None:
         for layer in layers:
-            fold_removed_units(model, layer, removals[layer.name], means[layer.name])
+            width = model.get_submodule(layer.name).out_features
+            kept_units = sorted(set(range(width)) - set(removals[layer.name]))
+            apply_replacement(model, layer, kept_units, replacements[layer.name])
     example_inputs = _two_samples(example_inputs)
     remove_out_channels(model, example_inputs, removals)
     try:

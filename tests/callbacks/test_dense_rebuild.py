@@ -41,6 +41,7 @@ def mlp_classifier(datamodule: TabularDataModule, hidden: tuple[int, ...] = (64,
         ({"epsilon": "0.1"}, "got '0.1'"),
         ({"epsilon": True}, "got True"),
         ({"statistic": "cv"}, "statistic must be one of"),
+        ({"compensation": "median"}, r"compensation must be one of \['least_squares', 'mean', 'none'\], got 'median'"),
         ({"mode": "up"}, "mode must be one of"),
         ({"wide_epochs": None}, "set wide_epochs, patience or both"),
         ({"wide_epochs": -1}, "wide_epochs must be an integer >= 0"),
@@ -54,6 +55,7 @@ def mlp_classifier(datamodule: TabularDataModule, hidden: tuple[int, ...] = (64,
         ({"reference_quantile": 1.5}, "got 1.5"),
         ({"include_names": "("}, "include_names: .* is not a valid regular expression"),
         ({"carry_optimizer_state": "yes"}, "carry_optimizer_state must be true or false, got 'yes'"),
+        ({"restore_best": 1}, "restore_best must be true or false, got 1"),
     ],
 )
 def test_dense_unit_pruning_bad_arguments(kwargs: dict, match: str) -> None:
@@ -166,7 +168,7 @@ class OptimizerCapture(pl.Callback):
 
 def test_rebuild_carries_the_kept_units_optimizer_state(cancer, trainer_kwargs) -> None:
     before, after = OptimizerCapture(epoch=2), OptimizerCapture(epoch=2)
-    pruning = DenseUnitPruning(epsilon=0.5, wide_epochs=2)
+    pruning = DenseUnitPruning(epsilon=0.5, wide_epochs=2, compensation="none")  # next layers' columns unchanged
     _adam_run(cancer, trainer_kwargs, [before, pruning, after])
     first, second = "net.layers.1.weight", "net.layers.3.weight"
     # Which units survived, found from the transferred weights themselves (rows are copied unchanged).
@@ -183,12 +185,73 @@ def test_rebuild_carries_the_kept_units_optimizer_state(cancer, trainer_kwargs) 
     assert after.lr == before.lr < 1e-2  # the cosine schedule's position, not a restart
 
 
+class OutputCapture(pl.Callback):
+    """The module's outputs on ``inputs`` at the start of ``epoch`` (before or after the rebuild)."""
+
+    def __init__(self, epoch: int, inputs: torch.Tensor) -> None:
+        self.epoch, self.inputs, self.outputs = epoch, inputs, None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            pl_module.eval()
+            with torch.no_grad():
+                self.outputs = pl_module(self.inputs)
+            pl_module.train()
+
+
+def test_least_squares_compensation_keeps_the_rebuilt_outputs_closest(cancer, trainer_kwargs) -> None:
+    """Same trained net, same kept units: what replaces the removed units decides how far the outputs move."""
+    inputs = cancer.train_set.tensors[0]
+    moved = {}
+    for compensation in ("least_squares", "mean", "none"):
+        before, after = OutputCapture(2, inputs), OutputCapture(2, inputs)
+        pruning = DenseUnitPruning(epsilon=0.6, wide_epochs=2, compensation=compensation)
+        _adam_run(cancer, trainer_kwargs, [before, pruning, after])
+        moved[compensation] = (after.outputs - before.outputs).abs().mean().item()
+        assert pruning.params_after < pruning.params_before / 2
+    assert moved["least_squares"] < moved["mean"] / 2
+    assert moved["mean"] < moved["none"]
+
+
 def test_dense_unit_pruning_rebuilds_on_plateau(cancer, trainer_kwargs) -> None:
     # min_delta so large that nothing counts as an improvement after the first validation: a known plateau.
     pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=None, patience=2, min_delta=1e9)
     trainer = pl.Trainer(max_epochs=5, callbacks=[pruning], **trainer_kwargs)
     trainer.fit(mlp_classifier(cancer), datamodule=cancer)
     assert pruning.pruning_state.history[0]["epoch"] == 3
+
+
+class ScriptedMetric(pl.Callback):
+    """Logs ``values[epoch]`` as ``fake`` and keeps a copy of the weights each validation saw."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values, self.weights = values, {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("fake", self.values[trainer.current_epoch])
+        self.weights[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_rebuild_starts_from_the_best_weights(cancer, trainer_kwargs, restore_best: bool) -> None:
+    """Best ``fake`` at epoch 1, none better after: the rebuild (epsilon 0, nothing removed) starts from epoch 1's
+    weights with ``restore_best``, from the last epoch's without."""
+    scripted = ScriptedMetric([1.0, 0.5, 2.0, 3.0, 4.0])
+    pruning = DenseUnitPruning(
+        epsilon=0.0, wide_epochs=None, patience=2, monitor="fake", restore_best=restore_best, compensation="none"
+    )
+    start = OutputCapture(4, cancer.train_set.tensors[0])
+    trainer = pl.Trainer(max_epochs=5, callbacks=[scripted, pruning, start], **trainer_kwargs)
+    model = mlp_classifier(cancer)
+    trainer.fit(model, datamodule=cancer)
+    record = pruning.pruning_state.history[0]
+    assert record["epoch"] == 4
+    source = scripted.weights[1 if restore_best else 3]
+    reference = mlp_classifier(cancer).eval()
+    reference.load_state_dict(source)
+    with torch.no_grad():
+        torch.testing.assert_close(start.outputs, reference(cancer.train_set.tensors[0]), rtol=0, atol=0)
+    assert (record.get("restored_epoch"), record.get("fake_restored")) == ((1, 0.5) if restore_best else (None, None))
 
 
 def test_dense_unit_pruning_needs_the_monitor(cancer, trainer_kwargs) -> None:

@@ -14,6 +14,7 @@ from lightning_prune.core.units import (
     keep_units,
     layer_widths,
     rebuild_layers,
+    replacement,
     unit_std,
 )
 
@@ -29,6 +30,16 @@ def known_net() -> nn.Sequential:
         first.bias.copy_(torch.tensor([0.0, -1.0, 3.0, 0.0]))
     torch.manual_seed(0)
     return nn.Sequential(first, nn.ReLU(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+
+
+def duplicate_unit_net() -> nn.Sequential:
+    """Hidden unit 1 is a copy of unit 0, which varies over GRID; unit 2 = relu(x1)."""
+    first = nn.Linear(2, 3)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 0.5], [1.0, 0.5], [0.0, 1.0]]))
+        first.bias.zero_()
+    torch.manual_seed(0)
+    return nn.Sequential(first, nn.ReLU(), nn.Linear(3, 2))
 
 
 class FunctionalNet(nn.Module):
@@ -117,6 +128,37 @@ def test_moments_do_not_depend_on_batching() -> None:
     torch.testing.assert_close(UnitMoments.from_tensor(whole.to_tensor()).m2, whole.m2)
 
 
+def test_covariance_does_not_depend_on_batching() -> None:
+    values = torch.cat([GRID, GRID**2, GRID[:, :1] * GRID[:, 1:]], 1) * 10 + 100
+    whole = UnitMoments.of(values, covariance=True)
+    parts = [UnitMoments.of(chunk, covariance=True) for chunk in values.split([5, 35, 24])]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    expected = torch.cov(values.double().T, correction=0)
+    torch.testing.assert_close(whole.covariance, expected)
+    torch.testing.assert_close(merged.covariance, expected)
+    torch.testing.assert_close(merged.covariance.diagonal(), merged.m2 / merged.count)
+
+
+def test_covariance_needs_asking_for() -> None:
+    with pytest.raises(ValueError, match="covariance=True"):
+        _ = UnitMoments.of(GRID).covariance
+
+
+def test_least_squares_replacement_recovers_an_affine_unit() -> None:
+    x0, x1 = GRID[:, 0], GRID[:, 1]
+    values = torch.stack([x0, x1, 2 * x0 - x1 + 5, torch.full_like(x0, 3.0)], 1)
+    swap = replacement(UnitMoments.of(values, covariance=True), kept=[1, 0])
+    torch.testing.assert_close(
+        swap.weight, torch.tensor([[2.0, -1.0], [0.0, 0.0]], dtype=torch.double), atol=0.01, rtol=0
+    )
+    torch.testing.assert_close(swap.bias, torch.tensor([5.0, 3.0], dtype=torch.double), atol=0.01, rtol=0)
+    mean = replacement(UnitMoments.of(values), kept=[0, 1], method="mean")
+    assert mean.weight.abs().sum() == 0
+    torch.testing.assert_close(mean.bias, values[:, 2:].double().mean(0))
+    with pytest.raises(ValueError, match=r"replacement method must be one of \['least_squares', 'mean'\]"):
+        replacement(UnitMoments.of(values), kept=[0], method="median")
+
+
 def test_keep_units_rule() -> None:
     scores = torch.tensor([0.0, 0.2, 1.0, 0.5])
     assert keep_units(scores, 0.0) == [0, 1, 2, 3]
@@ -154,28 +196,46 @@ def test_rebuild_keeping_every_unit_is_identical(builder) -> None:
     moments = collect_unit_moments(net, layers, [GRID])
     before = net(GRID)
     kept = {layer.name: keep_units(unit_std(moments[layer.name]), 0.0) for layer in layers}
-    rebuild_layers(net, GRID[:2], layers, kept, {name: m.mean for name, m in moments.items()})
+    replacements = {name: replacement(m, kept[name], "mean") for name, m in moments.items()}
+    rebuild_layers(net, GRID[:2], layers, kept, replacements)
     torch.testing.assert_close(net(GRID), before, rtol=0, atol=0)
 
 
-def test_rebuild_removing_constant_units_folds_them_exactly() -> None:
+@pytest.mark.parametrize("method", ["least_squares", "mean"])
+def test_rebuild_removing_constant_units_replaces_them_exactly(method: str) -> None:
     net = known_net().eval()
     layers = find_hidden_layers(net, GRID[:1])
-    moments = collect_unit_moments(net, layers, [GRID])
+    moments = collect_unit_moments(net, layers, [GRID], covariance=True)
     before = net(GRID)
     kept = {"0": keep_units(unit_std(moments["0"]), 0.1), "2": [0, 1, 2]}
-    rebuild_layers(net, GRID[:1], layers, kept, {name: m.mean for name, m in moments.items()})
+    rebuild_layers(
+        net, GRID[:1], layers, kept, {name: replacement(m, kept[name], method) for name, m in moments.items()}
+    )
     assert layer_widths(net, layers) == {"0": 2, "2": 3}
     assert (net[0].weight.shape, net[2].weight.shape) == ((2, 2), (3, 2))
     torch.testing.assert_close(net(GRID), before)
 
 
-def test_rebuild_without_folding_changes_outputs_of_constant_units() -> None:
+def test_rebuild_without_replacement_changes_outputs_of_constant_units() -> None:
     net = known_net().eval()
     layers = find_hidden_layers(net, GRID[:1])
     before = net(GRID)
-    rebuild_layers(net, GRID[:1], layers, {"0": [0, 3]}, means=None)
+    rebuild_layers(net, GRID[:1], layers, {"0": [0, 3]}, replacements=None)
     assert not torch.allclose(net(GRID), before)  # unit 2's constant 3 is gone from the next layer
+
+
+def test_least_squares_removes_a_duplicate_unit_exactly_where_the_mean_cannot() -> None:
+    """Unit 1 copies unit 0 (a varying unit): the mean replacement loses it, least squares moves its weights."""
+    errors = {}
+    for method in ("least_squares", "mean"):
+        net = duplicate_unit_net().eval()
+        before = net(GRID)
+        layers = find_hidden_layers(net, GRID[:1])
+        moments = collect_unit_moments(net, layers, [GRID], covariance=True)
+        rebuild_layers(net, GRID[:1], layers, {"0": [0, 2]}, {"0": replacement(moments["0"], [0, 2], method)})
+        errors[method] = (net(GRID) - before).abs().max().item()
+    assert errors["least_squares"] < 1e-3
+    assert errors["mean"] > 0.05
 
 
 def test_rebuild_slices_norms_and_transfers_weights() -> None:
@@ -183,7 +243,7 @@ def test_rebuild_slices_norms_and_transfers_weights() -> None:
     layers = find_hidden_layers(net, GRID[:2])
     encoder_weight, norm_mean = net.encoder.weight.detach().clone(), net.norm.running_mean.clone()
     head_weight = net.head.weight.detach().clone()
-    rebuild_layers(net, GRID[:2], layers, {"encoder": [1, 4, 7], "middle": [0, 11]}, means=None)
+    rebuild_layers(net, GRID[:2], layers, {"encoder": [1, 4, 7], "middle": [0, 11]}, replacements=None)
     torch.testing.assert_close(net.encoder.weight, encoder_weight[[1, 4, 7]])
     torch.testing.assert_close(net.norm.running_mean, norm_mean[[1, 4, 7]])
     assert net.middle.weight.shape == (2, 3)

@@ -36,6 +36,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
+from torchmetrics.functional import r2_score
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
 from lightning_prune.callbacks import DenseUnitPruning, IterativePruning
@@ -69,6 +71,36 @@ class BestWeights(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is not None:
             pl_module.load_state_dict(self.state)
+
+
+class AfterRebuild(pl.Callback):
+    """Validation and test metric of the module at the start of ``epoch``.
+
+    Placed after the pruning callback: the rebuilt net before any retraining (what the replacement of
+    removed units preserves).
+    """
+
+    def __init__(self, datamodule: TabularDataModule, epoch: int) -> None:
+        self.datamodule, self.epoch = datamodule, epoch
+        self.metrics: dict[str, float] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            for split in ("val", "test"):
+                self.metrics[split] = split_metric(pl_module, self.datamodule, split)
+
+
+def split_metric(module: pl.LightningModule, datamodule: TabularDataModule, split: str) -> float:
+    """Accuracy or R² of ``module`` on a whole split, in eval mode (torchmetrics' functional forms)."""
+    x, y = getattr(datamodule, f"{split}_set").tensors
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = module(x.to(module.device)).cpu()
+    module.train(was_training)
+    if DATASETS[datamodule.name] == "r2":
+        return float(r2_score(out.reshape(-1), y.reshape(-1).to(out.dtype)))
+    return float(multiclass_accuracy(out, y, num_classes=out.shape[1], average="micro"))
 
 
 def latency_ms(net: nn.Module, input_shape: Sequence[int], batch: int, repeats: int, warmup: int) -> float:
@@ -171,8 +203,10 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
     )
     module = build_module(datamodule, HIDDEN, args.lr)
     total = wide_epochs + args.retrain_epochs
-    arm = fit_arm(datamodule, module, total, [pruning], BestWeights(from_epoch=wide_epochs), ckpt)
-    return {**measure(arm, datamodule, args), "widths": list(pruning.widths_after.values())}
+    after = AfterRebuild(datamodule, wide_epochs)
+    arm = fit_arm(datamodule, module, total, [pruning, after], BestWeights(from_epoch=wide_epochs), ckpt)
+    before_retraining = {f"{split}_metric_before_retraining": value for split, value in after.metrics.items()}
+    return {**measure(arm, datamodule, args), **before_retraining, "widths": list(pruning.widths_after.values())}
 
 
 def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
@@ -255,6 +289,9 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], tolerance: float) -> di
             "latency_ms_b1": statistics.median(run["latency_ms_b1"] for run in runs),
             "latency_ms_b256": statistics.median(run["latency_ms_b256"] for run in runs),
         }
+    for arm in ("control", "rebuilt"):
+        for key in ("val_metric_before_retraining", "test_metric_before_retraining"):
+            result[arm][key] = statistics.mean(seed_result[arm][key] for seed_result in per_seed)
     result["rebuilt"]["widths_seeds"] = [seed_result["rebuilt"]["widths"] for seed_result in per_seed]
     result["rebuilt"]["epsilon"] = per_seed[0]["rebuilt"]["epsilon"]
     result["wide"]["val_metric"] = statistics.mean(seed_result["wide"]["val_metric"] for seed_result in per_seed)
@@ -262,7 +299,7 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], tolerance: float) -> di
     result["epsilon_grid"] = {
         str(epsilon): {
             key: statistics.mean(seed_result["epsilon_grid"][epsilon][key] for seed_result in per_seed)
-            for key in ("params", "val_metric", "test_metric")
+            for key in ("params", "val_metric", "test_metric", "test_metric_before_retraining")
         }
         for epsilon in per_seed[0]["epsilon_grid"]
     }

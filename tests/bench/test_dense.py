@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -28,8 +29,26 @@ def test_dense_bench_quick_writes_the_promised_keys(tmp_path) -> None:
         ratios = {"param_reduction", "speedup_b1", "speedup_b256", "transfer_gain", "metric_delta_vs_control"}
         assert ratios <= set(arms["ratios"])
         assert isinstance(arms["rebuilt"]["epsilon_within_tolerance"], bool)
+        for arm in ("control", "rebuilt"):
+            assert {"val_metric_before_retraining", "test_metric_before_retraining"} <= set(arms[arm])
     assert result["metric"] == {"breast_cancer": "acc", "diabetes": "r2"}
     assert result["environment"]["torch_threads"] == 1
+
+
+def test_wide_phase_checkpoint_resumes_where_the_wide_phase_stopped(tmp_path) -> None:
+    """The pruned arms rebuild at the epoch after the last one trained (they used to train one wide epoch
+    more), from the wide net's best-validation weights."""
+    settings = argparse.Namespace(patience=1, max_wide_epochs=4, lr=1e-3, restore_best=True)
+    datamodule = dense.TabularDataModule("wine", batch_size=32, seed=0)
+    datamodule.setup()
+    best = dense.BestWeights()
+    path, epochs = dense._train_wide(datamodule, 0, best, str(tmp_path), settings)
+    state = torch.load(path, weights_only=True)
+    batches_per_epoch = -(-len(datamodule.train_set) // 32)
+    assert 2 <= epochs <= 4
+    assert state["global_step"] == epochs * batches_per_epoch
+    for name, value in best.state.items():
+        torch.testing.assert_close(state["state_dict"][name], value, rtol=0, atol=0)
 
 
 def test_choose_epsilon_uses_validation_only() -> None:

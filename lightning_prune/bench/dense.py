@@ -2,25 +2,28 @@
 
 ``python -m lightning_prune.bench dense --out dense.json``. Per data set and seed (split and initialisation),
 the wide 3x256 ReLU MLP trains until its validation loss has not improved for ``--patience`` epochs (the
-"validation stops improving" trigger); that checkpoint is shared, and every arm trains the same total number
-of epochs:
+"validation stops improving" trigger); that point is shared as a checkpoint holding the wide net's
+best-validation weights (what ``DenseUnitPruning(restore_best=True)`` rebuilds from; ``--no-restore-best``:
+the last weights), and every arm trains the same total number of epochs from it:
 
 - ``wide``: the wide net, ``retrain_epochs`` more epochs.
-- ``control``: ``DenseUnitPruning(epsilon=0)``: the rebuilt arm's path (fresh optimizer, retraining, test
-  weights chosen after the rebuild) with every unit kept, so ``rebuilt - control`` is what removing units
-  costs and ``control - wide`` what the path itself costs (the wide arm may keep weights from before the
-  checkpoint, the pruned arms cannot).
+- ``control``: ``DenseUnitPruning(epsilon=0)``: the rebuilt arm's path (rebuild, retraining, test weights
+  chosen after the rebuild) with every unit kept, so ``rebuilt - control`` is what removing units costs and
+  ``control - wide`` what the path itself costs.
 - ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` scores the units at that point, rebuilds a narrower
-  MLP with the trained weights and retrains it ``retrain_epochs`` epochs; one arm per candidate epsilon, and
-  the reported one is the largest epsilon whose *validation* metric (mean over seeds) stays within
-  ``--tolerance`` of the wide net's. The test split plays no part in the choice.
+  MLP with the trained weights (removed units replaced by least squares, ``--compensation``) and retrains it
+  ``retrain_epochs`` epochs; one arm per candidate epsilon, and the reported one is the largest epsilon whose
+  *validation* metric (mean over seeds) stays within ``--tolerance`` of the wide net's. The test split plays
+  no part in the choice.
 - ``magnitude``: one-shot global magnitude pruning (:class:`~lightning_prune.IterativePruning`) at the same
   point to the rebuilt arm's parameter count, then the same fine-tune; same shapes, so no faster.
 - ``scratch``: the rebuilt widths, freshly initialised, trained as long as the whole pipeline.
 
-Each arm is evaluated on the test split with the weights of its best validation loss (after the prune
-for the pruned arms). ``test_metric`` is accuracy (classification) or R² (diabetes); latency is the
-median of many timed CPU forwards of the bare net after a warm-up, at ``torch.set_num_threads(threads)``.
+Each arm is evaluated on the test split with the weights of its best validation loss; for the pruned arms
+from the prune on, the pruned net *before* fine-tuning included (:class:`AfterPrune`), so fine-tuning is kept
+only where it lowers the validation loss. ``test_metric`` is accuracy (classification) or R² (diabetes);
+latency is the median of many timed CPU forwards of the bare net after a warm-up, at
+``torch.set_num_threads(threads)``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from torch import nn
+from torch import Tensor, nn
 from torchmetrics.functional import r2_score
 from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -53,54 +57,80 @@ HIDDEN = (256, 256, 256)
 
 
 class BestWeights(pl.Callback):
-    """Keep the weights of the lowest ``monitor`` from ``from_epoch`` on, and load them when the fit ends."""
+    """Keep the weights of the lowest ``monitor`` from ``from_epoch`` on, and load them when the fit ends.
+
+    :class:`AfterPrune` offers it the pruned net before any fine-tuning too (``offer``): the fine-tuning is
+    kept only where it lowers the validation loss.
+    """
 
     def __init__(self, monitor: str = "val/loss", from_epoch: int = 0) -> None:
         self.monitor, self.from_epoch = monitor, from_epoch
         self.best: float | None = None
         self.state: dict[str, torch.Tensor] | None = None
+        self.chosen_epoch: int | None = None
+        self.chose_before_finetuning = False
+
+    def offer(self, value: float, pl_module: pl.LightningModule, epoch: int, before_finetuning: bool) -> None:
+        if self.best is None or value < self.best:
+            self.best, self.chosen_epoch, self.chose_before_finetuning = value, epoch, before_finetuning
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch < self.from_epoch:
             return
-        value = float(trainer.callback_metrics[self.monitor])
-        if self.best is None or value < self.best:
-            self.best = value
-            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.offer(float(trainer.callback_metrics[self.monitor]), pl_module, trainer.current_epoch, False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is not None:
             pl_module.load_state_dict(self.state)
 
 
-class AfterRebuild(pl.Callback):
-    """Validation and test metric of the module at the start of ``epoch``.
+class AfterPrune(pl.Callback):
+    """The pruned net before any fine-tuning: its metrics, and its validation loss offered to ``best``.
 
-    Placed after the pruning callback: the rebuilt net before any retraining (what the replacement of
-    removed units preserves).
+    Placed after the pruning callback, it runs at the start of ``epoch`` (the prune or rebuild epoch):
+    what the replacement of removed units preserves, and a candidate for the arm's best-validation weights.
     """
 
-    def __init__(self, datamodule: TabularDataModule, epoch: int) -> None:
-        self.datamodule, self.epoch = datamodule, epoch
+    def __init__(self, datamodule: TabularDataModule, epoch: int, best: BestWeights) -> None:
+        self.datamodule, self.epoch, self.best = datamodule, epoch, best
         self.metrics: dict[str, float] = {}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            for split in ("val", "test"):
-                self.metrics[split] = split_metric(pl_module, self.datamodule, split)
+        if trainer.current_epoch != self.epoch:
+            return
+        for split in ("val", "test"):
+            self.metrics[split] = split_metric(pl_module, self.datamodule, split)
+        self.best.offer(split_loss(pl_module, self.datamodule, "val"), pl_module, self.epoch, True)
 
 
-def split_metric(module: pl.LightningModule, datamodule: TabularDataModule, split: str) -> float:
-    """Accuracy or R² of ``module`` on a whole split, in eval mode (torchmetrics' functional forms)."""
+def _outputs(module: pl.LightningModule, datamodule: TabularDataModule, split: str) -> tuple[Tensor, Tensor]:
+    """The net's raw outputs (logits, or standardised predictions for a regressor) on a whole split."""
     x, y = getattr(datamodule, f"{split}_set").tensors
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        out = module(x.to(module.device)).cpu()
+        out = module.net(x.to(module.device)).cpu()
     module.train(was_training)
+    return out, y
+
+
+def split_metric(module: pl.LightningModule, datamodule: TabularDataModule, split: str) -> float:
+    """Accuracy or R² of ``module`` on a whole split, in eval mode (torchmetrics' functional forms)."""
+    out, y = _outputs(module, datamodule, split)
     if DATASETS[datamodule.name] == "r2":
-        return float(r2_score(out.reshape(-1), y.reshape(-1).to(out.dtype)))
+        prediction = out.reshape(-1) * module.target_std.cpu() + module.target_mean.cpu()
+        return float(r2_score(prediction, y.reshape(-1).to(prediction.dtype)))
     return float(multiclass_accuracy(out, y, num_classes=out.shape[1], average="micro"))
+
+
+def split_loss(module: pl.LightningModule, datamodule: TabularDataModule, split: str) -> float:
+    """The module's own ``val/loss`` over a whole split (cross-entropy; MSE of standardised targets)."""
+    out, y = _outputs(module, datamodule, split)
+    if DATASETS[datamodule.name] == "r2":
+        target = (y.reshape(-1).to(out.dtype) - module.target_mean.cpu()) / module.target_std.cpu()
+        return float(F.mse_loss(out.reshape(-1), target))
+    return float(F.cross_entropy(out, y))
 
 
 def latency_ms(net: nn.Module, input_shape: Sequence[int], batch: int, repeats: int, warmup: int) -> float:
@@ -145,9 +175,28 @@ def fit_arm(
         return Arm(module, val, float(fit.callback_metrics[f"test/{metric}"]))
 
 
-def measure(arm: Arm, datamodule: TabularDataModule, args: Any) -> dict[str, Any]:
+def measure(
+    arm: Arm,
+    datamodule: TabularDataModule,
+    args: Any,
+    after: AfterPrune | None = None,
+    best: BestWeights | None = None,
+) -> dict[str, Any]:
+    """Size, metrics and latency of an arm.
+
+    For a pruned arm also its metrics before fine-tuning and whether its best-validation weights were
+    those (no fine-tuning epoch lowered the validation loss).
+    """
     net = arm.module.net
+    pruned = {}
+    if after is not None and best is not None:
+        pruned = {
+            "val_metric_before_retraining": after.metrics["val"],
+            "test_metric_before_retraining": after.metrics["test"],
+            "kept_before_retraining": best.chose_before_finetuning,
+        }
     return {
+        **pruned,
         "params": count_parameters(net),
         "params_nonzero": sum(int((p != 0).sum()) for p in net.parameters()),
         "val_metric": arm.val_metric,
@@ -203,10 +252,10 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
     )
     module = build_module(datamodule, HIDDEN, args.lr)
     total = wide_epochs + args.retrain_epochs
-    after = AfterRebuild(datamodule, wide_epochs)
-    arm = fit_arm(datamodule, module, total, [pruning, after], BestWeights(from_epoch=wide_epochs), ckpt)
-    before_retraining = {f"{split}_metric_before_retraining": value for split, value in after.metrics.items()}
-    return {**measure(arm, datamodule, args), **before_retraining, "widths": list(pruning.widths_after.values())}
+    best = BestWeights(from_epoch=wide_epochs)
+    after = AfterPrune(datamodule, wide_epochs, best)
+    arm = fit_arm(datamodule, module, total, [pruning, after], best, ckpt)
+    return {**measure(arm, datamodule, args, after, best), "widths": list(pruning.widths_after.values())}
 
 
 def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
@@ -218,8 +267,10 @@ def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None
         datamodule, wide_epochs, result["wide"]["params"], result["rebuilt"]["params"], args
     )
     module = build_module(datamodule, HIDDEN, args.lr)
-    arm = fit_arm(datamodule, module, total, [magnitude], BestWeights(from_epoch=wide_epochs), result.pop("ckpt"))
-    result["magnitude"] = measure(arm, datamodule, args)
+    best = BestWeights(from_epoch=wide_epochs)
+    after = AfterPrune(datamodule, wide_epochs, best)
+    arm = fit_arm(datamodule, module, total, [magnitude, after], best, result.pop("ckpt"))
+    result["magnitude"] = measure(arm, datamodule, args, after, best)
     pl.seed_everything(seed, verbose=False)
     scratch = build_module(datamodule, result["rebuilt"]["widths"], args.lr)
     result["scratch"] = measure(fit_arm(datamodule, scratch, total, [], BestWeights()), datamodule, args)
@@ -289,9 +340,10 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], tolerance: float) -> di
             "latency_ms_b1": statistics.median(run["latency_ms_b1"] for run in runs),
             "latency_ms_b256": statistics.median(run["latency_ms_b256"] for run in runs),
         }
-    for arm in ("control", "rebuilt"):
+    for arm in ("control", "rebuilt", "magnitude"):
         for key in ("val_metric_before_retraining", "test_metric_before_retraining"):
             result[arm][key] = statistics.mean(seed_result[arm][key] for seed_result in per_seed)
+        result[arm]["kept_before_retraining_seeds"] = sum(s[arm]["kept_before_retraining"] for s in per_seed)
     result["rebuilt"]["widths_seeds"] = [seed_result["rebuilt"]["widths"] for seed_result in per_seed]
     result["rebuilt"]["epsilon"] = per_seed[0]["rebuilt"]["epsilon"]
     result["wide"]["val_metric"] = statistics.mean(seed_result["wide"]["val_metric"] for seed_result in per_seed)

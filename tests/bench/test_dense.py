@@ -29,8 +29,9 @@ def test_dense_bench_quick_writes_the_promised_keys(tmp_path) -> None:
         ratios = {"param_reduction", "speedup_b1", "speedup_b256", "transfer_gain", "metric_delta_vs_control"}
         assert ratios <= set(arms["ratios"])
         assert isinstance(arms["rebuilt"]["epsilon_within_tolerance"], bool)
-        for arm in ("control", "rebuilt"):
+        for arm in ("control", "rebuilt", "magnitude"):
             assert {"val_metric_before_retraining", "test_metric_before_retraining"} <= set(arms[arm])
+            assert arms[arm]["kept_before_retraining_seeds"] in (0, 1)
     assert result["metric"] == {"breast_cancer": "acc", "diabetes": "r2"}
     assert result["environment"]["torch_threads"] == 1
 
@@ -49,6 +50,21 @@ def test_wide_phase_checkpoint_resumes_where_the_wide_phase_stopped(tmp_path) ->
     assert state["global_step"] == epochs * batches_per_epoch
     for name, value in best.state.items():
         torch.testing.assert_close(state["state_dict"][name], value, rtol=0, atol=0)
+
+
+def test_best_weights_keep_the_pruned_net_when_no_epoch_beats_it(tmp_path) -> None:
+    """A net offered before fine-tuning with a lower validation loss than any epoch is the one loaded."""
+    datamodule = dense.TabularDataModule("wine", batch_size=32, seed=0)
+    datamodule.setup()
+    module = dense.build_module(datamodule, dense.HIDDEN, 1e-3)
+    best = dense.BestWeights()
+    offered = {k: v.clone() for k, v in module.state_dict().items()}
+    best.offer(-1.0, module, 0, before_finetuning=True)  # no cross-entropy is below zero
+    dense.fit_arm(datamodule, module, 2, [], best)
+    assert best.chose_before_finetuning
+    for name, value in offered.items():
+        torch.testing.assert_close(module.state_dict()[name], value, rtol=0, atol=0)
+    assert dense.split_loss(module, datamodule, "val") > 0
 
 
 def test_choose_epsilon_uses_validation_only() -> None:

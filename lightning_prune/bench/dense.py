@@ -249,6 +249,7 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
         reference_quantile=args.reference_quantile,
         carry_optimizer_state=not args.fresh_optimizer,
         compensation=args.compensation,
+        restore_best=False,  # the shared checkpoint holds the weights restore_best would go back to (or not)
     )
     module = build_module(datamodule, HIDDEN, args.lr)
     total = wide_epochs + args.retrain_epochs

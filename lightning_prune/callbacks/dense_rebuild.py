@@ -280,7 +280,7 @@ class DenseUnitPruning(PruningCallback):
         record: dict[str, Any] = {"step": 1, "epoch": trainer.current_epoch}
         if self._last_value is not None:
             record[f"{self.monitor}_before"] = self._last_value
-        self._restore_best_weights(pl_module, record)
+        self._restore_best_weights(trainer, pl_module, record)
         with state.timed("prune"):
             moments = self._unit_moments(trainer, pl_module)
             plan = self._plan(moments) if trainer.is_global_zero else None
@@ -308,14 +308,15 @@ class DenseUnitPruning(PruningCallback):
             f"parameters {self.params_before} -> {self.params_after}"
         )
 
-    def _restore_best_weights(self, pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
+    def _restore_best_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
         if not self.restore_best:
             return
         if self._best_weights is None:
-            rank_zero_warn(
-                f"DenseUnitPruning(restore_best=True): {self.monitor!r} was never logged before the rebuild; "
-                "pruning the last weights"
-            )
+            if trainer.current_epoch > 0:  # a rebuild before any training has nothing to restore
+                rank_zero_warn(
+                    f"DenseUnitPruning(restore_best=True): {self.monitor!r} was never logged before the rebuild; "
+                    "pruning the last weights"
+                )
             return
         pl_module.load_state_dict(self._best_weights)
         record["restored_epoch"], record[f"{self.monitor}_restored"] = self._best_epoch, self._best

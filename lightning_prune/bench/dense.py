@@ -12,9 +12,10 @@ the last weights), and every arm trains the same total number of epochs from it:
   ``control - wide`` what the path itself costs.
 - ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` scores the units at that point, rebuilds a narrower
   MLP with the trained weights (removed units replaced by least squares, ``--compensation``) and retrains it
-  ``retrain_epochs`` epochs; one arm per candidate epsilon, and the reported one is the largest epsilon whose
-  *validation* metric (mean over seeds) stays within ``--tolerance`` of the wide net's. The test split plays
-  no part in the choice.
+  ``retrain_epochs`` epochs; one arm per candidate ``(epsilon, retrain_lr_scale)`` (``--epsilons`` x
+  ``--retrain-lr-scales``: "lightly retrain" at the full rate or a tenth), and the reported one has the largest
+  epsilon whose *validation* metric (mean over seeds) stays within ``--tolerance`` of the wide net's, with
+  that epsilon's best retraining rate on validation (:func:`choose_setting`). The test split plays no part.
 - ``magnitude``: one-shot global magnitude pruning (:class:`~lightning_prune.IterativePruning`) at the same
   point to the rebuilt arm's parameter count, then the same fine-tune; same shapes, so no faster.
 - ``scratch``: the rebuilt widths, freshly initialised, trained as long as the whole pipeline.
@@ -28,6 +29,7 @@ latency is the median of many timed CPU forwards of the bare net after a warm-up
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import time
@@ -207,19 +209,22 @@ def measure(
 
 
 def run_dataset(name: str, args: Any) -> list[dict[str, Any]]:
-    """Every seed's five arms; epsilon is chosen once per data set, on validation metrics pooled over seeds."""
+    """Every seed's five arms; the setting is chosen once per data set, on validation metrics pooled over seeds.
+
+    The setting is ``(epsilon, retrain_lr_scale)``.
+    """
     with tempfile.TemporaryDirectory() as root:
         seeds = [_wide_and_grid(name, args.seed + offset, f"{root}/{offset}", args) for offset in range(args.seeds)]
-        grid_val = {eps: statistics.mean(s["epsilon_grid"][eps]["val_metric"] for s in seeds) for eps in args.epsilons}
+        grid_val = {key: statistics.mean(s["grid"][key]["val_metric"] for s in seeds) for key in seeds[0]["grid"]}
         wide_val = statistics.mean(s["wide"]["val_metric"] for s in seeds)
-        epsilon = choose_epsilon(grid_val, wide_val, args.tolerance)
+        setting = choose_setting(grid_val, wide_val, args.tolerance)
         for result in seeds:
-            _pruned_baselines(result, epsilon, args)
+            _pruned_baselines(result, setting, args)
     return seeds
 
 
 def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]:
-    """The wide arm and one rebuilt arm per candidate epsilon, all resuming the shared wide checkpoint."""
+    """The wide arm and one rebuilt arm per candidate setting, all resuming the shared wide checkpoint."""
     datamodule = TabularDataModule(name, batch_size=args.batch_size, seed=seed)
     datamodule.setup()
     wide_best = BestWeights()
@@ -228,24 +233,28 @@ def _wide_and_grid(name: str, seed: int, root: str, args: Any) -> dict[str, Any]
     wide = fit_arm(datamodule, build_module(datamodule, HIDDEN, args.lr), total, [], wide_best, ckpt)
     result: dict[str, Any] = {"seed": seed, "datamodule": datamodule, "ckpt": ckpt, "wide_epochs": wide_epochs}
     result["wide"] = measure(wide, datamodule, args)
-    result["control"] = _rebuilt_arm(datamodule, wide_epochs, 0.0, ckpt, args)
-    result["epsilon_grid"] = {
-        epsilon: _rebuilt_arm(datamodule, wide_epochs, epsilon, ckpt, args) for epsilon in args.epsilons
+    result["grid"] = {
+        (epsilon, scale): _rebuilt_arm(datamodule, wide_epochs, (epsilon, scale), ckpt, args)
+        for epsilon in args.epsilons
+        for scale in args.retrain_lr_scales
     }
     return result
 
 
-def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float, ckpt: str, args: Any) -> dict:
-    """ODF2NNA from the shared checkpoint.
+def _rebuilt_arm(
+    datamodule: TabularDataModule, wide_epochs: int, setting: tuple[float, float], ckpt: str, args: Any
+) -> dict:
+    """ODF2NNA from the shared checkpoint with ``setting = (epsilon, retrain_lr_scale)``.
 
-    ``epsilon=0`` keeps every unit: the control, with the same rebuild, fresh optimizer, retraining and
-    selection window as a pruned arm and nothing removed.
+    ``epsilon=0`` keeps every unit: the control, with the same rebuild, retraining and selection window
+    as a pruned arm and nothing removed.
     """
+    epsilon, scale = setting
     pruning = DenseUnitPruning(
         epsilon=epsilon,
         wide_epochs=wide_epochs,
         retrain_epochs=args.retrain_epochs,
-        retrain_lr_scale=args.retrain_lr_scale,
+        retrain_lr_scale=scale,
         reference_quantile=args.reference_quantile,
         carry_optimizer_state=not args.fresh_optimizer,
         compensation=args.compensation,
@@ -259,11 +268,16 @@ def _rebuilt_arm(datamodule: TabularDataModule, wide_epochs: int, epsilon: float
     return {**measure(arm, datamodule, args, after, best), "widths": list(pruning.widths_after.values())}
 
 
-def _pruned_baselines(result: dict[str, Any], epsilon: float, args: Any) -> None:
-    """The chosen rebuilt arm, then magnitude pruning to its parameter count and its widths from scratch."""
+def _pruned_baselines(result: dict[str, Any], setting: tuple[float, float], args: Any) -> None:
+    """The chosen rebuilt arm and its control, then magnitude pruning to its count and its widths from scratch.
+
+    The control is epsilon 0 with the chosen retraining.
+    """
     datamodule, seed, wide_epochs = result.pop("datamodule"), result["seed"], result["wide_epochs"]
     total = wide_epochs + args.retrain_epochs
-    result["rebuilt"] = {**result["epsilon_grid"][epsilon], "epsilon": epsilon}
+    epsilon, scale = setting
+    result["rebuilt"] = {**result["grid"][setting], "epsilon": epsilon, "retrain_lr_scale": scale}
+    result["control"] = _rebuilt_arm(datamodule, wide_epochs, (0.0, scale), result["ckpt"], args)
     magnitude = _magnitude_callback(
         datamodule, wide_epochs, result["wide"]["params"], result["rebuilt"]["params"], args
     )
@@ -298,13 +312,24 @@ def _train_wide(datamodule: TabularDataModule, seed: int, best: BestWeights, roo
     return path, state["epoch"]
 
 
-def choose_epsilon(grid_val: dict[float, float], wide_val: float, tolerance: float) -> float:
-    """The largest epsilon whose *validation* metric is within ``tolerance`` of the wide net's (else the smallest).
+def choose_setting(
+    grid_val: dict[tuple[float, float], float], wide_val: float, tolerance: float
+) -> tuple[float, float]:
+    """The ``(epsilon, retrain_lr_scale)`` to report, from *validation* metrics only.
 
-    The test split plays no part: this is the paper's "well-chosen epsilon", chosen on validation data.
+    The largest epsilon with a setting within ``tolerance`` of the wide net's validation metric, and of its
+    settings the best on validation (ties: the first listed); when none is within, the best setting of
+    the smallest epsilon. The test split plays no part: the paper's "well-chosen epsilon", on validation.
     """
-    eligible = [epsilon for epsilon, val in grid_val.items() if val >= wide_val - tolerance]
-    return max(eligible) if eligible else min(grid_val)
+    eligible = [key for key, val in grid_val.items() if val >= wide_val - tolerance]
+    epsilon = max(key[0] for key in eligible) if eligible else min(key[0] for key in grid_val)
+    candidates = [key for key in (eligible or grid_val) if key[0] == epsilon]
+    return max(candidates, key=lambda key: (grid_val[key], -list(grid_val).index(key)))
+
+
+def grid_name(setting: tuple[float, float]) -> str:
+    """A JSON key for ``(epsilon, retrain_lr_scale)``."""
+    return f"epsilon={setting[0]},retrain_lr_scale={setting[1]}"
 
 
 def _magnitude_callback(
@@ -349,15 +374,16 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], tolerance: float) -> di
     result["rebuilt"]["epsilon"] = per_seed[0]["rebuilt"]["epsilon"]
     result["wide"]["val_metric"] = statistics.mean(seed_result["wide"]["val_metric"] for seed_result in per_seed)
     result["wide"]["wide_epochs_seeds"] = [seed_result["wide_epochs"] for seed_result in per_seed]
-    result["epsilon_grid"] = {
-        str(epsilon): {
-            key: statistics.mean(seed_result["epsilon_grid"][epsilon][key] for seed_result in per_seed)
+    result["grid"] = {
+        grid_name(setting): {
+            key: statistics.mean(seed_result["grid"][setting][key] for seed_result in per_seed)
             for key in ("params", "val_metric", "test_metric", "test_metric_before_retraining")
         }
-        for epsilon in per_seed[0]["epsilon_grid"]
+        for setting in per_seed[0]["grid"]
     }
     wide, rebuilt = result["wide"], result["rebuilt"]
-    chosen_val = result["epsilon_grid"][str(rebuilt["epsilon"])]["val_metric"]
+    rebuilt["retrain_lr_scale"] = per_seed[0]["rebuilt"]["retrain_lr_scale"]
+    chosen_val = result["grid"][grid_name((rebuilt["epsilon"], rebuilt["retrain_lr_scale"]))]["val_metric"]
     rebuilt["epsilon_within_tolerance"] = chosen_val >= wide["val_metric"] - tolerance
     result["ratios"] = {
         "param_reduction": 1 - rebuilt["params"] / wide["params"],
@@ -388,7 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-wide-epochs", type=int, default=50)
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--retrain-lr-scale", type=float, default=1.0, help="DenseUnitPruning's retrain_lr_scale")
+    p.add_argument(
+        "--retrain-lr-scales",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.1],
+        help="DenseUnitPruning's retrain_lr_scale candidates, chosen with epsilon on validation",
+    )
     p.add_argument(
         "--reference-quantile",
         type=float,
@@ -419,11 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.max_wide_epochs, args.retrain_epochs, args.repeats, args.warmup = 1, 2, 1, 20, 5
-        args.epsilons = args.epsilons[-1:]
-    for epsilon in args.epsilons:  # the callback's own checks, before any net is trained
-        DenseUnitPruning(
-            epsilon=epsilon, retrain_lr_scale=args.retrain_lr_scale, reference_quantile=args.reference_quantile
-        )
+        args.epsilons, args.retrain_lr_scales = args.epsilons[-1:], args.retrain_lr_scales[:1]
+    for epsilon, scale in itertools.product(args.epsilons, args.retrain_lr_scales):  # checked before any training
+        DenseUnitPruning(epsilon=epsilon, retrain_lr_scale=scale, reference_quantile=args.reference_quantile)
     quiet()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

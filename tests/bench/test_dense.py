@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_prune.bench import dense
-from lightning_prune.bench.dense import ARMS, choose_epsilon, main
+from lightning_prune.bench.dense import ARMS, choose_setting, main
 
 KEYS = {"params", "test_metric", "latency_ms_b1", "latency_ms_b256"}
 
@@ -67,10 +67,18 @@ def test_best_weights_keep_the_pruned_net_when_no_epoch_beats_it(tmp_path) -> No
     assert dense.split_loss(module, datamodule, "val") > 0
 
 
-def test_choose_epsilon_uses_validation_only() -> None:
-    grid = {0.3: 0.97, 0.5: 0.965, 0.7: 0.90}
-    assert choose_epsilon(grid, wide_val=0.97, tolerance=0.005) == 0.5
-    assert choose_epsilon(grid, wide_val=0.99, tolerance=0.005) == 0.3
+def test_choose_setting_uses_validation_only() -> None:
+    grid = {
+        (0.3, 1.0): 0.97,
+        (0.3, 0.1): 0.96,
+        (0.5, 1.0): 0.962,
+        (0.5, 0.1): 0.966,
+        (0.7, 1.0): 0.90,
+        (0.7, 0.1): 0.91,
+    }
+    assert choose_setting(grid, wide_val=0.97, tolerance=0.005) == (0.5, 0.1)  # largest epsilon, best scale within
+    assert choose_setting(grid, wide_val=0.99, tolerance=0.005) == (0.3, 1.0)  # none within: smallest epsilon's best
+    assert choose_setting({(0.5, 1.0): 0.97, (0.5, 0.1): 0.97}, wide_val=0.97, tolerance=0.0) == (0.5, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +86,7 @@ def test_choose_epsilon_uses_validation_only() -> None:
     [
         (["--reference-quantile", "2"], "reference_quantile must be a number in"),
         (["--epsilons", "0.5", "1.5"], "epsilon must be a number in"),
-        (["--retrain-lr-scale", "0"], "retrain_lr_scale must be a number in"),
+        (["--retrain-lr-scales", "1", "0"], "retrain_lr_scale must be a number in"),
     ],
 )
 def test_dense_bench_refuses_bad_settings_before_training(tmp_path, monkeypatch, argv: list[str], match: str) -> None:

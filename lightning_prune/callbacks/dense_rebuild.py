@@ -246,15 +246,14 @@ class DenseUnitPruning(PruningCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.rebuilt:
             return
-        if self.monitor in trainer.callback_metrics:
-            self._last_value = float(trainer.callback_metrics[self.monitor])
-        elif self.patience is not None:
-            raise ValueError(
-                f"DenseUnitPruning(monitor={self.monitor!r}) was not logged; "
-                f"available: {sorted(trainer.callback_metrics)}"
-            )
-        else:
-            return
+        if self.monitor not in trainer.callback_metrics:
+            if self.patience is not None and self._last_value is None:
+                raise ValueError(
+                    f"DenseUnitPruning(monitor={self.monitor!r}) was not logged; "
+                    f"available: {sorted(trainer.callback_metrics)}"
+                )
+            return  # a validation run without the metric neither improves nor waits
+        self._last_value = float(trainer.callback_metrics[self.monitor])
         sign = 1.0 if self.mode == "min" else -1.0
         improved = self._best is None or sign * (self._best - self._last_value) > self.min_delta
         if broadcast(trainer, improved):  # rank 0 decides: every rank restores and rebuilds at the same point

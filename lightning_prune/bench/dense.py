@@ -69,18 +69,17 @@ class BestWeights(pl.Callback):
         self.monitor, self.from_epoch = monitor, from_epoch
         self.best: float | None = None
         self.state: dict[str, torch.Tensor] | None = None
-        self.chosen_epoch: int | None = None
         self.chose_before_finetuning = False
 
-    def offer(self, value: float, pl_module: pl.LightningModule, epoch: int, before_finetuning: bool) -> None:
+    def offer(self, value: float, pl_module: pl.LightningModule, before_finetuning: bool) -> None:
         if self.best is None or value < self.best:
-            self.best, self.chosen_epoch, self.chose_before_finetuning = value, epoch, before_finetuning
+            self.best, self.chose_before_finetuning = value, before_finetuning
             self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch < self.from_epoch:
             return
-        self.offer(float(trainer.callback_metrics[self.monitor]), pl_module, trainer.current_epoch, False)
+        self.offer(float(trainer.callback_metrics[self.monitor]), pl_module, before_finetuning=False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is not None:
@@ -103,7 +102,7 @@ class AfterPrune(pl.Callback):
             return
         for split in ("val", "test"):
             self.metrics[split] = split_metric(pl_module, self.datamodule, split)
-        self.best.offer(split_loss(pl_module, self.datamodule, "val"), pl_module, self.epoch, True)
+        self.best.offer(split_loss(pl_module, self.datamodule, "val"), pl_module, before_finetuning=True)
 
 
 def _outputs(module: pl.LightningModule, datamodule: TabularDataModule, split: str) -> tuple[Tensor, Tensor]:

@@ -348,7 +348,7 @@ def replacement(moments: UnitMoments, kept: Sequence[int], method: str = "least_
     removed_mask = torch.ones_like(moments.mean, dtype=torch.bool)
     removed_mask[kept_index] = False
     removed_index = removed_mask.nonzero().flatten()
-    if method == "mean":
+    if method == "mean" or not len(removed_index):  # nothing to reconstruct: no solve
         return Replacement(moments.mean.new_zeros(len(removed_index), len(kept_index)), moments.mean[removed_index])
     covariance = moments.covariance
     kept_covariance = covariance[kept_index][:, kept_index]
@@ -358,30 +358,28 @@ def replacement(moments: UnitMoments, kept: Sequence[int], method: str = "least_
     return Replacement(weight, moments.mean[removed_index] - weight @ moments.mean[kept_index])
 
 
-def apply_replacement(model: nn.Module, layer: HiddenLayer, kept: Sequence[int], swap: Replacement) -> bool:
+def apply_replacement(model: nn.Module, layer: HiddenLayer, kept: Sequence[int], swap: Replacement) -> None:
     """Route the removed units' outgoing weights through their replacement, before they are cut.
 
     ``swap`` must come from :func:`replacement` with the same ``kept`` units (both sort them).
 
     The consumer computes ``W_kept @ kept + W_removed @ removed + b``; with ``removed ≈ A @ kept + c``
-    that is ``(W_kept + W_removed @ A) @ kept + (b + W_removed @ c)``. Returns ``False`` when the
-    consumer has no bias, so the constant part ``c`` had nowhere to go.
+    that is ``(W_kept + W_removed @ A) @ kept + (b + W_removed @ c)``. A consumer without a bias has
+    nowhere to put ``c``: only the weights change.
     """
     consumer = model.get_submodule(layer.consumer)
     width = consumer.weight.shape[1]
     kept_index = torch.as_tensor(sorted(set(kept)), device=consumer.weight.device)
     removed = sorted(set(range(width)) - set(kept))
     if not removed:
-        return True
+        return
     removed_index = torch.as_tensor(removed, device=consumer.weight.device)
     with torch.no_grad():
         outgoing = consumer.weight[:, removed_index].double()
         rerouted = consumer.weight[:, kept_index].double() + outgoing @ swap.weight.to(outgoing.device)
         consumer.weight[:, kept_index] = rerouted.to(consumer.weight.dtype)
-        if consumer.bias is None:
-            return False
-        consumer.bias.add_((outgoing @ swap.bias.to(outgoing.device)).to(consumer.bias.dtype))
-    return True
+        if consumer.bias is not None:
+            consumer.bias.add_((outgoing @ swap.bias.to(outgoing.device)).to(consumer.bias.dtype))
 
 
 def rebuild_layers(
@@ -399,18 +397,16 @@ def rebuild_layers(
     Raises:
         ValueError: when a kept index is out of range, or the shrunk model no longer runs the example.
     """
-    removals = {}
-    for layer in layers:
+    keeps, removals = {}, {}
+    for layer in layers:  # every layer checked before any weight changes
         width = model.get_submodule(layer.name).out_features
-        keep = set(kept.get(layer.name, range(width)))
-        if not keep or not keep <= set(range(width)):
+        keeps[layer.name] = set(kept.get(layer.name, range(width)))
+        if not keeps[layer.name] or not keeps[layer.name] <= set(range(width)):
             raise ValueError(f"kept units of {layer.name!r} must be a non-empty subset of range({width})")
-        removals[layer.name] = sorted(set(range(width)) - keep)
+        removals[layer.name] = sorted(set(range(width)) - keeps[layer.name])
     if replacements is not None:
         for layer in layers:
-            width = model.get_submodule(layer.name).out_features
-            kept_units = sorted(set(range(width)) - set(removals[layer.name]))
-            apply_replacement(model, layer, kept_units, replacements[layer.name])
+            apply_replacement(model, layer, sorted(keeps[layer.name]), replacements[layer.name])
     example_inputs = _two_samples(example_inputs)
     remove_out_channels(model, example_inputs, removals)
     try:

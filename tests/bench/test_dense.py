@@ -59,7 +59,7 @@ def test_best_weights_keep_the_pruned_net_when_no_epoch_beats_it(tmp_path) -> No
     module = dense.build_module(datamodule, dense.HIDDEN, 1e-3)
     best = dense.BestWeights()
     offered = {k: v.clone() for k, v in module.state_dict().items()}
-    best.offer(-1.0, module, 0, before_finetuning=True)  # no cross-entropy is below zero
+    best.offer(-1.0, module, before_finetuning=True)  # no cross-entropy is below zero
     dense.fit_arm(datamodule, module, 2, [], best)
     assert best.chose_before_finetuning
     for name, value in offered.items():

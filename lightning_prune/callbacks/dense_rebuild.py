@@ -252,7 +252,7 @@ class DenseUnitPruning(PruningCallback):
                     f"DenseUnitPruning(monitor={self.monitor!r}) was not logged; "
                     f"available: {sorted(trainer.callback_metrics)}"
                 )
-            return  # a validation run without the metric neither improves nor waits
+            return  # not logged yet (Lightning keeps a logged metric's last value): nothing to compare
         self._last_value = float(trainer.callback_metrics[self.monitor])
         sign = 1.0 if self.mode == "min" else -1.0
         improved = self._best is None or sign * (self._best - self._last_value) > self.min_delta

@@ -254,6 +254,15 @@ def test_rebuild_starts_from_the_best_weights(cancer, trainer_kwargs, restore_be
     assert (record.get("restored_epoch"), record.get("fake_restored")) == ((1, 0.5) if restore_best else (None, None))
 
 
+def test_restore_best_without_the_monitor_warns_and_prunes_the_last_weights(cancer, trainer_kwargs) -> None:
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=2, monitor="val/nothing")
+    trainer = pl.Trainer(max_epochs=3, callbacks=[pruning], **trainer_kwargs)
+    with pytest.warns(UserWarning, match="'val/nothing' was never logged before the rebuild; pruning the last weights"):
+        trainer.fit(mlp_classifier(cancer), datamodule=cancer)
+    assert pruning.rebuilt
+    assert "restored_epoch" not in pruning.pruning_state.history[0]
+
+
 def test_dense_unit_pruning_needs_the_monitor(cancer, trainer_kwargs) -> None:
     pruning = DenseUnitPruning(wide_epochs=None, patience=1, monitor="val/nothing")
     with pytest.raises(ValueError, match="monitor='val/nothing'"):

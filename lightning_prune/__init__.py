@@ -22,7 +22,7 @@ from lightning_prune.callbacks import (
     PruningListener,
     PruningState,
 )
-from lightning_prune.callbacks._lightning import resize_on_load
+from lightning_prune.callbacks._trainer import resize_on_load
 from lightning_prune.core.export import load_pruned
 
 __all__ = [

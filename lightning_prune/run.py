@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_prune.callbacks._lightning import final_metrics
+from lightning_prune.callbacks._trainer import final_metrics
 from lightning_prune.core.export import write_summary
 from lightning_prune.summary import print_summary
 

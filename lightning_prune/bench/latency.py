@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lightning_prune import LatencyBudgetPruning
 from lightning_prune.bench._common import default_data, environment, parser, print_table, quiet, trainer, write_json
-from lightning_prune.callbacks._lightning import rebuild_after_shrink
+from lightning_prune.callbacks._trainer import rebuild_after_shrink
 from lightning_prune.core.latency import TimingSettings, batch_of, device_name, interleaved_latency
 from lightning_prune.core.latency_plan import predict_ms, trace_network
 from lightning_prune.core.latency_table import LatencyTable

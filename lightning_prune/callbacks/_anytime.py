@@ -1,4 +1,4 @@
-"""Helpers of the anytime callbacks: swapping the training data mid-fit and counting errors outside the loops."""
+"""Helpers of AnytimeProgressivePruning: counting errors outside the loops and the anytime metrics."""
 
 from __future__ import annotations
 
@@ -6,23 +6,9 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-
-
-def reload_train_data(trainer: pl.Trainer) -> None:
-    """Make the fit loop call ``train_dataloader()`` again now, at the start of an epoch.
-
-    Lightning builds an epoch's loader *before* ``on_train_epoch_start``, and
-    ``reload_dataloaders_every_n_epochs`` counts from the last reload (a resume shifts it), so a callback
-    that decides at epoch start which data this epoch sees forces the rebuild itself, the way
-    Lightning's own ``BatchSizeFinder`` does: drop the combined loader and set the data up again (this
-    also recomputes the number of batches and the validation interval). Every rank calls it.
-    """
-    trainer.fit_loop._combined_loader = None
-    trainer.fit_loop.setup_data()
 
 
 def batch_limit(limit: int | float, num_batches: int) -> int:

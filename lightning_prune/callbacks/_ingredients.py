@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-from lightning_prune.callbacks._lightning import _first_loader
+from lightning_prune.callbacks._trainer import validation_loader
 from lightning_prune.core.soup import ParameterTable
 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
@@ -87,7 +87,7 @@ def train_source(trainer: pl.Trainer) -> DataSource:
 
 
 def val_source(trainer: pl.Trainer) -> DataSource:
-    return DataSource.from_loader(_first_loader(trainer), "validation")
+    return DataSource.from_loader(validation_loader(trainer), "validation")
 
 
 def ingredient_seed(seed: int, round_index: int, ingredient: int) -> int:
@@ -135,18 +135,6 @@ def ingredient_optimizer(
         raise ValueError(
             f"cannot rebuild {type(main).__name__} for the ingredients from its parameter groups ({err})"
         ) from None
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module.eval()`` for the block, then each submodule's own train/eval flag back."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for submodule, training in flags:
-            submodule.training = training
 
 
 def cycled(values: Sequence[float], index: int) -> float:

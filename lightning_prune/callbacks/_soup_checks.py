@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +12,7 @@ from lightning_prune.core.masks import SCOPES
 from lightning_prune.core.scores import SCORES
 from lightning_prune.core.selection import validate_selector
 from lightning_prune.core.soup import COMBINE_RULES
+from lightning_prune.core.validate import check_positive_list, is_int, is_number
 
 VARIANTS = ("isp", "ims")
 
@@ -34,18 +34,18 @@ def check_arguments(cb: Any) -> None:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
     validate_selector(cb.include_types, cb.include_names, cb.exclude_names)
     _check_sparsities(cb)
-    if not _is_int(cb.num_ingredients) or cb.num_ingredients < 1:
+    if not is_int(cb.num_ingredients) or cb.num_ingredients < 1:
         raise ValueError(
             f"num_ingredients must be an integer >= 1, got {cb.num_ingredients!r}; for the paper's no-denoiser "
             "ablation (N = 0) keep num_ingredients=1 and set lookahead_steps=0"
         )
     for name in ("lookahead_steps", "warmup_steps", "seed"):
-        if not _is_int(getattr(cb, name)) or getattr(cb, name) < 0:
+        if not is_int(getattr(cb, name)) or getattr(cb, name) < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {getattr(cb, name)!r}")
-    if cb.calibration_steps is not None and (not _is_int(cb.calibration_steps) or cb.calibration_steps < 1):
+    if cb.calibration_steps is not None and (not is_int(cb.calibration_steps) or cb.calibration_steps < 1):
         raise ValueError(f"calibration_steps must be an integer >= 1 or None, got {cb.calibration_steps!r}")
-    _check_multipliers("lr_multipliers", cb.lr_multipliers, strictly_positive=True)
-    _check_multipliers("weight_decay_multipliers", cb.weight_decay_multipliers, strictly_positive=False)
+    check_positive_list("lr_multipliers", cb.lr_multipliers)
+    check_positive_list("weight_decay_multipliers", cb.weight_decay_multipliers, strictly=False)
 
 
 def _check_sparsities(cb: Any) -> None:
@@ -62,28 +62,9 @@ def _check_sparsities(cb: Any) -> None:
     if (
         not isinstance(cb.copy_sparsities, list)
         or not cb.copy_sparsities
-        or not all(_is_number(s) and 0 <= s < 1 for s in cb.copy_sparsities)
+        or not all(is_number(s) and 0 <= s < 1 for s in cb.copy_sparsities)
     ):
         raise ValueError(f"copy_sparsities must be a non-empty list of fractions in [0, 1), got {cb.copy_sparsities!r}")
-
-
-def _check_multipliers(name: str, values: Sequence[float], strictly_positive: bool) -> None:
-    low_ok = (lambda v: v > 0) if strictly_positive else (lambda v: v >= 0)
-    if (
-        not isinstance(values, list)
-        or not values
-        or not all(_is_number(v) and math.isfinite(v) and low_ok(v) for v in values)
-    ):
-        bound = "> 0" if strictly_positive else ">= 0"
-        raise ValueError(f"{name} must be a non-empty list of finite numbers {bound}, got {values!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_step_budget(trainer: pl.Trainer, last_round_step: int, first_round_step: int) -> None:

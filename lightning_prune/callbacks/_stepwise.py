@@ -6,7 +6,7 @@ import time
 
 import lightning.pytorch as pl
 
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, pruning_listeners
+from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, pruning_listeners
 
 
 class StepwisePruning(PruningCallback):

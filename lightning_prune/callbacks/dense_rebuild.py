@@ -10,20 +10,21 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_prune.callbacks._carry import OptimizerSnapshot, entry_origins
-from lightning_prune.callbacks._lightning import (
+from lightning_prune.callbacks._trainer import (
     broadcast,
     check_spawn_reload,
     example_input,
     final_metrics,
+    info,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks._protocol import PruningCallback, PruningState
+from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, count_parameters
@@ -39,6 +40,7 @@ from lightning_prune.core.units import (
     rebuild_layers,
     replacement,
 )
+from lightning_prune.core.validate import is_number
 
 log = logging.getLogger(__name__)
 MODES = ("min", "max")
@@ -179,18 +181,18 @@ class DenseUnitPruning(PruningCallback):
         validate_selector(DEFAULT_TYPES, self.include_names, ())
 
     def _validate_numbers(self) -> None:
-        if not _is_number(self.epsilon) or not 0 <= self.epsilon < 1:
+        if not is_number(self.epsilon) or not 0 <= self.epsilon < 1:
             raise ValueError(
                 f"epsilon must be a number in [0, 1) (relative to each layer's reference score), got {self.epsilon!r}"
             )
-        if not _is_number(self.reference_quantile) or not 0 < self.reference_quantile <= 1:
+        if not is_number(self.reference_quantile) or not 0 < self.reference_quantile <= 1:
             raise ValueError(
                 f"reference_quantile must be a number in (0, 1] (1.0: the layer's largest score), "
                 f"got {self.reference_quantile!r}"
             )
-        if not _is_number(self.retrain_lr_scale) or not 0 < self.retrain_lr_scale <= 1:
+        if not is_number(self.retrain_lr_scale) or not 0 < self.retrain_lr_scale <= 1:
             raise ValueError(f"retrain_lr_scale must be a number in (0, 1], got {self.retrain_lr_scale!r}")
-        if not _is_number(self.min_delta) or self.min_delta < 0:
+        if not is_number(self.min_delta) or self.min_delta < 0:
             raise ValueError(f"min_delta must be a number >= 0, got {self.min_delta!r}")
         for name, lowest in [("wide_epochs", 0), ("patience", 1), ("retrain_epochs", 1), ("min_units", 1)]:
             value = getattr(self, name)
@@ -302,9 +304,10 @@ class DenseUnitPruning(PruningCallback):
         state.sparsity = 1.0 - self.params_after / self.params_before
         record.update(sparsity=state.sparsity, params=self.params_after, widths=dict(self.widths_after))
         state.history.append(record)
-        _info(
+        info(
+            log,
             f"rebuilt at epoch {trainer.current_epoch}: widths {self.widths_before} -> {self.widths_after}, "
-            f"parameters {self.params_before} -> {self.params_after}"
+            f"parameters {self.params_before} -> {self.params_after}",
         )
 
     def _restore_best_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
@@ -320,7 +323,10 @@ class DenseUnitPruning(PruningCallback):
         pl_module.load_state_dict(self._best_weights)
         record["restored_epoch"], record[f"{self.monitor}_restored"] = self._best_epoch, self._best
         self._best_weights = None
-        _info(f"restored the weights of epoch {self._best_epoch} ({self.monitor}={self._best:.4g}) before the rebuild")
+        info(
+            log,
+            f"restored the weights of epoch {self._best_epoch} ({self.monitor}={self._best:.4g}) before the rebuild",
+        )
 
     def _unit_moments(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, UnitMoments]:
         """Every rank scores its shard of the training data; the moments are merged across ranks."""
@@ -405,7 +411,7 @@ class DenseUnitPruning(PruningCallback):
                 "exported_model": str(model_path),
             },
         )
-        _info(f"exported {model_path} ({count_parameters(pl_module)} parameters)")
+        info(log, f"exported {model_path} ({count_parameters(pl_module)} parameters)")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -436,11 +442,6 @@ class DenseUnitPruning(PruningCallback):
         self._wait = state_dict.get("wait", 0)
 
 
-def _is_number(value: object) -> bool:
-    """A finite int or float, not a bool (YAML ``true`` is not a threshold)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _scale_learning_rates(trainer: pl.Trainer, scale: float) -> None:
     """Retrain gently: the fresh optimizers (and their schedulers' base rates) at ``scale`` times the rate.
 
@@ -464,8 +465,3 @@ def _batch_input(batch: Any) -> Tensor:
     raise ValueError(
         f"DenseUnitPruning scores units on training batches that are a tensor or (x, ...); got {type(batch).__name__}"
     )
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

@@ -11,11 +11,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from lightning_prune.callbacks._lightning import broadcast, example_input, output_dir
-from lightning_prune.callbacks._protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
+from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.structured import dependency_graph
@@ -165,7 +164,7 @@ class LayerFreezing(Callback, PruningListener):
             decision = {"scores": scores, "frozen": frozen, "norm_of": _following_norms(pl_module, graph, frozen)}
         decision = broadcast(trainer, decision)
         self.scores, self.frozen, self._norm_of = decision["scores"], decision["frozen"], decision["norm_of"]
-        _info(f"layer freezing: probe after step {self._probe_step} froze {len(self.frozen)} convs: {self.frozen}")
+        info(log, f"layer freezing: probe after step {self._probe_step} froze {len(self.frozen)} convs: {self.frozen}")
 
     # ---------------------------------------------------------------- freeze / release
 
@@ -251,8 +250,3 @@ def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict
             if isinstance(node.module, _NORMS) and node.module in names:
                 norms[conv] = names[node.module]
     return norms
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

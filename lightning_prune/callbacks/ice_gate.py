@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from lightning_prune.callbacks._lightning import output_dir
-from lightning_prune.callbacks._protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
+from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 
 log = logging.getLogger(__name__)
@@ -131,9 +129,7 @@ class AccuracyGate(Callback, PruningListener):
         if stage != "fit":
             return
         self._pruner = find_pruner(trainer, "AccuracyGate")
-        # Lightning keeps where fit's validation data comes from (module, datamodule or loaders) here.
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        if source.instance is None or not source.is_defined():
+        if not has_validation_data(trainer):
             raise ValueError(
                 "AccuracyGate measures accuracy after every pruning step and needs validation data: define "
                 "val_dataloader() on your LightningModule or DataModule, or pass val_dataloaders to trainer.fit"
@@ -154,7 +150,7 @@ class AccuracyGate(Callback, PruningListener):
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         if self.reference_acc is None:
             self.reference_acc = self.evaluate(trainer, pl_module, state)
-            _info(f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
+            info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
 
     def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         accuracy = self.evaluate(trainer, pl_module, state)
@@ -164,7 +160,7 @@ class AccuracyGate(Callback, PruningListener):
         state.history[-1].update(decision, gate_skip=self._skip)
         self.decisions.append({"step": state.step, **decision, "skipped": self._skip})
         verdict = "skip fine-tune" if self._skip else "fine-tune" + (" (last step)" if drop_pt < self.threshold else "")
-        _info(f"step {state.step}: accuracy {accuracy:.4f}, drop {drop_pt:.2f} pt vs {self.threshold} -> {verdict}")
+        info(log, f"step {state.step}: accuracy {accuracy:.4f}, drop {drop_pt:.2f} pt vs {self.threshold} -> {verdict}")
 
     def skip_finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
         return self._skip
@@ -173,7 +169,7 @@ class AccuracyGate(Callback, PruningListener):
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> float:
         """Accuracy (``metric_fn``) on the first ``val_batches`` validation batches, pooled over ranks."""
-        with state.timed("evaluate"), torch.no_grad(), _eval_mode(pl_module):
+        with state.timed("evaluate"), torch.no_grad(), eval_mode(pl_module):
             totals = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
             for index, batch in enumerate(self._validation_loader(trainer)):
                 if self.val_batches is not None and index >= self.val_batches:
@@ -189,8 +185,7 @@ class AccuracyGate(Callback, PruningListener):
 
     def _validation_loader(self, trainer: pl.Trainer) -> Any:
         if self._loader is None:
-            loaders = trainer.fit_loop.epoch_loop.val_loop._data_source.dataloader()
-            self._loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            self._loader = validation_loader(trainer)
         return self._loader
 
     # ---------------------------------------------------------------- logging, summary, state
@@ -297,20 +292,3 @@ def resolve_metric(metric_fn: str | MetricFn | None) -> MetricFn:
     if not callable(resolved):
         raise ValueError(f"metric_fn={metric_fn!r} must be the dotted path of a callable, e.g. 'my_pkg.metrics.f1'")
     return resolved
-
-
-@contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Evaluate in eval mode, then give every submodule its own mode back (frozen norms stay in eval)."""
-    modes = {sub: sub.training for sub in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for sub, training in modes.items():
-            sub.training = training
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

@@ -9,11 +9,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from torch.optim import Optimizer
 
-from lightning_prune.callbacks._lightning import output_dir
-from lightning_prune.callbacks._protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.callbacks._trainer import info, output_dir
+from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.schedules import pruning_aware_lr
 
@@ -115,7 +114,7 @@ class PruningAwareLR(Callback, PruningListener):
         self._in_finetune = True
         state.history[-1]["lr"] = lr
         self.history.append({"step": state.step, "remaining_fraction": state.remaining_fraction, "lr": lr})
-        _info(f"pruning-aware LR: remaining fraction {state.remaining_fraction:.3f} -> lr {lr:.3g}")
+        info(log, f"pruning-aware LR: remaining fraction {state.remaining_fraction:.3f} -> lr {lr:.3g}")
 
     def on_finetune_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         # Schedulers resume at the next epoch start: Lightning may still step plateau schedulers after this hook.
@@ -194,8 +193,3 @@ class PruningAwareLR(Callback, PruningListener):
 
 def _pop(items: list[list[float]], index: int) -> list[float] | None:
     return items[index] if index < len(items) else None
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

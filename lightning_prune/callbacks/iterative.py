@@ -10,19 +10,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_prune.callbacks._lightning import (
+from lightning_prune.callbacks._stepwise import StepwisePruning
+from lightning_prune.callbacks._trainer import (
     broadcast,
     check_spawn_reload,
     example_input,
     final_metrics,
+    info,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks._protocol import PruningState
-from lightning_prune.callbacks._stepwise import StepwisePruning
+from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
 from lightning_prune.core.masks import SCOPES, MaskSet, check_finite, masks_from_scores
 from lightning_prune.core.schedules import SCHEDULES, sparsity_schedule
@@ -35,6 +35,7 @@ from lightning_prune.core.structured import (
     lowest_channels,
     remove_out_channels,
 )
+from lightning_prune.core.validate import check_choice
 
 log = logging.getLogger(__name__)
 MODES = ("unstructured", "structured")
@@ -155,11 +156,11 @@ class IterativePruning(StepwisePruning):
         self._restored = False
 
     def _validate(self) -> None:
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("importance", self.importance, tuple(SCORES))
-        _check_choice("scope", self.scope, SCOPES)
-        _check_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
+        check_choice("mode", self.mode, MODES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("importance", self.importance, tuple(SCORES))
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
         validate_selector(self.include_types, self.include_names, self.exclude_names)
         structured, target = self.mode == "structured", self.target_sparsity
         if target is None and not structured:
@@ -267,7 +268,7 @@ class IterativePruning(StepwisePruning):
             state.sparsity = self._current_sparsity(pl_module)
             record.update(sparsity=state.sparsity, prune_s=time.perf_counter() - started)
         state.history.append(record)
-        _info(f"pruning step {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
+        info(log, f"pruning step {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
         return True
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -303,7 +304,7 @@ class IterativePruning(StepwisePruning):
         state.history.append(
             {**record, "step": state.step, "sparsity": state.sparsity, "finetune": "none", "skipped": reason}
         )
-        _info(f"pruning step skipped: {reason}")
+        info(log, f"pruning step skipped: {reason}")
         return False
 
     def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -369,7 +370,7 @@ class IterativePruning(StepwisePruning):
                 "exported_model": str(model_path),
             },
         )
-        _info(f"pruned to sparsity {state.sparsity:.3f} in {state.step} steps; exported {model_path}")
+        info(log, f"pruned to sparsity {state.sparsity:.3f} in {state.step} steps; exported {model_path}")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -386,13 +387,3 @@ class IterativePruning(StepwisePruning):
         masks = state_dict.get("masks")
         self._masks = MaskSet(masks) if masks is not None else None
         self._restored = True
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

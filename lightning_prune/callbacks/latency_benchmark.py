@@ -10,10 +10,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_prune.callbacks._lightning import broadcast, example_input, output_dir
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
+from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.export import to_jsonable, write_summary
 from lightning_prune.core.latency import (
     TimingSettings,
@@ -165,7 +164,7 @@ class LatencyBenchmark(PruningListener, Callback):
         }
         self.records.append(record)
         summary = ", ".join(f"batch {b}: {r['p50_ms']:.3f} ms" for b, r in results.items())
-        _info(f"latency at {when} (step {step}): {summary}")
+        info(log, f"latency at {when} (step {step}): {summary}")
         return record
 
     @staticmethod
@@ -208,8 +207,3 @@ class LatencyBenchmark(PruningListener, Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", self.records))
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

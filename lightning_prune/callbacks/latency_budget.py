@@ -11,20 +11,21 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_prune.callbacks._lightning import (
+from lightning_prune.callbacks._stepwise import StepwisePruning
+from lightning_prune.callbacks._trainer import (
     broadcast,
     check_spawn_reload,
     example_input,
     final_metrics,
+    info,
     output_dir,
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks._protocol import PruningState
-from lightning_prune.callbacks._stepwise import StepwisePruning
+from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.latency import (
     TimingSettings,
@@ -48,6 +49,7 @@ from lightning_prune.core.latency_table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, remove_out_channels
+from lightning_prune.core.validate import check_int
 from lightning_prune.progress import progress
 
 log = logging.getLogger(__name__)
@@ -207,10 +209,10 @@ class LatencyBudgetPruning(StepwisePruning):
         if budget_ms is not None and not budget_ms > 0:
             raise ValueError(f"latency_budget_ms must be > 0, got {budget_ms}")
         for name, low in [("num_steps", 1), ("finetune_epochs", 0), ("warmup_epochs", 0), ("round_to", 1)]:
-            _check_int(name, getattr(self, name), low)
+            check_int(name, getattr(self, name), low)
         for name, low in [("min_channels", 1), ("batch_size", 1), ("rounds", 1), ("max_corrections", 0)]:
-            _check_int(name, getattr(self, name), low)
-        _check_int("resolution", self.resolution, 10)
+            check_int(name, getattr(self, name), low)
+        check_int("resolution", self.resolution, 10)
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         check_device(self.device)
@@ -287,7 +289,7 @@ class LatencyBudgetPruning(StepwisePruning):
         self._budgets = exponential_latency(self._dense_ms, budget, self.num_steps)
         self._original_weights = _weight_count(pl_module)
         self._architecture = architecture_spec(pl_module)
-        _info(f"dense latency {self._dense_ms:.3f} ms {where}; budget {budget:.3f} ms; steps {self._budgets}")
+        info(log, f"dense latency {self._dense_ms:.3f} ms {where}; budget {budget:.3f} ms; steps {self._budgets}")
 
     def _budget_for(self, dense_ms: float) -> float:
         return self.latency_budget_ms or self.budget_fraction * dense_ms
@@ -378,9 +380,10 @@ class LatencyBudgetPruning(StepwisePruning):
             state.sparsity = 1.0 - _weight_count(pl_module) / self._original_weights
         record["sparsity"] = state.sparsity
         state.history.append(record)
-        _info(
+        info(
+            log,
             f"latency step {state.step}/{state.num_steps}: target {target:.3f} ms, predicted "
-            f"{record['predicted_ms']:.3f} ms, measured {record['measured_ms']:.3f} ms, sparsity {state.sparsity:.3f}"
+            f"{record['predicted_ms']:.3f} ms, measured {record['measured_ms']:.3f} ms, sparsity {state.sparsity:.3f}",
         )
         return True
 
@@ -455,7 +458,7 @@ class LatencyBudgetPruning(StepwisePruning):
             miss = measured / self._budget_ms - 1.0
             self._final = {**taken, "met_budget": measured <= self._limit_ms(), "excess": miss}
             if self._final["met_budget"]:
-                _info(f"final latency {measured:.3f} ms meets the budget {self._budget_ms:.3f} ms ({miss:+.1%})")
+                info(log, f"final latency {measured:.3f} ms meets the budget {self._budget_ms:.3f} ms ({miss:+.1%})")
             else:
                 rank_zero_warn(
                     f"LatencyBudgetPruning: the final measured latency {measured:.3f} ms misses the budget "
@@ -521,13 +524,3 @@ def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if len(xs) < 3:
         return None
     return float(torch.corrcoef(torch.tensor([list(xs), list(ys)], dtype=torch.float64))[0, 1])
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

@@ -8,13 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import Subset
 
-from lightning_prune.callbacks._anytime import anytime_metrics, count_errors, reload_train_data
-from lightning_prune.callbacks._lightning import broadcast, output_dir
-from lightning_prune.callbacks._protocol import PruningCallback, PruningState, pruning_listeners
+from lightning_prune.callbacks._anytime import anytime_metrics, count_errors
+from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data
+from lightning_prune.callbacks.protocol import PruningCallback, PruningState, pruning_listeners
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
 from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app, app_exponent, cubic, linear
@@ -236,7 +235,7 @@ class AnytimeProgressivePruning(PruningCallback):
             prune_s=time.perf_counter() - started,
         )
         state.history.append(record)
-        _info(f"megabatch {megabatch + 1}/{self.num_megabatches}: sparsity {state.sparsity:.4f}")
+        info(log, f"megabatch {megabatch + 1}/{self.num_megabatches}: sparsity {state.sparsity:.4f}")
 
     def _snip_masks(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int, sparsity: float
@@ -340,7 +339,7 @@ class AnytimeProgressivePruning(PruningCallback):
                 "exported_model": str(model_path),
             },
         )
-        _info(f"APP done: sparsity {state.sparsity:.4f} after {state.step} megabatches; exported {model_path}")
+        info(log, f"APP done: sparsity {state.sparsity:.4f} after {state.step} megabatches; exported {model_path}")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -365,8 +364,3 @@ def _refuse_listeners(trainer: pl.Trainer) -> None:
             "every epoch and has no fine-tune for a pruning listener to skip, freeze or set a rate for; remove them, "
             "or use them with a step-wise pruner such as IterativePruning"
         )
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

@@ -10,22 +10,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lightning_prune.callbacks._ingredients import (
     LOSSES,
     cycled,
-    eval_mode,
     forked_rng,
     ingredient_optimizer,
     ingredient_seed,
     train_source,
     val_source,
 )
-from lightning_prune.callbacks._lightning import broadcast, final_metrics, output_dir
-from lightning_prune.callbacks._protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.callbacks._soup_checks import check_arguments, check_step_budget
+from lightning_prune.callbacks._trainer import broadcast, eval_mode, final_metrics, info, output_dir
+from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
 from lightning_prune.core.masks import MaskSet, masks_from_scores
 from lightning_prune.core.schedules import fixed_ratio
@@ -230,7 +228,7 @@ class InstantSoupPruning(PruningCallback):
         state.history.append(record)
         for listener in self._listeners:
             listener.on_prune_step_end(trainer, pl_module, state)
-        _info(f"soup round {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
+        info(log, f"soup round {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
 
     def _apply(self, pl_module: pl.LightningModule, masks: dict | None, weights: dict | None) -> None:
         if masks is not None:
@@ -371,7 +369,7 @@ class InstantSoupPruning(PruningCallback):
             "exported_model": str(model_path),
         }
         write_summary(directory / "summary.json", "instant_soup", summary)
-        _info(f"instant soup: sparsity {state.sparsity:.3f} after {state.step} rounds; exported {model_path}")
+        info(log, f"instant soup: sparsity {state.sparsity:.3f} after {state.step} rounds; exported {model_path}")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -394,8 +392,3 @@ class InstantSoupPruning(PruningCallback):
 def _listed(value: Any) -> Any:
     """YAML lists arrive as ListConfig or tuples: store a list, but leave a string (or scalar) for validation."""
     return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
-
-
-@rank_zero_only
-def _info(message: str) -> None:
-    log.info(message)

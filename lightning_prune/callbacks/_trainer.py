@@ -1,8 +1,17 @@
-"""Glue between the framework-free core and a running Trainer, shared by every callback."""
+"""Glue between the framework-free core and a running Trainer, shared by every callback.
+
+The one module that touches Lightning's internals (private loop and strategy attributes): when a
+Lightning release moves them, this file is the only one to change. Callbacks ask it for the
+validation data, a batch's input, eval mode, a reloaded training loader, a rebuilt optimizer after a
+shrink, and rank-zero logging.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -24,7 +34,7 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
     """
     example = pl_module.example_input_array
     if example is None:
-        loader = _first_loader(trainer)
+        loader = validation_loader(trainer)
         batch = next(iter(loader)) if loader is not None else None
         if not isinstance(batch, (tuple, list)) or not isinstance(batch[0], Tensor):
             raise ValueError(
@@ -37,12 +47,58 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
     return example.to(pl_module.device)
 
 
-def _first_loader(trainer: pl.Trainer) -> Any:
-    datamodule = trainer.datamodule
-    for source in (trainer.val_dataloaders, datamodule.val_dataloader() if datamodule is not None else None):
-        if source is not None:
-            return source[0] if isinstance(source, (list, tuple)) else source
-    return None
+def validation_loader(trainer: pl.Trainer) -> Any:
+    """The first validation loader of ``fit``, wherever it was given (module, datamodule or ``fit``'s arguments).
+
+    Works from ``setup`` on: before Lightning has loaded loaders passed straight to ``fit``, it asks
+    the fit loop's data source (where Lightning keeps what ``fit`` was given) to build them.
+    """
+    loaders = trainer.val_dataloaders
+    if loaders is None:
+        source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        if source.instance is None or not source.is_defined():
+            return None
+        loaders = source.dataloader()
+    return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+
+
+def has_validation_data(trainer: pl.Trainer) -> bool:
+    """Whether ``fit`` has validation data from any source, without building a loader."""
+    if trainer.val_dataloaders is not None:
+        return True
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    return source.instance is not None and source.is_defined()
+
+
+def reload_train_data(trainer: pl.Trainer) -> None:
+    """Make the fit loop call ``train_dataloader()`` again now, at the start of an epoch.
+
+    Lightning builds an epoch's loader *before* ``on_train_epoch_start``, and
+    ``reload_dataloaders_every_n_epochs`` counts from the last reload (a resume shifts it), so a callback
+    that decides at epoch start which data this epoch sees forces the rebuild itself, the way
+    Lightning's own ``BatchSizeFinder`` does: drop the combined loader and set the data up again (this
+    also recomputes the number of batches and the validation interval). Every rank calls it.
+    """
+    trainer.fit_loop._combined_loader = None
+    trainer.fit_loop.setup_data()
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module.eval()`` for the block, then each submodule's own train/eval flag back (frozen norms stay in eval)."""
+    flags = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in flags:
+            sub.training = training
+
+
+@rank_zero_only
+def info(log: logging.Logger, message: str) -> None:
+    """Log ``message`` on rank zero only: one line per decision, not one per process."""
+    log.info(message)
 
 
 def broadcast(trainer: pl.Trainer, obj: Any) -> Any:

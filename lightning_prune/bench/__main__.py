@@ -1,26 +1,38 @@
-"""Dispatch ``python -m lightning_prune.bench NAME [args]`` to ``lightning_prune/bench/NAME.py:main``."""
+"""``python -m lightning_prune.bench NAME [overrides]``: compose ``conf/bench/NAME/main.yaml`` and run it.
+
+``--cfg`` prints the composed config instead of running (every setting the run would use).
+"""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
 
-import lightning_prune.bench as package
+from omegaconf import OmegaConf
 
+from lightning_prune.bench._compose import available, compose_benchmark, recorder
 
-def available() -> list[str]:
-    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_"))
+# Benchmarks still on argparse while they move to conf/bench/ (removed once all have moved).
+LEGACY = ("app", "dense", "ice", "latency", "overhead", "soup")
+USAGE = "usage: python -m lightning_prune.bench NAME [key=value ...] [scale=quick] [ablation=NAME] [--cfg]"
 
 
 def dispatch(argv: list[str]) -> int:
     names = available()
+    if argv and argv[0] in LEGACY:
+        return importlib.import_module(f"lightning_prune.bench.{argv[0]}").main(argv[1:]) or 0
     if not argv or argv[0] not in names:
         given = argv[0] if argv else "nothing"
-        print(f"usage: python -m lightning_prune.bench NAME [--out FILE.json] ...; NAME one of {names}, got {given}")
+        print(f"{USAGE}\nNAME is one of {names}, got {given}")
         return 2
-    module = importlib.import_module(f"lightning_prune.bench.{argv[0]}")
-    return module.main(argv[1:]) or 0
+    name, overrides = argv[0], [arg for arg in argv[1:] if arg != "--cfg"]
+    cfg = compose_benchmark(name, overrides)
+    if "--cfg" in argv:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    module = importlib.import_module(f"lightning_prune.bench.{name}")
+    module.run(cfg, recorder(name, overrides, cfg))
+    return 0
 
 
 if __name__ == "__main__":

@@ -117,30 +117,6 @@ CONSTRUCTION = {
     "zero base LR": (lambda: PruningAwareLR(base_lr=0.0), "base_lr must be > 0 and finite, got 0.0"),
     "infinite base LR": (lambda: PruningAwareLR(base_lr=float("inf")), "base_lr must be > 0 and finite, got inf"),
     "zero LR steepness": (lambda: PruningAwareLR(beta=0), r"beta must be > 0 \(steepness of the step\), got 0"),
-    "APP sparsity of 1": (
-        lambda: AnytimeProgressivePruning(target_sparsity=1.0),
-        r"target_sparsity must be in \[0, 1\) \(0 trains dense\), got 1.0",
-    ),
-    "negative APP sparsity": (
-        lambda: AnytimeProgressivePruning(target_sparsity=-0.2),
-        r"target_sparsity must be in \[0, 1\) \(0 trains dense\), got -0.2",
-    ),
-    "unknown APP schedule": (
-        lambda: AnytimeProgressivePruning(schedule="exponential"),
-        r"schedule must be one of \['app', 'linear', 'cubic', 'oneshot'\], got 'exponential'",
-    ),
-    "unknown replay mode": (
-        lambda: AnytimeProgressivePruning(replay="buffer"),
-        r"replay must be one of \['full', 'partial', 'none'\], got 'buffer'",
-    ),
-    "replay fraction of 1": (
-        lambda: AnytimeProgressivePruning(replay="partial", replay_fraction=1.0),
-        r"replay_fraction must be in \(0, 1\) .*got 1.0",
-    ),
-    "SNIP fraction as text": (
-        lambda: AnytimeProgressivePruning(snip_fraction="0.2"),
-        r"snip_fraction must be in \(0, 1\] \(share of one megabatch\), got '0.2'",
-    ),
     "zero megabatches": (
         lambda: MegabatchDataModule(DigitsDataModule(), num_megabatches=0),
         "num_megabatches must be an integer >= 1, got 0",
@@ -316,11 +292,6 @@ FIT = {
         lambda: _megabatches(5000),
         max_epochs=5000,
     ),
-    "APP without megabatch data": FitCase(
-        lambda: [AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],
-        cnn_classifier,
-        r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=DigitsDataModule",
-    ),
     "ICE gate beside the dense rebuild": FitCase(
         lambda: [DenseUnitPruning(epsilon=0.05, wide_epochs=1), AccuracyGate()],
         _mlp,
@@ -330,12 +301,6 @@ FIT = {
         lambda: [AccuracyGate(), AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],
         cnn_classifier,
         r"AccuracyGate cannot work with AnytimeProgressivePruning: that pruner has no pruning steps with fine-tunes",
-        lambda: _megabatches(3),
-    ),
-    "APP with an ICE callback": FitCase(
-        lambda: [AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1), AccuracyGate()],
-        cnn_classifier,
-        r"AnytimeProgressivePruning does not work with Trainer\(callbacks=\[\.\.\., AccuracyGate\]\)",
         lambda: _megabatches(3),
     ),
 }

@@ -49,7 +49,7 @@ def _run(directory: Path, trainer_kwargs: dict, devices: int, strategy: str = "a
 
 
 @pytest.mark.slow  # ~17 s on 2 loaded cores: spawning two workers, then the single-process run
-def test_app_ddp_ranks_agree_and_match_single_process(tmp_path: Path, trainer_kwargs: dict) -> None:
+def test_anytime_progressive_ddp_ranks_agree_and_match_single_process(tmp_path: Path, trainer_kwargs: dict) -> None:
     rank0, rank1 = _run(tmp_path / "ddp", trainer_kwargs, devices=2, strategy="ddp_spawn")
     assert rank0["step"] == rank1["step"] == MEGABATCHES
     torch.testing.assert_close(rank0["masks"], rank1["masks"], rtol=0, atol=0)

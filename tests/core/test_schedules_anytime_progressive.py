@@ -1,3 +1,5 @@
+"""Anytime Progressive Pruning's per-megabatch schedules (core/schedules.py)."""
+
 from __future__ import annotations
 
 import itertools
@@ -5,7 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app, app_exponent
+from lightning_prune.core.schedules import (
+    APP_TARGET_SPARSITY,
+    MEGABATCH_SCHEDULES,
+    app,
+    app_exponent,
+    megabatch_sparsities,
+)
 
 
 def test_app_is_the_papers_density_schedule() -> None:
@@ -46,3 +54,19 @@ def test_app_target_at_the_first_density_is_flat() -> None:
 def test_app_bad_arguments(target: float, num_steps: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         app(target, num_steps)
+
+
+@pytest.mark.parametrize("schedule", list(MEGABATCH_SCHEDULES))
+def test_megabatch_sparsities_end_on_the_target_and_never_fall(schedule: str) -> None:
+    steps = megabatch_sparsities(schedule, 0.6, 4)
+    assert len(steps) == 4
+    assert steps[-1] == pytest.approx(0.6)
+    assert all(a <= b for a, b in itertools.pairwise(steps))
+
+
+def test_megabatch_sparsities_of_a_zero_target_train_dense() -> None:
+    assert megabatch_sparsities("app", 0.0, 3) == [0.0, 0.0, 0.0]  # no "app" refusal of a target below 0.2
+
+
+def test_oneshot_is_the_target_from_the_first_megabatch() -> None:
+    assert megabatch_sparsities("oneshot", 0.6, 3) == [0.6, 0.6, 0.6]

@@ -1,6 +1,10 @@
+"""AnytimeProgressivePruning: its refusals, the schedule to the weight, replay, baselines, resume, the recipe,
+and the anytime metrics it counts after each megabatch."""
+
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -8,8 +12,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_prune import AnytimeProgressivePruning
+from lightning_prune import AccuracyGate, AnytimeProgressivePruning
+from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, batch_limit, count_errors
 from lightning_prune.core.masks import keep_count
 from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app
 from lightning_prune.data import DigitsDataModule, MegabatchDataModule
@@ -50,26 +57,30 @@ def _fit(
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"target_sparsity": 1.0}, r"target_sparsity must be in \[0, 1\)"),
-        ({"target_sparsity": -0.1}, r"target_sparsity must be in \[0, 1\)"),
+        ({"target_sparsity": 1.0}, r"target_sparsity must be in \[0, 1\), got 1.0"),
+        ({"target_sparsity": -0.2}, r"target_sparsity must be in \[0, 1\), got -0.2"),
         ({"target_sparsity": 0.1}, r"target_sparsity must be >= 0.20"),
         ({"num_megabatches": 0}, "num_megabatches must be an integer >= 1, got 0"),
         ({"epochs_per_megabatch": 1.5}, "epochs_per_megabatch must be an integer >= 1, got 1.5"),
-        ({"schedule": "exponential"}, "schedule must be one of"),
-        ({"snip_fraction": 0.0}, r"snip_fraction must be in \(0, 1\]"),
-        ({"snip_fraction": 1.5}, r"snip_fraction must be in \(0, 1\]"),
+        (
+            {"schedule": "exponential"},
+            r"schedule must be one of \['app', 'linear', 'cubic', 'oneshot'\], got 'exponential'",
+        ),
+        ({"snip_fraction": 0.0}, r"snip_fraction must be in \(0, 1\], got 0.0"),
+        ({"snip_fraction": 1.5}, r"snip_fraction must be in \(0, 1\], got 1.5"),
+        ({"snip_fraction": "0.2"}, r"snip_fraction must be in \(0, 1\], got '0.2'"),
         ({"scope": "row"}, "scope must be one of"),
-        ({"replay": "buffer"}, "replay must be one of"),
-        ({"replay": "partial", "replay_fraction": 1.0}, r"replay_fraction must be in \(0, 1\)"),
+        ({"replay": "buffer"}, r"replay must be one of \['full', 'partial', 'none'\], got 'buffer'"),
+        ({"replay": "partial", "replay_fraction": 1.0}, r"replay_fraction must be in \(0, 1\) .*got 1.0"),
         ({"include_types": ["Dense"]}, "unknown module type"),
     ],
 )
-def test_app_bad_arguments(kwargs: dict, match: str) -> None:
+def test_anytime_progressive_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         AnytimeProgressivePruning(**kwargs)
 
 
-def test_app_state_key() -> None:
+def test_anytime_progressive_state_key() -> None:
     key = AnytimeProgressivePruning(target_sparsity=0.5, num_megabatches=4).state_key
     assert key.startswith("AnytimeProgressivePruning{")
     assert "'num_megabatches': 4" in key
@@ -77,21 +88,34 @@ def test_app_state_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "max_epochs", "match"),
+    ("data", "max_epochs", "extra", "match"),
     [
-        (lambda: DigitsDataModule(), 6, "needs trainer.fit\\(model, datamodule=MegabatchDataModule"),
-        (lambda: _data(2), 6, "num_megabatches=3 differs from the data module's num_megabatches=2"),
-        (lambda: _data(3), 5, r"needs Trainer\(max_epochs >= 6\)"),
+        (
+            DigitsDataModule,
+            6,
+            (),
+            r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=Digits",
+        ),
+        (lambda: _data(2), 6, (), "num_megabatches=3 differs from the data module's num_megabatches=2"),
+        (lambda: _data(3), 5, (), r"needs Trainer\(max_epochs >= 6\)"),
+        (lambda: _data(3), 6, (AccuracyGate,), r"does not work with Trainer\(callbacks=\[\.\.\., AccuracyGate\]\)"),
     ],
+    ids=["not megabatch data", "other number of megabatches", "too few epochs", "with an ICE callback"],
 )
-def test_app_setup_errors(trainer_kwargs: dict, data: Any, max_epochs: int, match: str) -> None:
+def test_anytime_progressive_refuses_at_fit_start(
+    trainer_kwargs: dict, data: Any, max_epochs: int, extra: tuple, match: str
+) -> None:
     pruner = AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=2)
-    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[pruner], **trainer_kwargs)
+    callbacks = [pruner, *(make() for make in extra)]
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, **trainer_kwargs)
     with pytest.raises(ValueError, match=match):
         trainer.fit(cnn_classifier(widths=(8, 8)), datamodule=data())
+    assert trainer.global_step == 0
 
 
-def test_app_reaches_the_schedule_exactly_with_nested_masks(trainer_kwargs: dict, tmp_path: Path) -> None:
+def test_anytime_progressive_reaches_the_schedule_exactly_with_nested_masks(
+    trainer_kwargs: dict, tmp_path: Path
+) -> None:
     pruner, recorder, trainer, data = _fit(trainer_kwargs, num=4, epochs=1, log_layers=True)
     history, schedule = pruner.pruning_state.history, app(APP_TARGET_SPARSITY, 4)
     total = pruner._masks.total()
@@ -129,7 +153,7 @@ def test_app_reaches_the_schedule_exactly_with_nested_masks(trainer_kwargs: dict
 
 
 @pytest.mark.parametrize("replay", ["full", "partial", "none"])
-def test_app_trains_each_megabatch_on_its_replay_set(trainer_kwargs: dict, replay: str) -> None:
+def test_anytime_progressive_trains_each_megabatch_on_its_replay_set(trainer_kwargs: dict, replay: str) -> None:
     pruner, recorder, _, data = _fit(trainer_kwargs, num=3, epochs=1, replay=replay, replay_fraction=0.2)
     expected = [len(data.train_indices(t, replay, 0.2)) for t in range(3)]
     assert [recorder.seen[t] for t in range(3)] == expected
@@ -140,7 +164,7 @@ def test_app_trains_each_megabatch_on_its_replay_set(trainer_kwargs: dict, repla
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [({"schedule": "oneshot"}, "target"), ({"target_sparsity": 0.0}, 0)])
-def test_app_oneshot_and_dense_baselines(trainer_kwargs: dict, kwargs: dict, expected: Any) -> None:
+def test_anytime_progressive_oneshot_and_dense_baselines(trainer_kwargs: dict, kwargs: dict, expected: Any) -> None:
     pruner, recorder, *_ = _fit(trainer_kwargs, num=3, epochs=1, **kwargs)
     sparsities = [r["sparsity"] for r in pruner.pruning_state.history]
     target = APP_TARGET_SPARSITY if expected == "target" else 0.0
@@ -150,7 +174,9 @@ def test_app_oneshot_and_dense_baselines(trainer_kwargs: dict, kwargs: dict, exp
 
 
 @pytest.mark.parametrize("resume_epoch", [2, 3], ids=["mid_megabatch", "megabatch_boundary"])
-def test_app_resume_matches_uninterrupted(trainer_kwargs: dict, tmp_path: Path, resume_epoch: int) -> None:
+def test_anytime_progressive_resume_matches_uninterrupted(
+    trainer_kwargs: dict, tmp_path: Path, resume_epoch: int
+) -> None:
     trainer_kwargs = {**trainer_kwargs, "enable_checkpointing": True}
     every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     full, full_rec, full_trainer, _ = _fit(trainer_kwargs, num=3, epochs=2, extra=(every_epoch,))
@@ -171,7 +197,7 @@ def test_app_resume_matches_uninterrupted(trainer_kwargs: dict, tmp_path: Path, 
     torch.testing.assert_close(trainer.callback_metrics["val/acc"], full_trainer.callback_metrics["val/acc"])
 
 
-def test_app_recipe_composes_and_runs(tmp_path: Path) -> None:
+def test_anytime_progressive_recipe_composes_and_runs(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 
     from lightning_prune.run import train
@@ -196,3 +222,38 @@ def test_app_recipe_composes_and_runs(tmp_path: Path) -> None:
     assert len(history) == 4
     assert history[-1]["sparsity"] == pytest.approx(APP_TARGET_SPARSITY, abs=2e-3)
     assert metrics["test/acc"] == pytest.approx(summary["anytime_progressive"]["test_acc"], abs=1e-6)
+
+
+def test_anytime_metrics_without_a_test_set_counts_validation_errors() -> None:
+    metrics = anytime_metrics({"train": (0, 10), "val": (2, 8)}, previous_cer=3)
+    assert metrics == {"train_acc": 1.0, "val_acc": 0.75, "gen_gap": 0.25, "errors": 2, "cer": 5, "cer_split": "val"}
+
+
+def test_anytime_metrics_of_an_empty_split_is_nan() -> None:
+    assert math.isnan(anytime_metrics({"train": (0, 10), "val": (0, 0)}, 0)["gen_gap"])
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(1.0, 10), (0.25, 2), (0.01, 1), (0.0, 0), (3, 3), (30, 10)])
+def test_batch_limit_follows_lightnings_limit_semantics(limit: float, expected: int) -> None:
+    assert batch_limit(limit, 10) == expected
+
+
+def test_count_errors_in_eval_mode_within_the_limit() -> None:
+    net = nn.Sequential(nn.Linear(1, 2, bias=False), nn.Dropout(0.9)).train()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))  # positive x -> class 0
+    x = torch.tensor([[1.0], [2.0], [-1.0], [3.0]])
+    loader = DataLoader(TensorDataset(x, torch.tensor([0, 0, 0, 1])), batch_size=2)
+    assert count_errors(net, loader, 1.0, lambda batch: batch) == (2, 4)  # dropout off: deterministic
+    assert count_errors(net, loader, 1, lambda batch: batch) == (0, 2)
+    assert net.training
+    assert net[1].training
+
+
+def test_count_errors_leaves_a_submodule_kept_in_eval_in_eval() -> None:
+    net = nn.Sequential(nn.Linear(1, 2), nn.Dropout(0.5)).train()
+    net[1].eval()  # as a user freezes a norm layer
+    loader = DataLoader(TensorDataset(torch.ones(2, 1), torch.zeros(2, dtype=torch.long)), batch_size=2)
+    count_errors(net, loader, 1.0, lambda batch: batch)
+    assert net.training
+    assert not net[1].training

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 from torch import Tensor
-from torch.utils.data import Subset
 
-from lightning_prune.callbacks._anytime import anytime_metrics, count_errors
 from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data
-from lightning_prune.callbacks.protocol import PruningCallback, PruningState, pruning_listeners
+from lightning_prune.callbacks.anytime_progressive.checks import check_max_epochs, megabatch_data, refuse_listeners
+from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, log_anytime_metrics, split_errors
+from lightning_prune.callbacks.anytime_progressive.snip import snip_masks, snip_subset
+from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
-from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
-from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app, app_exponent, cubic, linear
-from lightning_prune.core.scores import loss_gradients, snip
+from lightning_prune.core.masks import SCOPES, MaskSet
+from lightning_prune.core.schedules import APP_TARGET_SPARSITY, MEGABATCH_SCHEDULES, app_exponent, megabatch_sparsities
 from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters, validate_selector
-from lightning_prune.data.megabatch import MegabatchDataModule, check_replay, seeded_sample
+from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.data.megabatch import MegabatchDataModule, check_replay
 
 log = logging.getLogger(__name__)
-SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
-    "app": app,
-    "linear": linear,
-    "cubic": cubic,
-    "oneshot": lambda target, num: [target] * num,  # the paper's "anytime OSP" baseline
-}
-_SNIP_KEY = 1  # keeps the SNIP subset's random stream apart from the replay buffers'
 
 
 class AnytimeProgressivePruning(PruningCallback):
@@ -129,24 +123,15 @@ class AnytimeProgressivePruning(PruningCallback):
 
     def _validate(self) -> list[float]:
         """Check every argument; return the per-megabatch sparsities."""
-        for name in ("num_megabatches", "epochs_per_megabatch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.target_sparsity, (int, float)) or not 0 <= self.target_sparsity < 1:
-            raise ValueError(f"target_sparsity must be in [0, 1) (0 trains dense), got {self.target_sparsity!r}")
-        fraction = self.snip_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise ValueError(f"snip_fraction must be in (0, 1] (share of one megabatch), got {fraction!r}")
-        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not isinstance(self.scope, str) or self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {list(SCOPES)}, got {self.scope!r}")
+        check_int("num_megabatches", self.num_megabatches, low=1)
+        check_int("epochs_per_megabatch", self.epochs_per_megabatch, low=1)
+        check_fraction("target_sparsity", self.target_sparsity, closed_low=True)
+        check_fraction("snip_fraction", self.snip_fraction, closed_high=True)
+        check_choice("schedule", self.schedule, list(MEGABATCH_SCHEDULES))
+        check_choice("scope", self.scope, SCOPES)
         check_replay(self.replay, self.replay_fraction)
         validate_selector(self.include_types, self.include_names, self.exclude_names)
-        if self.target_sparsity == 0:
-            return [0.0] * self.num_megabatches
-        return SCHEDULES[self.schedule](float(self.target_sparsity), self.num_megabatches)
+        return megabatch_sparsities(self.schedule, self.target_sparsity, self.num_megabatches)
 
     @property
     def state_key(self) -> str:
@@ -159,33 +144,14 @@ class AnytimeProgressivePruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._data = self._megabatch_data(trainer)
-        _refuse_listeners(trainer)
+        self._data = megabatch_data(trainer, self.num_megabatches)
+        refuse_listeners(trainer)
+        check_max_epochs(trainer, self.num_megabatches, self.epochs_per_megabatch)
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )
         if not self._restored:
             self._masks = MaskSet.dense(pl_module, self._names)
-        needed, max_epochs = self.num_megabatches * self.epochs_per_megabatch, trainer.max_epochs
-        if not trainer.fast_dev_run and max_epochs is not None and 0 <= max_epochs < needed:
-            raise ValueError(
-                f"AnytimeProgressivePruning needs Trainer(max_epochs >= {needed}) (num_megabatches="
-                f"{self.num_megabatches} x epochs_per_megabatch={self.epochs_per_megabatch}), got {max_epochs}"
-            )
-
-    def _megabatch_data(self, trainer: pl.Trainer) -> MegabatchDataModule:
-        data = trainer.datamodule
-        if not isinstance(data, MegabatchDataModule):
-            raise ValueError(
-                "AnytimeProgressivePruning needs trainer.fit(model, datamodule=MegabatchDataModule(...)) to move "
-                f"through megabatches; got datamodule={type(data).__name__}"
-            )
-        if data.num_megabatches != self.num_megabatches:
-            raise ValueError(
-                f"num_megabatches={self.num_megabatches} differs from the data module's "
-                f"num_megabatches={data.num_megabatches}"
-            )
-        return data
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs after a checkpoint's callback state is loaded and before the first train_dataloader() call.
@@ -240,14 +206,9 @@ class AnytimeProgressivePruning(PruningCallback):
     def _snip_masks(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int, sparsity: float
     ) -> dict[str, Tensor]:
-        data = self._data
-        indices = data.train_indices(megabatch, self.replay, self.replay_fraction)
-        count = max(1, round(self.snip_fraction * data.megabatch_sizes()[megabatch]))
-        subset = Subset(data.train_set, seeded_sample(indices, count, data.seed, _SNIP_KEY, megabatch).tolist())
-        batches = (trainer.strategy.batch_to_device(batch) for batch in data.loader(subset))
-        grads = loss_gradients(pl_module, self._names, batches)
-        weights = {name: pl_module.get_parameter(name) for name in self._names}
-        return masks_from_scores(snip(weights, grads), sparsity, self._masks.masks, self.scope)
+        subset = snip_subset(self._data, megabatch, self.snip_fraction, self.replay, self.replay_fraction)
+        batches = (trainer.strategy.batch_to_device(batch) for batch in self._data.loader(subset))
+        return snip_masks(pl_module, self._names, batches, self._masks.masks, sparsity, self.scope)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.pruning_state.sparsity > 0:
@@ -269,32 +230,16 @@ class AnytimeProgressivePruning(PruningCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs_done: int, log: bool = True
     ) -> None:
         """Evaluate the model after a megabatch (rank 0), complete its record and log it under ``app/``."""
-        state = self.pruning_state
-        megabatch, errors = state.step - 1, None
+        state, errors = self.pruning_state, None
         if trainer.is_global_zero:
             with state.timed("evaluate"):
-                errors = self._errors(trainer, pl_module, megabatch)
+                errors = split_errors(trainer, pl_module, self._data, state.step - 1, self.replay, self.replay_fraction)
         errors = broadcast(trainer, errors)
         record = state.history[-1]
         record.update(anytime_metrics(errors, state.history[-2]["cer"] if len(state.history) > 1 else 0))
         record["epochs_trained"] = epochs_done - state.last_step_epoch
         if log:
-            for key in ("train_acc", "val_acc", "test_acc", "gen_gap", "cer", "sparsity"):
-                if key in record:
-                    pl_module.log(f"app/{key}", float(record[key]), on_step=False, on_epoch=True)
-            pl_module.log("app/megabatch", float(megabatch + 1), on_step=False, on_epoch=True)
-
-    def _errors(self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int) -> dict[str, tuple]:
-        data = self._data
-        train = Subset(data.train_set, data.train_indices(megabatch, self.replay, self.replay_fraction).tolist())
-        splits = {"train": (train, trainer.limit_train_batches), "val": (data.val_set, trainer.limit_val_batches)}
-        if data.test_set is not None:
-            splits["test"] = (data.test_set, trainer.limit_test_batches)
-        eval_batch = max(256, data.batch_size)  # no gradients: larger batches, less overhead
-        return {
-            split: count_errors(pl_module, data.loader(dataset, eval_batch), limit, trainer.strategy.batch_to_device)
-            for split, (dataset, limit) in splits.items()
-        }
+            log_anytime_metrics(pl_module, record)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
@@ -353,14 +298,3 @@ class AnytimeProgressivePruning(PruningCallback):
         if masks is not None:
             self._masks = MaskSet(masks)
         self._restored = True
-
-
-def _refuse_listeners(trainer: pl.Trainer) -> None:
-    """APP has no fine-tune phase: an ICE callback beside it would silently do nothing, so refuse it."""
-    listeners = [type(cb).__name__ for cb in pruning_listeners(trainer)]
-    if listeners:
-        raise ValueError(
-            f"AnytimeProgressivePruning does not work with Trainer(callbacks=[..., {', '.join(listeners)}]): it trains "
-            "every epoch and has no fine-tune for a pruning listener to skip, freeze or set a rate for; remove them, "
-            "or use them with a step-wise pruner such as IterativePruning"
-        )

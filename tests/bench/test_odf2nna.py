@@ -10,7 +10,7 @@ import torch
 
 from lightning_prune.bench.__main__ import dispatch
 from lightning_prune.bench._compose import REPO
-from lightning_prune.bench.odf2nna import TABLES, headline, protocol
+from lightning_prune.bench.odf2nna import TABLES, headline, protocol, tables
 from lightning_prune.bench.odf2nna.arms import ARMS, HIDDEN, BestValidation, build_module, fit_arm, split_loss
 from lightning_prune.bench.odf2nna.protocol import choose_setting
 from lightning_prune.bench.odf2nna.tables import RUNS
@@ -19,7 +19,7 @@ from lightning_prune.data import TabularDataModule
 KEYS = {"params", "test_metric", "latency_ms_b1", "latency_ms_b256"}
 
 
-def test_odf2nna_bench_quick_writes_the_promised_keys(tmp_path) -> None:
+def test_odf2nna_bench_quick_writes_the_promised_keys(tmp_path, monkeypatch) -> None:
     out = tmp_path / "odf2nna.json"
     threads = torch.get_num_threads()
     assert dispatch(["odf2nna", "scale=quick", f"out={out}"]) == 0
@@ -42,6 +42,9 @@ def test_odf2nna_bench_quick_writes_the_promised_keys(tmp_path) -> None:
     assert result["protocol"]["epsilons"] == [0.8]
     assert result["provenance"]["command"] == f"python -m lightning_prune.bench odf2nna scale=quick out={out}"
     assert result["provenance"]["complete"] is True
+    monkeypatch.setattr(tables, "_result", lambda name: result)  # a fresh run's JSON renders every table
+    for key, table in TABLES.items():
+        assert table().startswith("| "), key
 
 
 def test_wide_phase_checkpoint_resumes_where_the_wide_phase_stopped(tmp_path) -> None:

@@ -21,7 +21,6 @@ from torch import nn
 from lightning_prune import (
     AccuracyGate,
     AnytimeProgressivePruning,
-    DenseUnitPruning,
     InstantSoupPruning,
     IterativePruning,
     LatencyBudgetPruning,
@@ -67,16 +66,6 @@ CONSTRUCTION = {
     "soup with negative ingredients": (
         lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=-3),
         "num_ingredients",
-    ),
-    "epsilon above 1": (lambda: DenseUnitPruning(epsilon=1.5), r"epsilon must be a number in \[0, 1\) .*got 1.5"),
-    "negative epsilon": (lambda: DenseUnitPruning(epsilon=-0.1), r"epsilon must be a number in \[0, 1\) .*got -0.1"),
-    "carry_optimizer_state not a bool": (
-        lambda: DenseUnitPruning(carry_optimizer_state="no"),
-        "carry_optimizer_state must be true or false, got 'no'",
-    ),
-    "dense reference quantile 0": (
-        lambda: DenseUnitPruning(reference_quantile=0),
-        r"reference_quantile must be a number in \(0, 1\] .*got 0",
     ),
     "zero latency budget": (lambda: LatencyBudgetPruning(budget_fraction=0.0), "budget_fraction"),
     "negative latency budget": (
@@ -291,11 +280,6 @@ FIT = {
         r"num_megabatches=5000 exceeds the \d+ training samples; it must be at most the number of training samples",
         lambda: _megabatches(5000),
         max_epochs=5000,
-    ),
-    "ICE gate beside the dense rebuild": FitCase(
-        lambda: [DenseUnitPruning(epsilon=0.05, wide_epochs=1), AccuracyGate()],
-        _mlp,
-        r"AccuracyGate cannot work with DenseUnitPruning: that pruner has no pruning steps with fine-tunes",
     ),
     "ICE callback before APP": FitCase(
         lambda: [AccuracyGate(), AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],

@@ -3,13 +3,15 @@
 A shrink replaces parameters, so Lightning's optimizer must be rebuilt; a fresh Adam then restarts its
 moments and bias correction and its first steps move every weight by about the learning rate, whatever
 its gradient. Keeping each surviving entry's state continues training where it was: with nothing
-removed, the run is exactly the uninterrupted one.
+removed, the run is exactly the uninterrupted one. :func:`scale_learning_rates` then lowers the rates for a
+gentle retraining.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,27 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.callbacks._trainer import rebuild_after_shrink
+
 Reshape = Callable[[nn.Module, Tensor], None]
+
+
+@contextmanager
+def carried_optimizer(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, trace: Reshape, example: Tensor, carry: bool
+) -> Iterator[None]:
+    """Around a physical shrink of ``pl_module``: afterwards a new optimizer, with the surviving entries' state.
+
+    ``trace`` must move entries as the shrink does (values may differ): it runs first on a probe copy, see
+    :func:`entry_origins`. ``carry=False``: a fresh optimizer from ``configure_optimizers``. Every rank calls it.
+    """
+    if carry:
+        snapshot = OptimizerSnapshot.take(trainer, pl_module)
+        origins = entry_origins(pl_module, trace, example)
+    yield
+    rebuild_after_shrink(trainer)
+    if carry:
+        snapshot.restore(trainer, pl_module, origins)
 
 
 def entry_origins(pl_module: pl.LightningModule, reshape: Reshape, example: Tensor) -> dict[str, Tensor]:
@@ -86,3 +108,17 @@ class OptimizerSnapshot:
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:
     return {key: copy.deepcopy(value) for key, value in group.items() if key != "params"}
+
+
+def scale_learning_rates(trainer: pl.Trainer, scale: float) -> None:
+    """Retrain gently: the rebuilt optimizers (and their schedulers' base rates) at ``scale`` times the rate.
+
+    The scaled rates live in the optimizer and scheduler states, so a resumed run keeps them.
+    """
+    if scale == 1.0:
+        return
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+    for config in trainer.lr_scheduler_configs:
+        config.scheduler.base_lrs = [lr * scale for lr in config.scheduler.base_lrs]

@@ -22,7 +22,7 @@ def test_odf2nna_recipe_composes() -> None:
     cfg = _compose([])
     assert cfg.data.name == "breast_cancer"
     assert list(cfg.model.net.hidden) == [256, 256, 256]
-    callback = instantiate(cfg.callbacks.dense_unit_pruning)
+    callback = instantiate(cfg.callbacks.odf2nna)
     assert isinstance(callback, DenseUnitPruning)
     assert cfg.trainer.max_epochs == callback.wide_epochs + callback.retrain_epochs
     assert callback.patience == 3
@@ -42,11 +42,11 @@ def test_odf2nna_recipe_runs(tmp_path, overrides: list[str], metric: str) -> Non
             "logger=none",
             "trainer.max_epochs=3",
             "trainer.enable_progress_bar=false",
-            "callbacks.dense_unit_pruning.wide_epochs=2",
-            "callbacks.dense_unit_pruning.retrain_epochs=1",
+            "callbacks.odf2nna.wide_epochs=2",
+            "callbacks.odf2nna.retrain_epochs=1",
         ]
     )
     metrics = train(cfg)
     assert metric in metrics
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["dense_unit_pruning"]["params_after"] < summary["dense_unit_pruning"]["params_before"]
+    assert summary["odf2nna"]["params_after"] < summary["odf2nna"]["params_before"]

@@ -48,8 +48,8 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from lightning_prune.bench._common import environment, parser, print_table, quiet, trainer, write_json
 from lightning_prune.callbacks import DenseUnitPruning, IterativePruning
 from lightning_prune.callbacks.dense_rebuild import COMPENSATIONS
-from lightning_prune.core.latency import TimingSettings, measure_latency
 from lightning_prune.core.structured import count_parameters
+from lightning_prune.core.timing import TimingSettings, measure_latency
 from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
 

@@ -1,22 +1,29 @@
+"""bench latency_budget: a quick composed run writes every arm's figures, the checks and its provenance."""
+
+from __future__ import annotations
+
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_prune.bench.latency import main
+from lightning_prune.bench.__main__ import dispatch
+from lightning_prune.bench._compose import compose_benchmark
+from tests.helpers import REPO
 
 ARM_KEYS = {"measured_ms", "test_acc", "macs", "params"}
 
 
-def test_quick_latency_benchmark_writes_the_promised_keys(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the run writes its table and exports under ./bench_out
-    # A mild budget: the smallest allowed net of a 1-epoch ResNet on a loaded CI machine can time above 0.5x dense.
+def test_quick_latency_budget_writes_the_promised_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the latency table and ours' exports go under ./bench_out
+    out = tmp_path / "x.json"
     threads = torch.get_num_threads()
     try:
-        assert main(["--quick", "--budget-fraction", "0.75", "--out", str(tmp_path / "latency.json")]) == 0
+        assert dispatch(["latency_budget", "scale=quick", f"out={out}"]) == 0
     finally:
         torch.set_num_threads(threads)
-    result = json.loads((tmp_path / "latency.json").read_text())
+    result = json.loads(out.read_text())
     assert {"device", "dense_ms", "budget_ms", "lut_r", "dense", "ours", "uniform", "dataset", "environment"} <= set(
         result
     )
@@ -27,4 +34,20 @@ def test_quick_latency_benchmark_writes_the_promised_keys(tmp_path, monkeypatch)
     assert result["budget_ms"] == pytest.approx(result["dense_ms"] * result["budget_fraction"])
     assert len(result["per_seed"]) == 1
     assert -1.0 <= result["lut_r"] <= 1.0
+    assert set(result["checks"]) >= {"ours_within_budget_per_seed", "ours_acc_minus_uniform", "noise_max_spread"}
     assert (tmp_path / "bench_out" / "latency_lut_128.json").exists()
+    provenance = result["provenance"]
+    assert provenance["complete"] is True
+    assert provenance["command"].startswith("python -m lightning_prune.bench latency_budget scale=quick")
+    assert provenance["config"]["lut_path"] == "bench_out/latency_lut_128.json"  # interpolations resolved
+
+
+def test_main_config_holds_the_committed_run_settings() -> None:
+    cfg = compose_benchmark("latency_budget")
+    committed = json.loads((REPO / "docs/bench/latency_budget/main.json").read_text())["settings"]
+    for key in ("budget_fraction", "steps", "batch_size", "threads", "rounds", "round_to", "repeats", "lut_repeats"):
+        assert cfg[key] == committed[key], key
+    for key in ("pretrain_epochs", "finetune_epochs", "final_epochs"):
+        assert cfg[key] == committed[key], key
+    assert list(cfg.ratios) == committed["ratios"]
+    assert len(cfg.seeds) == committed["seeds"]

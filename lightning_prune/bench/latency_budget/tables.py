@@ -24,6 +24,28 @@ def arm_row(name: str, arm: dict[str, Any]) -> list[Any]:
     ]
 
 
+def setup_table() -> str:
+    """What the committed run ran: data, device, timing and schedule settings."""
+    result = load_result(MAIN)
+    # Argparse-era JSONs keep their settings under "settings", composed runs under the provenance's config.
+    cfg = result.get("settings") or result["provenance"]["config"]
+    seeds = cfg["seeds"] if isinstance(cfg["seeds"], int) else len(cfg["seeds"])
+    rows = [
+        ("data, model", f"{result['dataset']}, ResNet (`lightning_prune.models.ResNet` defaults)"),
+        ("device, threads", f"{result['device']}, {cfg['threads']}"),
+        ("latency batch size", cfg["batch_size"]),
+        ("budget", f"{cfg['budget_fraction']} x the dense latency at fit start"),
+        (
+            "dense epochs, then steps x fine-tune epochs, then final epochs",
+            (f"{cfg['pretrain_epochs']}, {cfg['steps']} x {cfg['finetune_epochs']}, {cfg['final_epochs']}"),
+        ),
+        ("final timing: round-robin rounds x calls", f"{cfg['rounds']} x {cfg['repeats']}"),
+        ("uniform ratios swept", f"{min(cfg['ratios'])} to {max(cfg['ratios'])}, {len(cfg['ratios'])} ratios"),
+        ("seeds", seeds),
+    ]
+    return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+
+
 def arms_table() -> str:
     """The three arms, means over seeds, from the committed JSON."""
     result = load_result(MAIN)
@@ -63,6 +85,20 @@ def seeds_table() -> str:
     return "\n".join(lines)
 
 
+def sweep_table() -> str:
+    """The uniform ratio sweep: each one-shot cut's latency over ours' final model's, per seed (chosen in bold)."""
+    runs = load_result(MAIN)["per_seed"]
+    lines = ["| uniform ratio | " + " | ".join(f"seed {run['seed']}" for run in runs) + " |"]
+    lines.append("|---:|" + "---:|" * len(runs))
+    for i, point in enumerate(runs[0]["sweep"]):
+        cells = []
+        for run in runs:
+            cell = f"{run['sweep'][i]['relative']:.2f}"
+            cells.append(f"**{cell}**" if run["sweep"][i]["ratio"] == run["uniform_ratio"] else cell)
+        lines.append(f"| {point['ratio']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def checks_table() -> str:
     """What the paper claims, checked: budget met, accuracy against uniform at equal latency."""
     result = load_result(MAIN)
@@ -99,4 +135,4 @@ def headline() -> dict[str, str]:
     }
 
 
-TABLES = {"arms": arms_table, "seeds": seeds_table, "checks": checks_table}
+TABLES = {"setup": setup_table, "arms": arms_table, "seeds": seeds_table, "sweep": sweep_table, "checks": checks_table}

@@ -23,7 +23,6 @@ from lightning_prune import (
     AnytimeProgressivePruning,
     InstantSoupPruning,
     IterativePruning,
-    LatencyBudgetPruning,
     LayerFreezing,
     PruningAwareLR,
 )
@@ -67,12 +66,6 @@ CONSTRUCTION = {
         lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=-3),
         "num_ingredients",
     ),
-    "zero latency budget": (lambda: LatencyBudgetPruning(budget_fraction=0.0), "budget_fraction"),
-    "negative latency budget": (
-        lambda: LatencyBudgetPruning(budget_fraction=None, latency_budget_ms=-5.0),
-        "latency_budget_ms",
-    ),
-    "budget fraction above dense": (lambda: LatencyBudgetPruning(budget_fraction=1.5), "budget_fraction"),
     "negative gate threshold": (
         lambda: AccuracyGate(threshold=-1.0),
         r"threshold must be a number of accuracy points >= 0, got -1.0",
@@ -217,24 +210,6 @@ FIT = {
         lambda: [IterativePruning(target_sparsity=0.9, step_ratio=0.5, warmup_epochs=2)],
         cnn_classifier,
         r"needs Trainer\(max_epochs >= 6\).*got max_epochs=3",
-    ),
-    "latency budget above dense": FitCase(
-        lambda: [
-            LatencyBudgetPruning(
-                budget_fraction=None, latency_budget_ms=1e6, num_steps=1, warmup_epochs=0, repeats=5, rounds=1
-            )
-        ],
-        _mlp,
-        r"latency_budget_ms=1e\+06 is not below the dense model's measured latency",
-    ),
-    "unreachable latency budget": FitCase(
-        lambda: [
-            LatencyBudgetPruning(
-                budget_fraction=None, latency_budget_ms=1e-6, num_steps=1, warmup_epochs=0, repeats=5, rounds=1
-            )
-        ],
-        _mlp,
-        r"the latency budget 1e-06 ms is unreachable: the smallest network allowed",
     ),
     "gate without validation data": FitCase(
         lambda: [_pruner(), AccuracyGate()],

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_prune.core.latency_table as latency_table
-from lightning_prune.core.latency import TimingSettings
-from lightning_prune.core.latency_table import LatencyTable, layer_spec
+import lightning_prune.core.latency_budget.table as table_module
+from lightning_prune.core.latency_budget.table import LatencyTable, layer_spec
+from lightning_prune.core.timing import TimingSettings
 
 SETTINGS = TimingSettings(warmup=1, repeats=3, threads=1)
 CONV = layer_spec(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), (1, 8, 8, 8), norm=True)
@@ -58,7 +58,7 @@ def test_another_device_or_setting_builds_its_own_table_and_keeps_the_others(tmp
     first = LatencyTable(torch.device("cpu"), SETTINGS, 16, path, timer=CountingTimer())
     first(CONV, 8, 16)
     first.save()
-    monkeypatch.setattr(latency_table, "device_name", lambda device: "Some Other CPU")
+    monkeypatch.setattr(table_module, "device_name", lambda device: "Some Other CPU")
     timer = CountingTimer()
     other = LatencyTable(torch.device("cpu"), SETTINGS, 16, path, timer=timer)
     assert other.loaded == 0

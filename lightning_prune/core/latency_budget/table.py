@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core.latency import TimingSettings, call_times_ms, device_name
+from lightning_prune.core.timing import TimingSettings, call_times_ms, device_name
 
 log = logging.getLogger(__name__)
 FORMAT = 1

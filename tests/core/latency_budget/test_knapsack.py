@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from lightning_prune.core.knapsack import group_knapsack
+from lightning_prune.core.latency_budget.knapsack import group_knapsack
 
 
 def brute_force(costs, values, budget):

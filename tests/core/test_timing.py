@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prune.core.latency import (
+from lightning_prune.core.timing import (
     TimingSettings,
     batch_of,
     check_device,

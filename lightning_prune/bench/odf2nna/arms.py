@@ -15,8 +15,8 @@ from torchmetrics.functional import r2_score
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_prune.bench._common import trainer
-from lightning_prune.core.timing import TimingSettings, measure_latency
 from lightning_prune.core.structured import count_parameters
+from lightning_prune.core.timing import TimingSettings, measure_latency
 from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
 

@@ -87,7 +87,7 @@ def test_own_trainer_summary_names_classes_and_shows_measured_speed_up(own_train
     assert [r["when"] for r in (history[0], history[-1])] == ["fit_start", "fit_end"]
     for batch in LATENCY_BATCHES:
         dense, pruned = history[0]["p50_ms"][str(batch)], history[-1]["p50_ms"][str(batch)]
-        row = row_of(text, f"latency p50, batch {batch} (ms)")
+        row = row_of(text, f"latency p50 (ms), batch {batch}")
         assert row[1:] == [f"{dense:.3f}", f"{pruned:.3f}", f"{dense / pruned:.2f}x speed-up"]
     assert row_of(text, "latency_p50_ms")[1] == f"{history[-1]['p50_ms']['32']:.3f}"  # the largest batch
     assert "pruning steps: iterative" in text
@@ -103,7 +103,7 @@ def test_skipped_finetunes_reasons_latency_and_size(tmp_path):
     assert row_of(text, "3")[-2:] == ["84.0%", "ran"]
     assert row_of(text, "2")[3:5] == ["-", "89.0%"]  # stale "before" hidden; right after pruning shown
     assert row_of(text, "latency_p50_ms")[1] == "1.000"
-    assert row_of(text, "latency p50, latency (ms)")[1:] == ["2.500", "1.000", "2.50x speed-up"]
+    assert row_of(text, "latency p50 (ms), latency")[1:] == ["2.500", "1.000", "2.50x speed-up"]
     assert [lat.label for lat in latencies(json.loads((tmp_path / "run" / "summary.json").read_text()))] == ["latency"]
     assert row_of(text, "params")[1] == "12,000"
     assert "also recorded: ice_gate (6 records)" in text

@@ -97,7 +97,7 @@ def dense_vs_pruned(run: Run) -> Table | None:
         rows.append((name, _count(before), _count(after), change))
     for latency in derived.latencies(run.summary):
         faster = f"{latency.dense_ms / latency.pruned_ms:.2f}x speed-up" if latency.dense_ms else ""
-        rows.append((f"latency p50, {latency.label} (ms)", _ms(latency.dense_ms), _ms(latency.pruned_ms), faster))
+        rows.append((f"latency p50 (ms), {latency.label}", _ms(latency.dense_ms), _ms(latency.pruned_ms), faster))
     if not rows:
         return None
     table = Table(title="dense vs pruned", title_justify="left")

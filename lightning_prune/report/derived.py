@@ -87,7 +87,7 @@ def latencies(summary: dict[str, Any]) -> list[Latency]:
         metrics.update(as_dict(data.get("metrics")))
     if as_number(metrics.get("latency/p50_ms")) is not None:
         dense = as_number(metrics.get("latency/dense_p50_ms"))
-        found.append(Latency("p50", float(metrics["latency/p50_ms"]), dense, "latency/p50_ms"))
+        found.append(Latency("latency/p50_ms metric", float(metrics["latency/p50_ms"]), dense, "latency/p50_ms"))
     found += sorted(_benchmark_latencies(summary, metrics), key=lambda lat: -_batch(lat.label))
     for name, data in sections(summary).items():
         measured, dense = as_number(data.get("measured_ms")), as_number(data.get("dense_ms"))

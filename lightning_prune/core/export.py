@@ -68,7 +68,8 @@ def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuild an exported model from its record and load its weights (``weights_only=True``), in eval mode.
 
     ``path`` is the export (``pruned_model.pt``) or its record (``pruned_model.json``). Layers that pruning
-    removed channels from are shrunk to the saved shapes before loading.
+    removed channels from are shrunk to the saved shapes before loading. The record names the classes to
+    import and call (no pickle), so load records you trust, as you would run their code.
 
     Raises:
         FileNotFoundError: when the export or its record is missing.

@@ -2,8 +2,11 @@
 
 ``PATH`` is a run directory (it holds ``summary.json``) or a Hydra sweep directory (job subdirectories
 ``0/``, ``1/``, ... each with ``summary.json`` and ``.hydra/overrides.yaml``). For a sweep every job gets
-its own report, and the sweep directory gets a comparison table and a Pareto plot. Nothing is re-run:
-the report reads only the files below, and skips (saying why in ``report.md``) what is absent.
+its own report, and the sweep directory gets a comparison table and a Pareto plot, jobs labelled by their
+swept settings. Nothing is re-run: the report reads only the files below, and skips (saying why in
+``report.md``) what is absent. The same readings print on the console (:mod:`~lightning_prune.report.console`):
+at the end of every run of the app, and at the end of every sweep (the Hydra callback
+:class:`~lightning_prune.report.hydra_callback.SweepSummary`, which also writes the sweep's ``report.md``).
 
 What the report reads
 ---------------------

@@ -23,7 +23,7 @@ from lightning_prune.callbacks import (
     PruningState,
 )
 from lightning_prune.callbacks._trainer import resize_on_load
-from lightning_prune.core.export import load_pruned
+from lightning_prune.core.export import load_model, load_pruned
 
 __all__ = [
     "AccuracyGate",
@@ -38,6 +38,7 @@ __all__ = [
     "PruningCallback",
     "PruningListener",
     "PruningState",
+    "load_model",
     "load_pruned",
     "resize_on_load",
 ]

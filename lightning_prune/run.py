@@ -1,13 +1,17 @@
 """The Hydra app: ``python -m lightning_prune.run recipe=<name> [overrides]``.
 
 Composes ``conf/`` (data, model, trainer, callbacks, logger) with a recipe from ``recipes/``, trains
-and prunes, tests, writes ``summary.json`` in Hydra's run directory and returns
-``cfg.optimized_metric`` so sweepers (Optuna, basic, joblib, submitit) can optimise it.
+and prunes, tests, writes ``summary.json`` in Hydra's run directory (with the data and model that ran and
+their dense and pruned sizes), writes beside a pruning callback's ``pruned_model.pt`` the record that
+rebuilds its model from this config (``lightning_prune.load_model``), and returns ``cfg.optimized_metric``
+so sweepers (Optuna, basic, joblib, submitit) can optimise it. Without a recipe it lists the recipes and
+exits (``dense=true`` trains without pruning on purpose).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,13 +26,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.callbacks._trainer import final_metrics
-from lightning_prune.core.export import write_summary
-from lightning_prune.summary import print_summary
+from lightning_prune.core.export import model_size, write_model_record, write_summary
+from lightning_prune.report.console import describe, print_summary, run_record
 
 log = logging.getLogger(__name__)
 # lightning 2.6 + torch 2.13 warn about a pytree internal on every fit; it says nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+EXPORT = "pruned_model.pt"
+_HYDRA_KEYS = ("_convert_", "_recursive_", "_partial_", "_args_")
 
 
 def register_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
@@ -43,6 +49,46 @@ def register_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
     for name in names:
         store.store(group="recipe", name=name, node=OmegaConf.load(recipes_dir / f"{name}.yaml"), package="_global_")
     return names
+
+
+def recipe_descriptions(recipes_dir: Path = RECIPES_DIR) -> dict[str, str]:
+    """``{name: description}``: each recipe's first header paragraph (its ``#`` lines up to a bare ``#``), joined."""
+    descriptions = {}
+    for path in sorted(recipes_dir.glob("*.yaml")):
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#") or not line.strip("# "):
+                break
+            lines.append(line.lstrip("#").strip())
+        descriptions[path.stem] = " ".join(lines)
+    return descriptions
+
+
+def no_recipe_message(recipes_dir: Path = RECIPES_DIR) -> str:
+    """What a run without ``recipe=`` prints instead of training: the recipes, how to pick one, how to skip pruning."""
+    descriptions = recipe_descriptions(recipes_dir)
+    width = max(map(len, descriptions), default=0)
+    listing = "\n".join(f"  {name:<{width}}  {text}" for name, text in descriptions.items())
+    return (
+        "No recipe chosen, so nothing would be pruned. The recipes:\n"
+        f"{listing}\n"
+        "Run one:  python -m lightning_prune.run recipe=<name>   (e.g. recipe=iterative)\n"
+        "Train the dense model without pruning on purpose:  python -m lightning_prune.run dense=true"
+    )
+
+
+def check_recipe_chosen(recipe: str | None, dense: bool) -> None:
+    """Refuse a run without a recipe (unless ``dense=true``), listing the recipes; refuse both together.
+
+    Raises:
+        SystemExit: code 2, after printing :func:`no_recipe_message` to stderr, when no recipe is chosen.
+        ValueError: when ``dense=true`` comes with a recipe.
+    """
+    if recipe is None and not dense:
+        print(no_recipe_message(), file=sys.stderr)
+        raise SystemExit(2)
+    if recipe is not None and dense:
+        raise ValueError(f"dense=true trains without pruning; drop it or recipe={recipe}")
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
@@ -84,13 +130,33 @@ def check_resume_checkpoint(path: str | None) -> None:
         raise ValueError(f"ckpt_path={path!r} is not a Lightning checkpoint (no 'state_dict' entry)")
 
 
+def model_config_record(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """How :func:`build` made the model, as a model record (``{"_target_": ..., "net": {"_target_": ...}}``)."""
+    shape = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
+
+    def plain(node: DictConfig) -> dict[str, Any]:
+        values = OmegaConf.to_container(node, resolve=True)
+        return {key: value for key, value in values.items() if key not in _HYDRA_KEYS}
+
+    return {**plain(cfg.model.module), **shape, "net": {**plain(cfg.model.net), **shape}}
+
+
+def names(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule) -> dict[str, str]:
+    """``{"data": "digits (DigitsDataModule)", "model": "cnn (Classifier(net=SmallCNN))"}``: config choice, classes."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    classes = describe(module, datamodule)
+    return {key: f"{choices[key]} ({classes[key]})" if choices.get(key) else classes[key] for key in ("data", "model")}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (resuming from ``cfg.ckpt_path`` if set), test, and write the run's summary."""
     output_dir = Path(cfg.paths.output_dir)
     check_resume_checkpoint(cfg.get("ckpt_path"))
     pl.seed_everything(cfg.seed, workers=True)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     datamodule, module, trainer = build(cfg)
+    example = getattr(module, "example_input_array", None)
+    dense = model_size(module, example)
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_s = time.perf_counter() - fit_started
@@ -108,6 +174,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
     }
     if trainer.is_global_zero:
+        summary.update({**run_record(module, datamodule, dense), **names(cfg, module, datamodule)})
+        export = output_dir / EXPORT
+        if export.is_file() and export.stat().st_mtime >= started_at:  # a pruning callback exported this run
+            record = {"model": model_config_record(cfg, datamodule)}
+            write_model_record(export, record, "hydra config", summary["size"]["pruned"])
         path = write_summary(output_dir / "summary.json", "run", summary)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         print_summary(path)
@@ -133,6 +204,7 @@ register_recipes()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns ``cfg.optimized_metric``."""
+    check_recipe_chosen(HydraConfig.get().runtime.choices.get("recipe"), bool(cfg.get("dense")))
     log.info("output dir: %s", HydraConfig.get().runtime.output_dir)
     return metric_to_optimize(train(cfg), cfg.get("optimized_metric"))
 

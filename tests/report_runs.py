@@ -1,9 +1,11 @@
-"""Runs the report and summary tests read: one real two-job sweep (made once per session) and synthetic runs.
+"""Runs the report and console tests read: a real two-job sweep, a real own-Trainer run with latency, synthetic runs.
 
 The real sweep is ``python -m lightning_prune.run -m recipe=iterative debug=fast`` over two target
 sparsities; each job directory is a complete run directory, so job ``1`` (two pruning steps) also serves as
-"a ``recipe=iterative debug=fast`` run". The synthetic summary carries the keys the other methods write
-(skipped fine-tunes with reasons, accuracy right after pruning, latency, kept widths, a gate's history).
+"a ``recipe=iterative debug=fast`` run". The latency run is a user's own Trainer with IterativePruning and
+LatencyBenchmark and a CSV log, recording the ``run`` section as the console module documents. The
+synthetic summary carries the keys the other methods write (skipped fine-tunes with reasons, accuracy right
+after pruning, latency, kept widths, a gate's history). Each real run is made once per session.
 """
 
 from __future__ import annotations
@@ -15,16 +17,25 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import REPO
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_prune import IterativePruning, LatencyBenchmark
+from lightning_prune.core.export import model_size, write_summary
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.report.console import run_record
+from tests.helpers import REPO, cnn_classifier
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SWEEP: dict[str, Sweep] = {}
+_RUNS: dict[str, object] = {}
+LATENCY_BATCHES = [1, 32]
 
 
 @dataclass
 class Sweep:
     path: Path
     stdout: str
+    report_at_end: str | None  # the sweep's report.md as the run left it (written by the Hydra callback)
 
     @property
     def job(self) -> Path:
@@ -34,7 +45,7 @@ class Sweep:
 
 def real_sweep(tmp_path_factory) -> Sweep:
     """The two-job sweep, run once per session whichever test module asks first."""
-    if "sweep" not in _SWEEP:
+    if "sweep" not in _RUNS:
         path = tmp_path_factory.mktemp("sweep")
         result = subprocess.run(
             [
@@ -54,8 +65,39 @@ def real_sweep(tmp_path_factory) -> Sweep:
             timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        _SWEEP["sweep"] = Sweep(path, result.stdout)
-    return _SWEEP["sweep"]
+        report = path / "report.md"
+        _RUNS["sweep"] = Sweep(path, result.stdout, report.read_text() if report.is_file() else None)
+    return _RUNS["sweep"]
+
+
+def latency_run(tmp_path_factory) -> Path:
+    """An own-Trainer run: IterativePruning + LatencyBenchmark (batches 1 and 32), CSV log, ``run`` section."""
+    if "latency" not in _RUNS:
+        path = tmp_path_factory.mktemp("latency_run")
+        pl.seed_everything(0, verbose=False)
+        module, datamodule = cnn_classifier(widths=(8, 8, 16, 16)), DigitsDataModule(batch_size=64)
+        callbacks = [
+            IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1, export_dir=str(path)),
+            LatencyBenchmark(batch_sizes=LATENCY_BATCHES, warmup=2, repeats=5, rounds=1, export_dir=str(path)),
+        ]
+        trainer = pl.Trainer(
+            max_epochs=3,
+            limit_train_batches=4,
+            limit_val_batches=2,
+            callbacks=callbacks,
+            logger=CSVLogger(path, name="csv", version=""),
+            default_root_dir=path,
+            accelerator="cpu",
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        dense = model_size(module, module.example_input_array)
+        trainer.fit(module, datamodule=datamodule)
+        write_summary(path / "summary.json", "run", run_record(module, datamodule, dense))
+        _RUNS["latency"] = path
+    return _RUNS["latency"]
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""The report tool on a real sweep (two jobs of ``recipe=iterative debug=fast``) and on synthetic summaries."""
+"""The report tool on a real sweep (two jobs of ``recipe=iterative debug=fast``), a real run with measured latency,
+and synthetic summaries."""
 
 import json
 import re
@@ -7,9 +8,10 @@ import shutil
 import pytest
 from matplotlib.container import BarContainer
 
-from lightning_prune.report import derived, find_runs, load_run, plots, read, write, write_report
+from lightning_prune.report import derived, find_runs, load_run, markdown, plots, read, write, write_report
 from lightning_prune.report.__main__ import main
-from tests.report_runs import png_size, real_sweep, synthetic_summary, write_synthetic_run
+from lightning_prune.report.sweep import job_labels
+from tests.report_runs import LATENCY_BATCHES, latency_run, png_size, real_sweep, synthetic_summary, write_synthetic_run
 
 RUN_PLOTS = ("accuracy_sparsity", "timeline", "time_split", "layers")
 
@@ -22,6 +24,11 @@ def sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sweep_report(sweep):
     return write_report(sweep.path)
+
+
+@pytest.fixture(scope="module")
+def own_trainer_run(tmp_path_factory):
+    return latency_run(tmp_path_factory)
 
 
 def markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
@@ -97,15 +104,65 @@ def test_run_plots_have_one_series_per_kind(sweep):
     assert len(container) == len(run.summary["iterative"]["layer_sparsity"])
 
 
+def test_report_reads_the_latency_the_callbacks_log(own_trainer_run):
+    """LatencyBenchmark logs ``latency/<batch>/p50_ms`` and writes its history: the report finds both."""
+    text = write_report(own_trainer_run).read_text()
+    summary = json.loads((own_trainer_run / "summary.json").read_text())
+    history = summary["latency_benchmark"]["history"]
+    rows = markdown_table(text, "measured at")
+    assert [r["measured at"] for r in rows] == [f"batch {b}" for b in sorted(LATENCY_BATCHES, reverse=True)]
+    for row in rows:
+        batch = row["measured at"].removeprefix("batch ")
+        dense, pruned = history[0]["p50_ms"][batch], history[-1]["p50_ms"][batch]
+        assert (row["dense p50 (ms per batch)"], row["pruned p50 (ms per batch)"]) == (f"{dense:.3f}", f"{pruned:.3f}")
+        assert row["speed-up"] == f"{dense / pruned:.2f}x"
+    assert "no latency measured" not in text
+    run = load_run(own_trainer_run)
+    assert "latency/32/p50_ms" in run.log  # the CSV column the per-epoch points come from
+    series = write.latency_series(run, read.steps(run), derived.final_figures(run), "val/acc")
+    per_epoch = next(points for label, points in series.items() if label.startswith("per epoch (latency/32/p50_ms"))
+    assert len(per_epoch) == len(run.log["val/acc"])
+    png_size(own_trainer_run / "latency_accuracy.png")
+    sizes = {r["size"]: r for r in markdown_table(text, "size")}
+    assert int(sizes["nonzero parameters"]["pruned"]) == summary["run"]["size"]["pruned"]["params_nonzero"]
+    assert "Data: DigitsDataModule. Model: Classifier(net=SmallCNN)." in text
+
+
+def test_latency_budget_section_and_metrics_only_are_read():
+    budget = {"latency_budget": {"dense_ms": 3.0, "measured_ms": 1.5, "batch_size": 128}}
+    assert [(m.label, m.dense_ms, m.pruned_ms) for m in derived.latencies(budget)] == [
+        ("batch 128 (latency_budget check)", 3.0, 1.5)
+    ]
+    logged = {"run": {"metrics": {"latency/128/p50_ms": 2.0, "latency/128/speedup": 1.5, "latency/1/p50_ms": 0.5}}}
+    found = derived.latencies(logged)
+    assert [(m.label, m.dense_ms, m.pruned_ms, m.column) for m in found] == [
+        ("batch 128", 3.0, 2.0, "latency/128/p50_ms"),
+        ("batch 1", None, 0.5, "latency/1/p50_ms"),
+    ]
+    assert derived.final_latency(logged) == (2.0, 3.0)
+
+
 # ---------------------------------------------------------------- a real sweep
+
+
+def test_sweep_end_writes_and_prints_the_comparison(sweep):
+    """The Hydra callback in conf/hydra/default.yaml summarised the sweep as it ended."""
+    assert "lightning-prune sweep" in sweep.stdout
+    table = sweep.stdout[sweep.stdout.index("lightning-prune sweep") :]
+    assert "target_sparsity=0.5" in table
+    assert "target_sparsity=0.75" in table
+    assert sweep.report_at_end is not None
+    rows = markdown_table(sweep.report_at_end, "settings")
+    assert [r["settings"] for r in rows] == ["[target_sparsity=0.5](0/)", "[target_sparsity=0.75](1/)"]
 
 
 def test_sweep_report_compares_jobs(sweep, sweep_report):
     assert sweep_report == sweep.path / "report.md"
     assert find_runs(sweep.path)[0] == "sweep"
     text = sweep_report.read_text()
-    rows = markdown_table(text, "job")
-    assert [r["overrides"] for r in rows] == [f"callbacks.iterative.target_sparsity={t}" for t in (0.5, 0.75)]
+    rows = markdown_table(text, "settings")
+    assert [r["settings"] for r in rows] == [f"[target_sparsity={t}]({j}/report.md)" for j, t in ((0, 0.5), (1, 0.75))]
+    assert "Swept: `callbacks.iterative.target_sparsity`" in text
     assert "Common overrides: `recipe=iterative debug=fast`" in text
     for row, job in zip(rows, ("0", "1")):
         summary = json.loads((sweep.path / job / "summary.json").read_text())
@@ -116,21 +173,41 @@ def test_sweep_report_compares_jobs(sweep, sweep_report):
     png_size(sweep.path / "pareto.png")
 
 
+def test_job_labels_are_the_swept_settings_cut_to_distinct_keys():
+    varying = {
+        "0": ["callbacks.iterative.lr=0.1", "model.module.lr=1", "seed=0"],
+        "1": ["callbacks.iterative.lr=0.2", "model.module.lr=1", "seed=1"],
+        "2": [],
+        "3": [],
+    }
+    assert job_labels(varying) == {
+        "0": "iterative.lr=0.1 module.lr=1 seed=0",
+        "1": "iterative.lr=0.2 module.lr=1 seed=1",
+        "2": "job 2",
+        "3": "job 3",
+    }
+    assert job_labels({"0": ["+x=1"], "1": ["+x=1"]}) == {"0": "x=1 (job 0)", "1": "x=1 (job 1)"}
+
+
 def test_pareto_marks_the_front_and_the_bests():
     jobs = {
-        "0": {"test/acc": 0.95, "sparsity": 0.5, "latency_p50_ms": 3.0},
-        "1": {"test/acc": 0.93, "sparsity": 0.8, "latency_p50_ms": 2.0},
-        "2": {"test/acc": 0.90, "sparsity": 0.7, "latency_p50_ms": 2.5},  # dominated on sparsity and latency
+        "ratio=0.5": {"test/acc": 0.95, "sparsity": 0.5, "latency_p50_ms": 3.0},
+        "ratio=0.8": {"test/acc": 0.93, "sparsity": 0.8, "latency_p50_ms": 2.0},
+        "ratio=0.7": {"test/acc": 0.90, "sparsity": 0.7, "latency_p50_ms": 2.5},  # dominated on both
     }
-    assert plots.pareto_front({n: (f["sparsity"], f["test/acc"]) for n, f in jobs.items()}, 1) == ["0", "1"]
-    assert plots.pareto_front({n: (f["latency_p50_ms"], f["test/acc"]) for n, f in jobs.items()}, -1) == ["1", "0"]
+    front = plots.pareto_front({n: (f["sparsity"], f["test/acc"]) for n, f in jobs.items()}, 1)
+    assert front == ["ratio=0.5", "ratio=0.8"]
+    front = plots.pareto_front({n: (f["latency_p50_ms"], f["test/acc"]) for n, f in jobs.items()}, -1)
+    assert front == ["ratio=0.8", "ratio=0.5"]
     figure = plots.pareto(jobs, "test/acc", [("sparsity", 1), ("latency_p50_ms", -1)])
     assert len(figure.axes) == 2
     for ax in figure.axes:
         assert len(ax.collections) == 3  # the jobs, the best accuracy, the best x
         assert len(ax.get_lines()) == 1  # the front
-    assert "best test/acc (job 0)" in legend_labels(figure)
-    assert "best latency_p50_ms (job 1)" in legend_labels(figure)
+    assert "best test/acc (ratio=0.5)" in legend_labels(figure)
+    assert "best latency_p50_ms (ratio=0.8)" in legend_labels(figure)
+    annotations = [text.get_text() for text in figure.axes[0].texts]
+    assert annotations == list(jobs)  # each point named by its settings
 
 
 # ---------------------------------------------------------------- what the other methods write
@@ -147,8 +224,8 @@ def test_synthetic_summary_covers_skips_latency_and_widths(tmp_path):
     assert [r["acc after fine-tune"] for r in rows] == ["-", "-", "0.8400", "-", "0.8600", "0.9000"]  # from CSV
     assert "block=net.blocks.1" in rows[0]["detail"]
     assert "widths" not in rows[0]["detail"]
-    latency = markdown_table(text, "model")
-    assert latency[1]["speed-up"] == "2.50x"
+    (latency,) = markdown_table(text, "measured at")
+    assert (latency["dense p50 (ms per batch)"], latency["speed-up"]) == ("2.500", "2.50x")
     phases = markdown_table(text, "section")[0]
     assert float(phases["skipped (est.)"]) == pytest.approx(3.0)
     assert float(phases["other"]) == pytest.approx(1.5)
@@ -187,7 +264,9 @@ def test_synthetic_sweep_with_latency_gets_two_pareto_panels(tmp_path):
         summary["run"]["metrics"]["test/acc"], summary["latency"]["p50_ms"] = acc, latency
         write_synthetic_run(tmp_path / str(job), summary)
     text = write_report(tmp_path).read_text()
-    rows = markdown_table(text, "job")
+    rows = markdown_table(text, "settings")
+    assert [r["job"] for r in rows] == ["0", "1", "2"]  # nothing varied in the overrides: labelled by job
+    assert [r["settings"] for r in rows] == [f"[job {j}]({j}/report.md)" for j in range(3)]
     assert [r["latency_p50_ms"] for r in rows] == ["1.2000", "0.9000", "1.1000"]
     assert "| **0.9000** |" in text  # the lowest latency is the best
     png_size(tmp_path / "pareto.png")
@@ -213,7 +292,7 @@ def test_summary_without_history_degrades(tmp_path, sweep, sweep_report):
 
 
 def test_without_matplotlib_tables_are_still_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(write, "matplotlib_available", lambda: False)
+    monkeypatch.setattr(markdown, "matplotlib_available", lambda: False)
     run_dir = write_synthetic_run(tmp_path / "run")
     text = write_report(run_dir).read_text()
     assert "matplotlib is not installed" in text

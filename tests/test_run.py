@@ -1,4 +1,4 @@
-"""The Hydra app end to end, in subprocesses as users run it (one run, sweeps, errors)."""
+"""The Hydra app end to end, in subprocesses as users run it (one run, sweeps, errors), and its export in-process."""
 
 import json
 import os
@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+import lightning_prune.run as app
+from lightning_prune import load_model
+from lightning_prune.models import Classifier
 from tests.helpers import REPO
 
 
@@ -36,6 +40,51 @@ def test_recipe_runs_end_to_end(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     torch.load(tmp_path / "pruned_model.pt", weights_only=True)
+    assert isinstance(load_model(tmp_path / "pruned_model.pt"), Classifier)
+
+
+def test_recipe_export_loads_by_path_with_the_trained_outputs(tmp_path, monkeypatch):
+    """``load_model(path)`` alone rebuilds the recipe's model (from the record the app wrote) with its outputs."""
+    built, build = {}, app.build
+
+    def keep(cfg):
+        built["parts"] = build(cfg)
+        return built["parts"]
+
+    monkeypatch.setattr(app, "build", keep)
+    overrides = ["recipe=iterative", "debug=fast", f"paths.output_dir={tmp_path}", "model.net.widths=[8,8,16,16]"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        app.train(compose("run", overrides=overrides))
+    datamodule, trained, _ = built["parts"]
+    record = json.loads((tmp_path / "pruned_model.json").read_text())
+    assert (record["source"], record["model"]["net"]["widths"]) == ("hydra config", [8, 8, 16, 16])
+    loaded = load_model(tmp_path / "pruned_model.pt")
+    x, _ = next(iter(datamodule.val_dataloader()))
+    torch.testing.assert_close(loaded(x), trained.eval()(x))
+    assert float((loaded.net.features[0].weight == 0).float().mean()) > 0  # the pruned zeros came along
+
+
+def test_a_bare_run_lists_the_recipes_and_trains_nothing(tmp_path):
+    result = run_app(f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    for name, description in app.recipe_descriptions().items():
+        assert re.search(rf"^  {name} +{re.escape(description)}$", result.stderr, re.MULTILINE), name
+    assert "python -m lightning_prune.run recipe=<name>" in result.stderr
+    assert "python -m lightning_prune.run dense=true" in result.stderr
+    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dense_true_trains_without_pruning(tmp_path):
+    result = run_app("dense=true", "debug=fast", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary) == ["run"]  # no pruning callback wrote a section
+    assert summary["run"]["size"]["pruned"]["params"] == summary["run"]["size"]["dense"]["params"]
+    assert not (tmp_path / "pruned_model.pt").exists()
+    both = run_app("dense=true", "recipe=iterative", f"hydra.run.dir={tmp_path / 'both'}")
+    assert both.returncode != 0
+    assert "dense=true trains without pruning; drop it or recipe=iterative" in both.stderr
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])

@@ -199,14 +199,17 @@ def latency_accuracy(series: dict[str, list[tuple[float, float]]], dense_ms: flo
 
 
 def pareto(jobs: dict[str, dict[str, float]], accuracy: str, axes: Sequence[tuple[str, int]]) -> Figure:
-    """Jobs as points (accuracy vs each of ``axes``: ``(figure, +1 higher / -1 lower is better)``), front and bests."""
+    """Jobs as points (accuracy vs each of ``axes``: ``(figure, +1 higher / -1 lower is better)``), front and bests.
+
+    ``jobs`` is keyed by each job's label (its swept settings), which names its point and the bests.
+    """
     figure = Figure(figsize=(6.0 * len(axes), 4.4), layout="constrained")
     for index, (metric, direction) in enumerate(axes):
         ax = figure.add_subplot(1, len(axes), index + 1)
         points = {name: (f[metric], f[accuracy]) for name, f in jobs.items() if metric in f and accuracy in f}
         ax.scatter(*zip(*points.values()), color=BEFORE, zorder=2, label="job")
         for name, point in points.items():
-            ax.annotate(f"job {name}", point, xytext=(6, -12), textcoords="offset points", fontsize=8)
+            ax.annotate(name, point, xytext=(6, -12), textcoords="offset points", fontsize=8)
         front = pareto_front(points, direction)
         ax.plot(
             *zip(*(points[n] for n in front)),
@@ -226,7 +229,7 @@ def pareto(jobs: dict[str, dict[str, float]], accuracy: str, axes: Sequence[tupl
             color=SKIPPED,
             edgecolor="black",
             zorder=3,
-            label=f"best {accuracy} (job {best_acc})",
+            label=f"best {accuracy} ({best_acc})",
         )
         ax.scatter(
             *points[best_x],
@@ -236,7 +239,7 @@ def pareto(jobs: dict[str, dict[str, float]], accuracy: str, axes: Sequence[tupl
             edgecolor=PRUNED,
             linewidth=2,
             zorder=3,
-            label=f"best {metric} (job {best_x})",
+            label=f"best {metric} ({best_x})",
         )
         ax.margins(0.12)
         ax.set(xlabel=AXIS_NAMES.get(metric, metric) + (" (lower is better)" if direction < 0 else ""), ylabel=accuracy)

@@ -1,7 +1,7 @@
 """Reading what a run left behind (``summary.json``, ``csv/metrics.csv``, Hydra's overrides) into plain rows.
 
 Everything here is pure Python over the files: no Lightning, no matplotlib, so the end-of-run console
-summary (:mod:`lightning_prune.summary`) shares it at no cost. The layout these functions expect is
+summary (:mod:`lightning_prune.report.console`) shares it at no cost. The layout these functions expect is
 documented in :mod:`lightning_prune.report`.
 """
 
@@ -22,7 +22,7 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"
 DEFAULT_MONITOR = "val/acc"
 # Keys of a history record the step table shows in its own columns (everything else scalar goes to "detail").
 KNOWN_KEYS = {"step", "epoch", "sparsity", "finetune", "reason"}
-LATENCY_KEYS = ("latency/p50_ms", "p50_ms", "latency_ms")
+LATENCY_KEYS = ("latency/p50_ms", "p50_ms", "latency_ms", "measured_ms")
 
 
 @dataclass

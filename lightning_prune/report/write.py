@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_prune.report import derived, read
+from lightning_prune.report.derived import Latency
+from lightning_prune.report.markdown import REPORT, Plots, fmt, table
 from lightning_prune.report.read import Run, Step
-
-REPORT = "report.md"
+from lightning_prune.report.sweep import write_sweep_report
 
 
 def find_runs(path: str | Path) -> tuple[str, list[Path]]:
@@ -48,8 +48,6 @@ def write_report(path: str | Path) -> Path:
         write_run_report(run)
     if kind == "run":
         return runs[0].path / REPORT
-    from lightning_prune.report.sweep import write_sweep_report
-
     return write_sweep_report(Path(path), runs)
 
 
@@ -59,6 +57,7 @@ def write_run_report(run: Run) -> Path:
     parts = read.sections(run.summary)
     lines = [f"# Pruning report: {run.name}", "", _sources(run), ""]
     lines += ["## Final figures", "", *table(["figure", "value"], [[k, v] for k, v in figures.items()]), ""]
+    lines += size_lines(derived.sizes(run.summary))
     plots = Plots(run.path)
     for section in dict.fromkeys(s.section for s in steps):
         lines += [f"## Pruning steps: {section}", "", *step_table([s for s in steps if s.section == section]), ""]
@@ -77,12 +76,14 @@ def write_run_report(run: Run) -> Path:
     widths = _widths(run.summary)
     layers_missing = _missing(sparsity or widths, "no `layer_sparsity` nor `widths_before`/`widths_after` dicts")
     lines += plots.add("layers", "Per-layer sparsity and kept units", layers_missing, sparsity, widths)
-    latency, dense = derived.final_latency(run.summary)
-    lines += latency_lines(latency, dense)
+    measured = derived.latencies(run.summary)
+    lines += latency_lines(measured)
     series = latency_series(run, steps, figures, monitor)
     latency_missing = _missing(
-        series, "no latency measured (no `latency/p50_ms` metric or CSV column, no `*latency*` section `p50_ms`)"
+        series,
+        "no latency measured (no LatencyBenchmark or latency-budget section, no `latency/...` metric or CSV column)",
     )
+    dense = measured[0].dense_ms if measured else None
     lines += plots.add("latency_accuracy", "Accuracy vs latency", latency_missing, series, dense)
     for name, records in read.other_histories(run.summary).items():
         lines += [f"## History: {name}", "", *records_table(records), ""]
@@ -90,58 +91,6 @@ def write_run_report(run: Run) -> Path:
     path = run.path / REPORT
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
-
-
-def matplotlib_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-class Plots:
-    """Saves each figure beside ``report.md`` and remembers why the ones not drawn were skipped."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.skipped: dict[str, str] = {}
-        self.available = matplotlib_available()
-
-    def add(self, name: str, title: str, missing: str | None, *args: Any) -> list[str]:
-        """Draw ``plots.<name>(*args)`` into ``<name>.png`` unless ``missing`` says why not; markdown lines."""
-        if missing is None and not self.available:
-            missing = "matplotlib is not installed (pip install 'lightning-prune[report]')"
-        if missing is not None:
-            self.skipped[title] = missing
-            (self.directory / f"{name}.png").unlink(missing_ok=True)  # from an earlier report of this directory
-            return []
-        from lightning_prune.report import plots
-
-        figure = getattr(plots, name)(*args)
-        plots.save(figure, self.directory / f"{name}.png")
-        return [f"![{title}]({name}.png)", ""]
-
-    def skipped_lines(self) -> list[str]:
-        if not self.skipped:
-            return []
-        return ["## Plots not drawn", "", *(f"- **{title}**: {why}." for title, why in self.skipped.items()), ""]
-
-
-# ---------------------------------------------------------------- tables
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A markdown table; numbers through :func:`fmt`, ``|`` escaped."""
-    cells = [[fmt(cell).replace("|", "\\|") for cell in row] for row in rows]
-    return [f"| {' | '.join(headers)} |", f"|{'---|' * len(headers)}", *(f"| {' | '.join(row)} |" for row in cells)]
-
-
-def fmt(value: Any) -> str:
-    """Integers and integral floats without decimals, other floats with 4; None as a dash."""
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
 
 
 def step_table(steps: Sequence[Step]) -> list[str]:
@@ -189,24 +138,43 @@ def records_table(records: list[dict[str, Any]]) -> list[str]:
 # ---------------------------------------------------------------- data checks
 
 
-def latency_lines(latency: float | None, dense: float | None) -> list[str]:
-    if latency is None:
+def size_lines(rows: Sequence[tuple[str, float | None, float | None]]) -> list[str]:
+    """Dense against pruned: parameters, nonzero parameters, MACs, with the pruned/dense ratio."""
+    if not rows:
         return []
-    rows = [["pruned", f"{latency:.3f}", None]]
-    if dense is not None:
-        rows.insert(0, ["dense", f"{dense:.3f}", None])
-        rows[1][2] = f"{dense / latency:.2f}x" if latency > 0 else None
-    return ["## Latency", "", *table(["model", "p50 (ms per batch)", "speed-up"], rows), ""]
+    cells = [
+        [name, dense, pruned, f"{pruned / dense:.3f}" if dense and pruned is not None else None]
+        for name, dense, pruned in rows
+    ]
+    note = "MACs: Conv/Linear multiply-accumulates per example; zeros count, so only removed channels cut them."
+    return ["## Dense vs pruned", "", *table(["size", "dense", "pruned", "pruned / dense"], cells), "", note, ""]
+
+
+def latency_lines(measured: Sequence[Latency]) -> list[str]:
+    """A table of every final latency: dense and pruned p50 and the speed-up."""
+    if not measured:
+        return []
+    rows = [
+        [m.label, _ms(m.dense_ms), _ms(m.pruned_ms), f"{m.dense_ms / m.pruned_ms:.2f}x" if m.dense_ms else None]
+        for m in measured
+    ]
+    headers = ["measured at", "dense p50 (ms per batch)", "pruned p50 (ms per batch)", "speed-up"]
+    return ["## Latency", "", *table(headers, rows), ""]
+
+
+def _ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
 
 
 def latency_series(run: Run, steps: Sequence[Step], figures: dict[str, float], monitor: str) -> dict[str, list]:
     """``{label: [(latency_ms, accuracy)]}`` from the CSV log's epochs, the steps, and the final figures."""
     series: dict[str, list] = {}
-    latency_by_epoch = dict(run.log.get("latency/p50_ms", []))
+    column = next((m.column for m in derived.latencies(run.summary) if m.column in run.log), None)
+    latency_by_epoch = dict(run.log.get(column or "latency/p50_ms", []))
     accuracy_by_epoch = dict(run.log.get(monitor, []))
     epochs = [(latency_by_epoch[e], accuracy_by_epoch[e]) for e in latency_by_epoch if e in accuracy_by_epoch]
     if epochs:
-        series[f"per epoch ({monitor}, CSV log)"] = epochs
+        series[f"per epoch ({column} vs {monitor}, CSV log)"] = epochs
     by_step = []
     for s in steps:
         accuracy = s.acc_finetuned if s.acc_finetuned is not None else s.acc_pruned
@@ -223,6 +191,7 @@ def latency_series(run: Run, steps: Sequence[Step], figures: dict[str, float], m
 def _sources(run: Run) -> str:
     read_from = [f"`{read.SUMMARY}`"] + ([f"`{read.CSV_LOG}`"] if run.log else [])
     text = f"Run directory `{run.path}`; read from {', '.join(read_from)}; sections: {', '.join(run.summary)}."
+    text += "".join(f" {key.capitalize()}: {name}." for key, name in derived.names(run.summary).items())
     return text + (f" Overrides: `{' '.join(run.overrides)}`." if run.overrides else "")
 
 

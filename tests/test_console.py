@@ -1,4 +1,4 @@
-"""The end-of-run console summary, on a real run (read back and as the app prints it) and on synthetic summaries."""
+"""The end-of-run console summary, on real runs (read back and as the app prints it) and on synthetic summaries."""
 
 import io
 import json
@@ -7,13 +7,20 @@ import pytest
 from rich.console import Console
 
 from lightning_prune.report import write_report
-from lightning_prune.summary import print_summary
-from tests.report_runs import real_sweep, write_synthetic_run
+from lightning_prune.report.console import describe, print_summary
+from lightning_prune.report.derived import latencies
+from tests.helpers import cnn_classifier
+from tests.report_runs import LATENCY_BATCHES, latency_run, real_sweep, write_synthetic_run
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     return real_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_trainer_run(tmp_path_factory):
+    return latency_run(tmp_path_factory)
 
 
 def printed(path) -> str:
@@ -53,14 +60,51 @@ def test_the_app_prints_the_summary_at_the_end(sweep):
     assert "full report with plots: python -m lightning_prune.report" in sweep.stdout
 
 
+def test_the_app_names_data_and_model_and_compares_dense_with_pruned(sweep):
+    summary = json.loads((sweep.job / "summary.json").read_text())
+    names = "data: digits (DigitsDataModule) | model: cnn (Classifier(net=SmallCNN))"
+    assert sweep.stdout.count(names) == 2
+    assert summary["run"]["data"] == "digits (DigitsDataModule)"
+    text = printed(sweep.job / "summary.json")
+    dense, pruned = summary["run"]["size"]["dense"], summary["run"]["size"]["pruned"]
+    assert pruned["params_nonzero"] == summary["iterative"]["params_nonzero"]
+    assert row_of(text, "parameters")[1:3] == [f"{dense['params']:,}", f"{pruned['params']:,}"]
+    nonzero = row_of(text, "nonzero parameters")
+    assert nonzero[1:] == [
+        f"{dense['params_nonzero']:,}",
+        f"{pruned['params_nonzero']:,}",
+        f"{pruned['params_nonzero'] / dense['params_nonzero'] - 1:+.1%}",
+    ]
+    assert pruned["params_nonzero"] < 0.3 * dense["params_nonzero"]  # 75 % of the conv weights; head and BN dense
+    assert row_of(text, "MACs per example")[1:] == [f"{dense['macs']:,}", f"{pruned['macs']:,}", "+0.0%"]
+
+
+def test_own_trainer_summary_names_classes_and_shows_measured_speed_up(own_trainer_run):
+    summary = json.loads((own_trainer_run / "summary.json").read_text())
+    text = printed(own_trainer_run / "summary.json")
+    assert "data: DigitsDataModule | model: Classifier(net=SmallCNN)" in text
+    history = summary["latency_benchmark"]["history"]
+    assert [r["when"] for r in (history[0], history[-1])] == ["fit_start", "fit_end"]
+    for batch in LATENCY_BATCHES:
+        dense, pruned = history[0]["p50_ms"][str(batch)], history[-1]["p50_ms"][str(batch)]
+        row = row_of(text, f"latency p50 (ms), batch {batch}")
+        assert row[1:] == [f"{dense:.3f}", f"{pruned:.3f}", f"{dense / pruned:.2f}x speed-up"]
+    assert row_of(text, "latency_p50_ms")[1] == f"{history[-1]['p50_ms']['32']:.3f}"  # the largest batch
+    assert "pruning steps: iterative" in text
+
+
+def test_describe_names_nested_modules_by_class():
+    assert describe(cnn_classifier()) == {"model": "Classifier(net=SmallCNN)"}
+
+
 def test_skipped_finetunes_reasons_latency_and_size(tmp_path):
     text = printed(write_synthetic_run(tmp_path / "run") / "summary.json")
     assert row_of(text, "1")[-1] == "skipped: drop 3.0 pt < threshold 13.0 pt"
     assert row_of(text, "3")[-2:] == ["84.0%", "ran"]
     assert row_of(text, "2")[3:5] == ["-", "89.0%"]  # stale "before" hidden; right after pruning shown
     assert row_of(text, "latency_p50_ms")[1] == "1.000"
-    assert row_of(text, "dense model")[1] == "2.500"
-    assert row_of(text, "speed-up")[1] == "2.50x"
+    assert row_of(text, "latency p50 (ms), latency")[1:] == ["2.500", "1.000", "2.50x speed-up"]
+    assert [lat.label for lat in latencies(json.loads((tmp_path / "run" / "summary.json").read_text()))] == ["latency"]
     assert row_of(text, "params")[1] == "12,000"
     assert "also recorded: ice_gate (6 records)" in text
 

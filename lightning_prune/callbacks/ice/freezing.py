@@ -18,6 +18,7 @@ from lightning_prune.callbacks.protocol import PruningListener, PruningState, fi
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.structured import dependency_graph
+from lightning_prune.core.validate import check_fraction
 
 log = logging.getLogger(__name__)
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
@@ -58,10 +59,10 @@ class LayerFreezing(Callback, PruningListener):
     Example::
 
         >>> import lightning.pytorch as pl
-        >>> from lightning_prune import IterativePruning, LayerFreezing
+        >>> from lightning_prune import BlockPruning, LayerFreezing
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, ResNet
-        >>> pruning = IterativePruning(mode="structured", step_ratio=0.5, export_dir=None)
+        >>> pruning = BlockPruning(step_ratio=0.5, export_dir=None)
         >>> freezing = LayerFreezing(fraction=0.5)
         >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
         >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning, freezing], logger=False, enable_checkpointing=False,
@@ -78,8 +79,7 @@ class LayerFreezing(Callback, PruningListener):
         exclude_names: Sequence[str] = (),
         export_dir: str | None = None,
     ) -> None:
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-            raise ValueError(f"fraction must be a number in [0, 1] (share of convs frozen), got {fraction!r}")
+        check_fraction("fraction", fraction, closed_low=True, closed_high=True)
         validate_selector(CONV_TYPES, include_names, exclude_names)
         self.fraction, self.include_names, self.exclude_names = fraction, include_names, list(exclude_names)
         self.export_dir = export_dir

@@ -15,6 +15,7 @@ from torch import Tensor
 from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
+from lightning_prune.core.validate import check_int, is_number
 
 log = logging.getLogger(__name__)
 MetricFn = Callable[[pl.LightningModule, Any], tuple[Any, Any]]
@@ -39,7 +40,7 @@ class AccuracyGate(Callback, PruningListener):
     reference for the whole run (as in the paper's code). After every step the gate measures ``A_b``
     on the first ``val_batches`` validation batches; if ``A0 - A_b < threshold`` (percentage points)
     the pruner skips the fine-tune and prunes the next block at once, otherwise it fine-tunes.
-    Works with any pruner of the suite (e.g. :class:`~lightning_prune.IterativePruning`).
+    Works with any step-wise pruner of the suite (the paper's is :class:`~lightning_prune.BlockPruning`).
 
     Every decision goes into the pruner's ``history`` (``acc_reference``, ``acc_after``, ``drop_pt``,
     ``gate_skip``), into ``summary.json`` (section ``ice_gate``) and into the logged metrics
@@ -75,10 +76,10 @@ class AccuracyGate(Callback, PruningListener):
     Example::
 
         >>> import lightning.pytorch as pl
-        >>> from lightning_prune import AccuracyGate, IterativePruning
+        >>> from lightning_prune import AccuracyGate, BlockPruning
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, ResNet
-        >>> pruning = IterativePruning(mode="structured", step_ratio=0.5, export_dir=None)
+        >>> pruning = BlockPruning(step_ratio=0.5, export_dir=None)
         >>> gate = AccuracyGate(threshold=100.0, val_batches=2)  # any drop is small: every fine-tune skipped
         >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
         >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, gate], logger=False, enable_checkpointing=False,
@@ -96,12 +97,9 @@ class AccuracyGate(Callback, PruningListener):
         finetune_last: bool = False,
         export_dir: str | None = None,
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        if not is_number(threshold) or threshold < 0:
             raise ValueError(f"threshold must be a number of accuracy points >= 0, got {threshold!r}")
-        if val_batches is not None and (isinstance(val_batches, bool) or not isinstance(val_batches, int)):
-            raise ValueError(f"val_batches must be an integer >= 1 or None (all batches), got {val_batches!r}")
-        if val_batches is not None and val_batches < 1:
-            raise ValueError(f"val_batches must be an integer >= 1 or None (all batches), got {val_batches!r}")
+        check_int("val_batches", val_batches, low=1, optional=True)
         self.threshold, self.val_batches, self.metric_fn, self.export_dir = (
             threshold,
             val_batches,

@@ -2,7 +2,7 @@
 
 Stage 1 (``hparams_search=ice_stage1_optuna``) runs the whole ICE pipeline on a small training subset
 for a few sampled points of :data:`STAGE1_SPACE` and minimises :func:`bounded_time_objective`;
-stage 2 (``python -m lightning_prune.ice_stage2``) runs the full recipe with the best point, read by
+stage 2 (``python -m lightning_prune.callbacks.ice.stage2``) runs the full recipe with the best point, read by
 :func:`best_overrides` from the sweep's ``optimization_results.yaml``.
 
 On the objective: the paper's code minimises ``t/m + Δ/m`` with ``m = max(t, Δ)`` (``t`` wall
@@ -90,7 +90,7 @@ def best_overrides(path: str | Path) -> list[str]:
     if path.is_dir():
         path = path / RESULTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no stage-1 results; run stage 1 first (see README, ICE-Pruning)")
+        raise FileNotFoundError(f"{path}: no stage-1 results; run stage 1 first (see docs/ice.md)")
     results = yaml.safe_load(path.read_text()) or {}
     params = results.get("best_params")
     if not isinstance(params, Mapping) or not params:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from typing import Any
 
@@ -15,6 +14,7 @@ from lightning_prune.callbacks._trainer import info, output_dir
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.schedules import pruning_aware_lr
+from lightning_prune.core.validate import is_number
 
 log = logging.getLogger(__name__)
 # A scheduler whose frequency is this large is never stepped by Lightning: that is how it is paused.
@@ -74,10 +74,10 @@ class PruningAwareLR(Callback, PruningListener):
         export_dir: str | None = None,
     ) -> None:
         for name, value in (("base_lr", base_lr), ("delta", delta), ("p", p), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not 0 < base_lr < math.inf:
-            raise ValueError(f"base_lr must be > 0 and finite, got {base_lr}")
+            if not is_number(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not base_lr > 0:
+            raise ValueError(f"base_lr must be > 0, got {base_lr}")
         if not 0 <= delta < base_lr:
             raise ValueError(f"delta must be in [0, base_lr={base_lr}) so the rate stays positive, got {delta}")
         if not 0 <= p < 0.5:

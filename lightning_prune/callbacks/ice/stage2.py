@@ -1,11 +1,11 @@
-"""ICE-Pruning stage 2: ``python -m lightning_prune.ice_stage2 STAGE1_RESULTS [overrides...]``.
+"""ICE-Pruning stage 2: ``python -m lightning_prune.callbacks.ice.stage2 STAGE1_RESULTS [overrides...]``.
 
 Runs ``python -m lightning_prune.run recipe=ice_pruning`` with the best parameters of a stage-1 sweep
 (its ``optimization_results.yaml``, or the sweep directory) and any further Hydra overrides, which
 take precedence. Example::
 
     python -m lightning_prune.run -m recipe=ice_pruning hparams_search=ice_stage1_optuna
-    python -m lightning_prune.ice_stage2 multirun/ice_stage1/<date_time> seed=1
+    python -m lightning_prune.callbacks.ice.stage2 multirun/ice_stage1/<date_time> seed=1
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lightning_prune.ice_tuning import best_overrides
+from lightning_prune.callbacks.ice.tuning import best_overrides
 
 
 def stage2_argv(results: str, overrides: list[str]) -> list[str]:

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
-from lightning_prune import AccuracyGate, IterativePruning, LayerFreezing, PruningAwareLR
-from lightning_prune.ice_stage2 import stage2_argv
-from lightning_prune.ice_tuning import STAGE1_SPACE, best_overrides, bounded_time_objective
+from lightning_prune import AccuracyGate, BlockPruning, LayerFreezing, PruningAwareLR
+from lightning_prune.callbacks.ice.stage2 import stage2_argv
+from lightning_prune.callbacks.ice.tuning import STAGE1_SPACE, best_overrides, bounded_time_objective
 from lightning_prune.run import metric_to_optimize, register_recipes, train
 from tests.helpers import REPO
 
@@ -24,7 +24,7 @@ TINY = [
     "model.net.blocks=[1,1]",
     "model.net.widths=[8,8]",
     "trainer.max_epochs=3",
-    "callbacks.iterative.warmup_epochs=1",
+    "callbacks.block_pruning.warmup_epochs=1",
 ]
 
 
@@ -52,9 +52,9 @@ def test_stage1_yaml_searches_the_documented_space() -> None:
 def test_ice_recipe_and_each_part_alone(removed: list[str], kept: tuple) -> None:
     cfg = composed(["recipe=ice_pruning", *removed])
     callbacks = [instantiate(node) for name, node in cfg.callbacks.items() if name != "model_checkpoint"]
-    pruner = next(cb for cb in callbacks if isinstance(cb, IterativePruning))
-    assert pruner.mode == "structured"
+    pruner = next(cb for cb in callbacks if isinstance(cb, BlockPruning))
     assert pruner.step_ratio == 0.6
+    assert pruner.target_sparsity is None  # every block pruned once
     assert sum(cfg.model.net.blocks) == 12
     ice = [type(cb) for cb in callbacks if isinstance(cb, (AccuracyGate, LayerFreezing, PruningAwareLR))]
     assert tuple(ice) == kept
@@ -148,7 +148,15 @@ def test_stage1_sweep_then_stage2(tmp_path: Path) -> None:
     assert all(t["objective"] >= t["run/fit_s"] for t in trials)
 
     run_dir = tmp_path / "stage2"
-    stage2 = [sys.executable, "-m", "lightning_prune.ice_stage2", str(sweep), *TINY, *quiet, f"hydra.run.dir={run_dir}"]
+    stage2 = [
+        sys.executable,
+        "-m",
+        "lightning_prune.callbacks.ice.stage2",
+        str(sweep),
+        *TINY,
+        *quiet,
+        f"hydra.run.dir={run_dir}",
+    ]
     subprocess.run(stage2, cwd=REPO, env=env, check=True)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["callbacks"]["ice_gate"]["threshold"] == results["best_params"]["callbacks.ice_gate.threshold"]

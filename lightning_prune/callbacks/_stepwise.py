@@ -111,7 +111,6 @@ class StepwisePruning(PruningCallback):
     # ---------------------------------------------------------------- pruners of selected weights
     # Arguments they share, stored under these names by their constructors.
     target_sparsity: float | None
-    step_ratio: float | None
     include_types: list[str]
     include_names: str | None
     exclude_names: list[str]
@@ -125,6 +124,10 @@ class StepwisePruning(PruningCallback):
     _names: list[str] = []
     _original_numel: dict[str, int] = {}
     _restored: bool = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(target_sparsity=self.target_sparsity, include_names=self.include_names)
 
     def _validate_shared(self) -> None:
         """The checks of the arguments every weight-selecting pruner has."""

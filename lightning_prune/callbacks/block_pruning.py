@@ -114,10 +114,6 @@ class BlockPruning(StepwisePruning):
         self._blocks: list[str] = []
         self._restored = False
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(target_sparsity=self.target_sparsity, include_names=self.include_names)
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return

@@ -140,10 +140,6 @@ class IterativePruning(StepwisePruning):
                 f"got rewind_epoch={self.rewind_epoch!r}"
             )
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(target_sparsity=self.target_sparsity, include_names=self.include_names)
-
     # ---------------------------------------------------------------- setup
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

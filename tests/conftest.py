@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_prune.bench._common import quiet_trainer_kwargs
 from lightning_prune.data import DigitsDataModule
 
 # The test models are tiny: one thread per process is as fast as two on an idle machine and far faster on
@@ -31,14 +32,5 @@ def digits() -> DigitsDataModule:
 
 @pytest.fixture
 def trainer_kwargs(tmp_path: Path) -> dict:
-    """Quiet CPU Trainer flags; tests add max_epochs and callbacks."""
-    return {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": str(tmp_path),
-    }
+    """Quiet CPU Trainer flags (the benchmarks' own); tests add max_epochs and callbacks."""
+    return quiet_trainer_kwargs(tmp_path)

@@ -68,11 +68,12 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def trainer(
-    max_epochs: int, callbacks: Sequence[pl.Callback] = (), root: str | os.PathLike = "bench_out", **kwargs: Any
-) -> pl.Trainer:
-    """A CPU (or given accelerator) Trainer without logger, checkpoints or progress bars."""
-    options: dict[str, Any] = {
+def quiet_trainer_kwargs(root: str | os.PathLike) -> dict[str, Any]:
+    """Flags of a quiet single-CPU Trainer rooted at ``root``: no logger, checkpoints, bars or sanity check.
+
+    The one definition: benchmarks build their Trainers from it and the tests' ``trainer_kwargs`` fixture returns it.
+    """
+    return {
         "accelerator": "cpu",
         "devices": 1,
         "logger": False,
@@ -81,9 +82,14 @@ def trainer(
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "default_root_dir": str(root),
-        **kwargs,
     }
-    return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **options)
+
+
+def trainer(
+    max_epochs: int, callbacks: Sequence[pl.Callback] = (), root: str | os.PathLike = "bench_out", **kwargs: Any
+) -> pl.Trainer:
+    """A quiet CPU Trainer (:func:`quiet_trainer_kwargs`); ``kwargs`` override any flag (e.g. the accelerator)."""
+    return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**quiet_trainer_kwargs(root), **kwargs})
 
 
 class Stopwatch:

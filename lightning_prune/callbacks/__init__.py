@@ -1,12 +1,12 @@
 """Lightning callbacks, one method per file, all driving :mod:`lightning_prune.core`."""
 
+from lightning_prune.callbacks.anytime_progressive import AnytimeProgressivePruning
 from lightning_prune.callbacks.block_pruning import BlockPruning
-from lightning_prune.callbacks.dense_rebuild import DenseUnitPruning
 from lightning_prune.callbacks.ice import AccuracyGate, LayerFreezing, PruningAwareLR
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
-from lightning_prune.callbacks.progressive import AnytimeProgressivePruning
+from lightning_prune.callbacks.odf2nna import DenseUnitPruning
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, find_pruner
 from lightning_prune.callbacks.soup import InstantSoupPruning
 

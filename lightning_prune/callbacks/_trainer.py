@@ -167,3 +167,16 @@ def final_metrics(trainer: pl.Trainer, skip_prefix: str | None = None) -> dict[s
         for key, value in trainer.callback_metrics.items()
         if skip_prefix is None or not key.startswith(skip_prefix)
     }
+
+
+def batch_input(batch: Any, requester: str) -> Tensor:
+    """The input of a batch: the batch itself when it is a tensor, else the first element of ``(x, ...)``.
+
+    Raises:
+        ValueError: for any other batch, naming ``requester`` (the callback that reads it) and the batch's type.
+    """
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise ValueError(f"{requester} needs batches that are a tensor or (x, ...); got {type(batch).__name__}")

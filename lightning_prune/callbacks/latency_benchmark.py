@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.export import to_jsonable, write_summary
-from lightning_prune.core.latency import (
+from lightning_prune.core.timing import (
     TimingSettings,
     batch_of,
     check_device,
@@ -22,6 +22,7 @@ from lightning_prune.core.latency import (
     measure_latency,
     resolve_device,
 )
+from lightning_prune.core.validate import check_int, is_int
 
 log = logging.getLogger(__name__)
 _LOGGED = ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb")
@@ -35,7 +36,7 @@ class LatencyBenchmark(PruningListener, Callback):
     training. Each measurement times ``rounds`` x ``repeats`` forward calls per batch size under
     ``torch.inference_mode`` after ``warmup`` calls: CUDA events with synchronisation on a GPU,
     ``time.perf_counter`` at a fixed, recorded thread count on a CPU (see
-    :mod:`lightning_prune.core.latency`). Inputs repeat one sample of ``example_input_array`` (or of
+    :mod:`lightning_prune.core.timing`). Inputs repeat one sample of ``example_input_array`` (or of
     the first validation batch) to each batch size. Logged per batch size ``b``: ``latency/<b>/p50_ms``,
     ``p90_ms``, ``p99_ms``, ``throughput`` (samples/s), ``speedup`` (reference p50 / current p50, both
     measured in this run) and, on CUDA, ``peak_memory_mb``: through ``pl_module.log`` at every epoch end
@@ -95,13 +96,10 @@ class LatencyBenchmark(PruningListener, Callback):
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
         self.amp_dtype, self.channels_last, self.compile = amp_dtype, channels_last, compile
         self.every_prune_step, self.export_dir, self.filename = every_prune_step, export_dir, filename
-        if isinstance(batch_sizes, (str, int)) or not batch_sizes:
+        if isinstance(batch_sizes, (str, int)) or not batch_sizes or not all(is_int(b) and b >= 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
         self.batch_sizes, self.device = list(batch_sizes), device
-        if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.batch_sizes):
-            raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
-        if not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+        check_int("rounds", rounds, 1)
         check_device(device)
         self.settings = TimingSettings(warmup, repeats, threads, amp_dtype, channels_last, compile)
         self.records: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def fixed_ratio(target_sparsity: float, step_ratio: float) -> list[float]:
@@ -143,3 +144,29 @@ def app(target_sparsity: float, num_steps: int, base: float = APP_BASE) -> list[
         return [target_sparsity]
     exponents = [1.0 + (tau - 1.0) * step / (num_steps - 1) for step in range(num_steps)]
     return [1.0 - base**e for e in exponents]
+
+
+def oneshot(target_sparsity: float, num_steps: int) -> list[float]:
+    """The final sparsity at every step: APP's "anytime one-shot" baseline (masks fixed after the first step)."""
+    return [target_sparsity] * num_steps
+
+
+MEGABATCH_SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
+    "app": app,
+    "linear": linear,
+    "cubic": cubic,
+    "oneshot": oneshot,
+}
+
+
+def megabatch_sparsities(schedule: str, target_sparsity: float, num_megabatches: int) -> list[float]:
+    """AnytimeProgressivePruning's sparsity after each megabatch; a target of 0 trains dense (all zeros).
+
+    Example::
+
+        >>> [round(s, 4) for s in megabatch_sparsities("oneshot", 0.5, 3)], megabatch_sparsities("app", 0.0, 2)
+        ([0.5, 0.5, 0.5], [0.0, 0.0])
+    """
+    if target_sparsity == 0:
+        return [0.0] * num_megabatches
+    return MEGABATCH_SCHEDULES[schedule](float(target_sparsity), num_megabatches)

@@ -60,9 +60,10 @@ def check_fraction(name: str, value: Any, closed_low: bool = False, closed_high:
         ...
         ValueError: target_sparsity must be in (0, 1), got 1.0
     """
-    above = value >= 0 if closed_low else value > 0
-    below = value <= 1 if closed_high else value < 1
-    if not is_number(value) or not (above and below):
+    inside = (
+        is_number(value) and (value >= 0 if closed_low else value > 0) and (value <= 1 if closed_high else value < 1)
+    )
+    if not inside:
         interval = f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}"
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
 

@@ -15,6 +15,8 @@ from tests.helpers import cnn_classifier, resnet_classifier
     [
         ({"step_ratio": 0}, r"step_ratio must be in \(0, 1\), got 0"),
         ({"step_ratio": 1.0}, r"step_ratio must be in \(0, 1\), got 1.0"),
+        ({"step_ratio": "0.5"}, r"step_ratio must be in \(0, 1\), got '0.5'"),
+        ({"step_ratio": None}, r"step_ratio must be in \(0, 1\), got None"),
         ({"block_types": []}, "block_types must be a non-empty list"),
         ({"block_types": "BasicBlock"}, "block_types must be a non-empty list"),
         ({"target_sparsity": 1.0}, r"target_sparsity must be in \(0, 1\), got 1.0"),

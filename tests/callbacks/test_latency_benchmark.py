@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils import benchmark
 
 from lightning_prune import LatencyBenchmark, LatencyBudgetPruning
-from lightning_prune.core.latency import batch_of, measure_latency
+from lightning_prune.core.timing import batch_of, measure_latency
 from tests.helpers import cnn_classifier, resnet_classifier
 
 

@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prune import LatencyBudgetPruning, load_pruned
+from lightning_prune.callbacks.latency_budget.state import BudgetState
 from lightning_prune.core.structured import architecture_spec
 from lightning_prune.models import MLP, Classifier
 from tests.helpers import cnn_classifier, resnet_classifier
@@ -37,8 +38,10 @@ def mlp_classifier(hidden=(128, 128)):
         ({"latency_budget_ms": 3.0}, "give exactly one of budget_fraction and latency_budget_ms"),
         ({"budget_fraction": 0.0}, r"budget_fraction must be in \(0, 1\)"),
         ({"budget_fraction": 1.0}, r"budget_fraction must be in \(0, 1\)"),
+        ({"budget_fraction": 1.5}, r"budget_fraction must be in \(0, 1\), got 1.5"),
         ({"budget_fraction": None, "latency_budget_ms": 0.0}, "latency_budget_ms must be > 0, got 0.0"),
         ({"budget_fraction": None, "latency_budget_ms": -2}, "latency_budget_ms must be > 0"),
+        ({"budget_fraction": None, "latency_budget_ms": -5.0}, "latency_budget_ms must be > 0, got -5.0"),
         ({"num_steps": 0}, "num_steps must be an integer >= 1, got 0"),
         ({"finetune_epochs": -1}, "finetune_epochs must be an integer >= 0"),
         ({"round_to": 0}, "round_to must be an integer >= 1"),
@@ -46,6 +49,7 @@ def mlp_classifier(hidden=(128, 128)):
         ({"batch_size": 1.5}, "batch_size must be an integer >= 1"),
         ({"rounds": 0}, "rounds must be an integer >= 1"),
         ({"repeats": 2}, "repeats must be an integer >= 3"),
+        ({"lut_repeats": 1}, "repeats must be an integer >= 3"),
         ({"threads": 0}, "threads must be None or an integer >= 1"),
         ({"amp_dtype": "fp16"}, "amp_dtype must be None or one of"),
         ({"tolerance": 1.0}, r"tolerance must be in \[0, 1\)"),
@@ -79,12 +83,13 @@ def test_bad_budgets_fail_at_fit_start_naming_the_numbers(budget_ms, message, di
     trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], **trainer_kwargs)
     with pytest.raises(ValueError, match=message):
         trainer.fit(mlp_classifier(), datamodule=digits)
+    assert trainer.global_step == 0  # refused before the first optimizer step
 
 
 def test_a_pessimistic_table_does_not_refuse_a_budget_the_smallest_network_meets(monkeypatch, digits, trainer_kwargs):
     """Layer timings taken on a busy machine can overstate small layers; the smallest network is built and
     timed before the budget is refused."""
-    import lightning_prune.callbacks.latency_budget as module
+    import lightning_prune.core.latency_budget.planner as module
 
     table_says = module.predict_ms
     monkeypatch.setattr(
@@ -249,10 +254,10 @@ def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwar
 
 def test_a_step_counts_the_channels_of_all_its_corrections(monkeypatch):
     """A correction that removes nothing (the re-plan found no cheaper network) must not hide the first cut."""
-    import lightning_prune.callbacks.latency_budget as module
+    import lightning_prune.callbacks.latency_budget.callback as module
 
     pruning = LatencyBudgetPruning(budget_fraction=0.5, num_steps=1, max_corrections=2)
-    pruning._budgets, pruning._budget_ms, pruning._original_weights = [1.0], 1.0, 100
+    pruning._budget = BudgetState(dense_ms=2.0, budget_ms=1.0, budgets=[1.0], original_weights=100)
     pruning.pruning_state.num_steps = 1
     outcomes = iter([{"removed": 8, "measured_ms": 2.0}, {"removed": 3, "measured_ms": 1.8}, {"removed": 0}])
 

@@ -13,11 +13,10 @@ from torch.utils.data import DataLoader
 from lightning_prune import (
     AccuracyGate,
     AnytimeProgressivePruning,
-    DenseUnitPruning,
     IterativePruning,
 )
 from lightning_prune.data import DigitsDataModule, MegabatchDataModule
-from lightning_prune.models import MLP, Classifier, SmallCNN
+from lightning_prune.models import Classifier, SmallCNN
 from tests.callbacks.ice.helpers import WARMUP, batches_per_epoch, block_pruner, fit
 from tests.helpers import cnn_classifier, resnet_classifier
 
@@ -137,12 +136,6 @@ FIT = {
         None,
         r"AccuracyGate works around a pruning callback and needs exactly one in Trainer\(callbacks=\.\.\.\), "
         r"e\.g\. IterativePruning; found none",
-    ),
-    "beside the dense rebuild": (
-        lambda: [DenseUnitPruning(epsilon=0.05, wide_epochs=1), AccuracyGate()],
-        lambda: Classifier(MLP((1, 8, 8), 10, hidden=(64, 64)), 10, (1, 8, 8)),
-        None,
-        r"AccuracyGate cannot work with DenseUnitPruning: that pruner has no pruning steps with fine-tunes",
     ),
     "before APP": (
         lambda: [AccuracyGate(), AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],

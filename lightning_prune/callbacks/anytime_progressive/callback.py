@@ -1,0 +1,300 @@
+"""Anytime Progressive Pruning: data arrives in megabatches; sparsity steps up with each one."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor
+
+from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data
+from lightning_prune.callbacks.anytime_progressive.checks import check_max_epochs, megabatch_data, refuse_listeners
+from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, log_anytime_metrics, split_errors
+from lightning_prune.callbacks.anytime_progressive.snip import snip_masks, snip_subset
+from lightning_prune.callbacks.protocol import PruningCallback, PruningState
+from lightning_prune.core.export import export_pruned, write_summary
+from lightning_prune.core.masks import SCOPES, MaskSet
+from lightning_prune.core.schedules import APP_TARGET_SPARSITY, MEGABATCH_SCHEDULES, app_exponent, megabatch_sparsities
+from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters, validate_selector
+from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.data.megabatch import MegabatchDataModule, check_replay
+
+log = logging.getLogger(__name__)
+
+
+class AnytimeProgressivePruning(PruningCallback):
+    """Prune progressively as megabatches of data arrive, keeping a usable model after every one.
+
+    Anytime Progressive Pruning (APP; Misra et al., arXiv 2204.01640): at the first epoch of megabatch t
+    the training data grows to megabatch t plus replay of earlier ones (a :class:`MegabatchDataModule`
+    the callback moves along), the selected weights are scored by SNIP (|gradient x weight| of the
+    cross-entropy summed over a seeded subset of that data) *at their current trained values*, and the
+    lowest-scoring survivors are pruned, so masks are nested and the density equals the schedule's
+    exactly (the reference code instead intersects masks scored on re-initialised weights; we do not
+    copy that). Then ``epochs_per_megabatch`` epochs of training follow with the masks held after every
+    optimizer step. After each megabatch the model is evaluated: train/val/test accuracy, the
+    generalisation gap (train - val accuracy) and the cumulative error rate (CER, test errors summed
+    over megabatches), logged under ``app/`` and kept per megabatch in ``summary.json``.
+
+    Requires from your LightningModule: ``forward(x)`` returning class logits for ``(x, y)`` batches
+    (SNIP differentiates ``cross_entropy(module(x), y)``; accuracy is the argmax). The Trainer's
+    ``datamodule`` must be a :class:`MegabatchDataModule` with the same ``num_megabatches``.
+
+    Args:
+        target_sparsity: fraction of the selected weights pruned after the last megabatch, in [0, 1);
+            0 trains dense under the same protocol (the paper's dense baseline). The default is the
+            paper's tau = 4.5 (density 0.8^4.5, about 1/3 of the weights kept).
+        num_megabatches: number of megabatches M (must match the data module's).
+        epochs_per_megabatch: epochs of training on each megabatch's data.
+        schedule: ``"app"`` (density 0.8^e, e spaced linearly from 1 to tau = log(1 - target) / log(0.8);
+            needs target >= 0.2), ``"linear"``, ``"cubic"`` (Zhu & Gupta), or ``"oneshot"`` (the final
+            sparsity at the first megabatch, masks fixed after: the paper's anytime OSP).
+        snip_fraction: SNIP subset size as a fraction of one megabatch, drawn (seeded) from the current
+            training data, in (0, 1] (the paper: 0.2).
+        scope: ``"global"`` (one SNIP ranking over all layers, the paper's) or ``"layer"``.
+        replay: training data at megabatch t: ``"full"`` (megabatches 1..t, the paper's default),
+            ``"partial"`` (t plus a fixed ``replay_fraction`` buffer of each earlier one) or ``"none"``.
+        replay_fraction: share of each earlier megabatch replayed with ``replay="partial"``, in (0, 1).
+        include_types, include_names, exclude_names, prune_head, include_biases: which weights are
+            pruned (see :func:`~lightning_prune.core.selection.select_parameters`; the head stays dense).
+        stop_when_done: stop training after the last megabatch's epochs.
+        log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
+        export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
+
+    Raises:
+        ValueError: for arguments out of range or unknown names (at construction); at ``setup``, for a
+            data module that is not a :class:`MegabatchDataModule` with ``num_megabatches`` parts, or a
+            ``max_epochs`` below ``num_megabatches * epochs_per_megabatch``, or an ICE callback (a pruning
+            listener, which APP never calls) among the Trainer's callbacks.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import AnytimeProgressivePruning
+        >>> from lightning_prune.data import DigitsDataModule, MegabatchDataModule
+        >>> from lightning_prune.models import Classifier, SmallCNN
+        >>> data = MegabatchDataModule(DigitsDataModule(batch_size=128), num_megabatches=3)
+        >>> app = AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1, export_dir=None)
+        >>> model = Classifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
+        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[app], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(model, datamodule=data)
+        >>> [round(r["sparsity"], 2) for r in app.pruning_state.history]
+        [0.2, 0.46, 0.63]
+    """
+
+    notifies_listeners = False  # trains every epoch: no fine-tune for a listener to gate, freeze or set a rate for
+
+    def __init__(
+        self,
+        target_sparsity: float = APP_TARGET_SPARSITY,
+        num_megabatches: int = 8,
+        epochs_per_megabatch: int = 5,
+        schedule: str = "app",
+        snip_fraction: float = 0.2,
+        scope: str = "global",
+        replay: str = "full",
+        replay_fraction: float = 0.1,
+        include_types: Sequence[str] = DEFAULT_TYPES,
+        include_names: str | None = None,
+        exclude_names: Sequence[str] = (),
+        prune_head: bool = False,
+        include_biases: bool = False,
+        stop_when_done: bool = True,
+        log_layers: bool = False,
+        export_dir: str | None = None,
+    ) -> None:
+        self.target_sparsity, self.schedule, self.scope = target_sparsity, schedule, scope
+        self.num_megabatches, self.epochs_per_megabatch = num_megabatches, epochs_per_megabatch
+        self.snip_fraction, self.replay, self.replay_fraction = snip_fraction, replay, replay_fraction
+        self.include_types, self.include_names = list(include_types), include_names
+        self.exclude_names, self.prune_head, self.include_biases = list(exclude_names), prune_head, include_biases
+        self.stop_when_done, self.log_layers, self.export_dir = stop_when_done, log_layers, export_dir
+        self.sparsities = self._validate()
+        self.pruning_state = PruningState(target_sparsity=target_sparsity, num_steps=num_megabatches)
+        self._names: list[str] = []
+        self._masks: MaskSet | None = None
+        self._data: MegabatchDataModule | None = None
+        self._epoch_started = 0.0
+        self._restored = False
+
+    def _validate(self) -> list[float]:
+        """Check every argument; return the per-megabatch sparsities."""
+        check_int("num_megabatches", self.num_megabatches, low=1)
+        check_int("epochs_per_megabatch", self.epochs_per_megabatch, low=1)
+        check_fraction("target_sparsity", self.target_sparsity, closed_low=True)
+        check_fraction("snip_fraction", self.snip_fraction, closed_high=True)
+        check_choice("schedule", self.schedule, list(MEGABATCH_SCHEDULES))
+        check_choice("scope", self.scope, SCOPES)
+        check_replay(self.replay, self.replay_fraction)
+        validate_selector(self.include_types, self.include_names, self.exclude_names)
+        return megabatch_sparsities(self.schedule, self.target_sparsity, self.num_megabatches)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            target_sparsity=self.target_sparsity, num_megabatches=self.num_megabatches, schedule=self.schedule
+        )
+
+    # ---------------------------------------------------------------- setup
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._data = megabatch_data(trainer, self.num_megabatches)
+        refuse_listeners(trainer)
+        check_max_epochs(trainer, self.num_megabatches, self.epochs_per_megabatch)
+        self._names = select_parameters(
+            pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
+        )
+        if not self._restored:
+            self._masks = MaskSet.dense(pl_module, self._names)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after a checkpoint's callback state is loaded and before the first train_dataloader() call.
+        self._data.set_megabatch(max(self.pruning_state.step - 1, 0), self.replay, self.replay_fraction)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._masks.bind(pl_module).apply()
+
+    # ---------------------------------------------------------------- the loop
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._megabatch_trained(trainer) and not self._recorded():
+            # Resumed from the checkpoint of a megabatch's last epoch, saved before its record was taken.
+            self._record_megabatch(trainer, pl_module, epochs_done=trainer.current_epoch)
+        state = self.pruning_state
+        if state.step < self.num_megabatches and (state.step == 0 or self._megabatch_trained(trainer)):
+            self._start_megabatch(trainer, pl_module, state.step)
+        self._epoch_started = time.perf_counter()
+
+    def _megabatch_trained(self, trainer: pl.Trainer) -> bool:
+        state = self.pruning_state
+        return state.step > 0 and trainer.current_epoch - state.last_step_epoch >= self.epochs_per_megabatch
+
+    def _recorded(self) -> bool:
+        history = self.pruning_state.history
+        return not history or "val_acc" in history[-1]
+
+    def _start_megabatch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int) -> None:
+        state, data = self.pruning_state, self._data
+        if data.megabatch != megabatch:
+            data.set_megabatch(megabatch, self.replay, self.replay_fraction)
+            reload_train_data(trainer)
+        record: dict[str, Any] = {"step": megabatch + 1, "epoch": trainer.current_epoch}
+        with state.timed("prune"):
+            started = time.perf_counter()
+            sparsity = self.sparsities[megabatch]
+            if sparsity > self._masks.sparsity():
+                plan = self._snip_masks(trainer, pl_module, megabatch, sparsity) if trainer.is_global_zero else None
+                self._masks.update(broadcast(trainer, plan))
+                self._masks.apply()
+            state.step, state.last_step_epoch, state.phase = megabatch + 1, trainer.current_epoch, "finetune"
+            state.sparsity = self._masks.sparsity()
+        record.update(
+            sparsity=state.sparsity,
+            density=1.0 - state.sparsity,
+            train_samples=len(data.current_train_set()),
+            prune_s=time.perf_counter() - started,
+        )
+        state.history.append(record)
+        info(log, f"megabatch {megabatch + 1}/{self.num_megabatches}: sparsity {state.sparsity:.4f}")
+
+    def _snip_masks(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int, sparsity: float
+    ) -> dict[str, Tensor]:
+        subset = snip_subset(self._data, megabatch, self.snip_fraction, self.replay, self.replay_fraction)
+        batches = (trainer.strategy.batch_to_device(batch) for batch in self._data.loader(subset))
+        return snip_masks(pl_module, self._names, batches, self._masks.masks, sparsity, self.scope)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.pruning_state.sparsity > 0:
+            self._masks.apply()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self.pruning_state
+        state.time_s["finetune"] += time.perf_counter() - self._epoch_started
+        self._log_state(pl_module)
+        epochs_done = trainer.current_epoch + 1
+        if epochs_done - state.last_step_epoch == self.epochs_per_megabatch and not self._recorded():
+            self._record_megabatch(trainer, pl_module, epochs_done)
+            if state.step >= self.num_megabatches:
+                state.phase = "done"
+                if self.stop_when_done:
+                    trainer.should_stop = True
+
+    def _record_megabatch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs_done: int, log: bool = True
+    ) -> None:
+        """Evaluate the model after a megabatch (rank 0), complete its record and log it under ``app/``."""
+        state, errors = self.pruning_state, None
+        if trainer.is_global_zero:
+            with state.timed("evaluate"):
+                errors = split_errors(trainer, pl_module, self._data, state.step - 1, self.replay, self.replay_fraction)
+        errors = broadcast(trainer, errors)
+        record = state.history[-1]
+        record.update(anytime_metrics(errors, state.history[-2]["cer"] if len(state.history) > 1 else 0))
+        record["epochs_trained"] = epochs_done - state.last_step_epoch
+        if log:
+            log_anytime_metrics(pl_module, record)
+
+    def _log_state(self, pl_module: pl.LightningModule) -> None:
+        state = self.pruning_state
+        pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
+        pl_module.log("prune/step", float(state.step), on_step=False, on_epoch=True)
+        pl_module.log("prune/target_sparsity", float(self.target_sparsity), on_step=False, on_epoch=True)
+        if self.log_layers:
+            for name, value in self._masks.layer_sparsity().items():
+                pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
+
+    # ---------------------------------------------------------------- export and state
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._recorded():  # stopped early, or resumed from the very last epoch's checkpoint
+            self._record_megabatch(trainer, pl_module, trainer.current_epoch, log=False)
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self._export(trainer, pl_module)
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
+        model_path = export_pruned(pl_module, directory / "pruned_model.pt")
+        last = state.history[-1] if state.history else {}
+        write_summary(
+            directory / "summary.json",
+            "anytime_progressive",
+            {
+                "schedule": self.schedule,
+                "target_sparsity": self.target_sparsity,
+                "tau": app_exponent(self.target_sparsity) if self.schedule == "app" and self.target_sparsity else None,
+                "planned_sparsities": self.sparsities,
+                "sparsity": state.sparsity,
+                "num_megabatches": self.num_megabatches,
+                "megabatches_done": state.step,
+                "epochs_per_megabatch": self.epochs_per_megabatch,
+                "replay": self.replay,
+                **{key: last.get(key) for key in ("train_acc", "val_acc", "test_acc", "gen_gap", "cer")},
+                "params": sum(p.numel() for p in pl_module.parameters()),
+                "kept_params": sum(int((p != 0).sum()) for p in pl_module.parameters()),
+                "layer_sparsity": self._masks.layer_sparsity(),
+                "time_s": state.time_s,
+                "history": state.history,
+                "exported_model": str(model_path),
+            },
+        )
+        info(log, f"APP done: sparsity {state.sparsity:.4f} after {state.step} megabatches; exported {model_path}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pruning_state": self.pruning_state.to_dict(),
+            "masks": self._masks.state_dict() if self._masks else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruning_state = PruningState.from_dict(state_dict.get("pruning_state", {}))
+        masks = state_dict.get("masks")
+        if masks is not None:
+            self._masks = MaskSet(masks)
+        self._restored = True

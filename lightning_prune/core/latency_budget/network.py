@@ -1,0 +1,142 @@
+"""The network as the latency planner sees it: channel groups and timed layers, with SP-LAMP scores.
+
+torch-pruning's dependency graph splits the model into *channel groups* (channels that must go
+together: a conv's filters, its BatchNorm, the next layer's inputs, every layer tied by a residual add)
+and *timed layers* (every conv and linear, each reading its input channels from one group and writing
+its output channels to another). A layer's latency is looked up in the :class:`LatencyTable` at its
+(c_in, c_out); :mod:`lightning_prune.core.latency_budget.plan` decides how many channels each group keeps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from lightning_prune.core.latency_budget.table import LayerSpec, layer_spec
+from lightning_prune.core.scores import sp_lamp
+from lightning_prune.core.selection import head_module_name
+from lightning_prune.core.structured import dependency_graph
+
+_TIMED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class TimedLayer:
+    """A conv/linear layer of the network and the channel groups its input and output belong to."""
+
+    name: str
+    spec: LayerSpec
+    c_in: int
+    c_out: int
+    in_group: str | None = None
+    out_group: str | None = None
+    in_per_channel: int = 1
+
+
+@dataclass
+class Network:
+    """Timed layers and prunable channel groups (root module name -> current channel count)."""
+
+    layers: list[TimedLayer]
+    groups: dict[str, int]
+    scores: dict[str, Tensor] = field(default_factory=dict)
+
+    def widths(self) -> dict[str, int]:
+        return dict(self.groups)
+
+
+def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str] = ()) -> Network:
+    """Timed layers, channel groups and SP-LAMP scores of ``model`` (traced on ``example``).
+
+    The output layer (last conv/linear) and layers matching ``exclude_names`` keep their output channels.
+    """
+    graph = dependency_graph(model, example)
+    names = {module: name for name, module in model.named_modules()}
+    head = head_module_name(model)
+    ignored = [m for m, n in names.items() if isinstance(m, _TIMED) and (n == head or _matches(n, exclude_names))]
+    groups, out_group, in_group, scores = {}, {}, {}, {}
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_TIMED):
+        root = names[group[0].dep.target.module]
+        groups[root] = len(group[0].idxs)
+        scores[root] = group_sp_lamp(graph, group)
+        for item in group:
+            module = item.dep.target.module
+            if isinstance(module, _TIMED) and module in names:
+                side = out_group if graph.is_out_channel_pruning_fn(item.dep.handler) else in_group
+                side[names[module]] = root
+    layers = _timed_layers(model, example, graph, names)
+    for layer in layers:
+        layer.out_group, layer.in_group = out_group.get(layer.name), in_group.get(layer.name)
+        if layer.in_group is not None and not layer.spec.depthwise:
+            layer.in_per_channel = layer.c_in // groups[layer.in_group]
+    return Network(layers, groups, scores)
+
+
+def group_sp_lamp(graph: tp.DependencyGraph, group: tp.Group) -> Tensor:
+    """SP-LAMP of a channel group: each layer's LAMP over its filters' L2 norms, summed over the group.
+
+    Every layer whose output channels the group removes contributes its own SP-LAMP scores (its strongest
+    filter scores 1), added at the group's channel index (torch-pruning's ``root_idxs``). A group tied by a
+    residual add spans several layers and so weighs as much as they do together, not as one layer.
+    """
+    total = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, _TIMED) or not graph.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        weight = module.weight.detach()
+        weight = weight.transpose(0, 1) if getattr(module, "transposed", False) else weight
+        norms = weight[list(item.idxs)].flatten(1).float().norm(dim=1)
+        total.index_add_(0, torch.tensor(item.root_idxs), sp_lamp(norms).double().cpu())
+    return total.float()
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(re.search(pattern, name) for pattern in patterns)
+
+
+def _timed_layers(
+    model: nn.Module, example: Tensor, graph: tp.DependencyGraph, names: Mapping[nn.Module, str]
+) -> list[TimedLayer]:
+    """Every conv/linear run by ``model(example)``, in execution order, with its input shape."""
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        shapes.setdefault(module, tuple(args[0].shape))
+
+    hooks = [module.register_forward_pre_hook(record) for module in names if isinstance(module, _TIMED)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    layers = []
+    for module, shape in shapes.items():
+        node = graph.module2node.get(module)
+        norm = node is not None and any(isinstance(out.module, _BATCHNORM) for out in node.outputs)
+        norm = norm and (isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) or len(shape) == 2)
+        c_in = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        c_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        layers.append(TimedLayer(names[module], layer_spec(module, shape, norm), c_in, c_out))
+    return layers
+
+
+def removal_indices(scores: Tensor, keep: int) -> list[int]:
+    """Indices of the ``len(scores) - keep`` lowest-scoring channels (the ones to remove)."""
+    order = torch.argsort(scores, stable=True)
+    return sorted(order[: scores.numel() - keep].tolist())
+
+
+def weight_count(model: nn.Module) -> int:
+    """Weights of every conv and linear layer (what a latency-budget run's sparsity counts)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, _TIMED))

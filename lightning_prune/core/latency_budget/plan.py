@@ -1,0 +1,194 @@
+"""Deciding how many channels each group keeps under a latency budget (SP-LAMP + LUT + group knapsack).
+
+A network (:class:`Network`: channel groups and timed layers) is predicted as the sum of its layers'
+latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale`` calibrated against a
+real measurement of the whole model (activations, pooling, adds and dispatch grow roughly in proportion,
+and a loaded machine slows everything alike, which an additive offset would misattribute).
+
+The choice per group is a group knapsack: options "keep the top k channels" (k on a ``round_to``
+grid), value = the SP-LAMP scores kept, cost = the latency of the layers writing to the group (and of
+those reading from it whose output no group decides, such as the head). A layer's cost also depends
+on its *input* group, which the knapsack must fix: as in HALP it is first taken at the current width
+(an over-estimate, so the plan fits), then at narrower guesses, each refined with the widths its plan
+implies; the best plan whose exact prediction fits is then widened greedily into the remaining slack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_prune.core.latency_budget.knapsack import group_knapsack
+from lightning_prune.core.latency_budget.network import Network, TimedLayer
+from lightning_prune.core.latency_budget.table import LatencyTable
+
+
+@dataclass
+class LatencyPlan:
+    """Channels kept per group, with the table's prediction of the resulting latency."""
+
+    keep: dict[str, int]
+    predicted_ms: float
+    value: float
+    feasible: bool
+
+
+def option_counts(size: int, round_to: int, min_channels: int) -> list[int]:
+    """Channel counts a group of ``size`` may keep: multiples of ``round_to`` from ``min_channels``, and all."""
+    lowest = min(size, max(1, min_channels))
+    return sorted({lowest, size} | {k for k in range(round_to, size + 1, round_to) if k >= lowest})
+
+
+def predict_ms(network: Network, table: LatencyTable, keep: Mapping[str, int], scale: float = 1.0) -> float:
+    """``scale`` x the table's latency of ``network`` with ``keep[g]`` channels in group ``g`` (others as are)."""
+    total = 0.0
+    for layer in network.layers:
+        c_out = keep.get(layer.out_group, layer.c_out) if layer.out_group else layer.c_out
+        total += table(layer.spec, _c_in(layer, keep, c_out), c_out)
+    return scale * total
+
+
+def _c_in(layer: TimedLayer, keep: Mapping[str, int], c_out: int) -> int:
+    if layer.spec.depthwise:
+        return c_out
+    if layer.in_group is None or layer.in_group not in keep:
+        return layer.c_in
+    return keep[layer.in_group] * layer.in_per_channel
+
+
+def plan_keep_counts(
+    network: Network,
+    table: LatencyTable,
+    budget_ms: float,
+    scale: float,
+    round_to: int,
+    min_channels: int,
+    resolution: int = 1000,
+    rounds: int = 3,
+) -> LatencyPlan:
+    """The keep-counts with most SP-LAMP score whose predicted latency fits ``budget_ms``.
+
+    The knapsack needs each layer's input width fixed. It is solved from a ladder of guesses: the current
+    widths (an over-estimate, so its plan fits whenever the table is monotone), then every width shrunk
+    by sqrt(budget / current latency) (a uniform cut's need, latency ~ c_in x c_out) and by further
+    factors of 0.8; from each guess it is re-solved up to ``rounds`` times with the input widths the
+    previous plan implies.
+
+    The best plan whose exact prediction fits, and the smallest network, are then each widened greedily
+    into the remaining slack (:func:`_fill`); the higher-value result is returned. If nothing fits (the
+    budget is below the smallest network), the plan predicted fastest, ``feasible=False``.
+    """
+    options = {g: option_counts(size, round_to, min_channels) for g, size in network.groups.items()}
+    values = {g: _kept_value(network.scores[g], options[g]) for g in options}
+    smallest = {g: counts[0] for g, counts in options.items()}
+    floor_ms = predict_ms(network, table, smallest, scale)
+    candidates = [
+        LatencyPlan(smallest, floor_ms, _value(values, options, smallest), floor_ms <= budget_ms * (1 + 1e-9))
+    ]
+    for ratio in _width_ladder(network, table, budget_ms, scale, min(smallest.values())):
+        guess = {g: max(smallest[g], round(size * ratio)) for g, size in network.groups.items()}
+        assumed_in = _input_widths(network, guess)
+        for _ in range(rounds):
+            costs, constant = _option_costs(network, table, options, assumed_in)
+            picked = group_knapsack(
+                list(costs.values()), list(values.values()), budget_ms / scale - constant, resolution
+            )
+            if picked is None:
+                break
+            keep = {g: options[g][j] for g, j in zip(options, picked)}
+            predicted = predict_ms(network, table, keep, scale)
+            feasible = predicted <= budget_ms * (1 + 1e-9)
+            candidates.append(LatencyPlan(keep, predicted, _value(values, options, keep), feasible))
+            if _input_widths(network, keep) == assumed_in:
+                break
+            assumed_in = _input_widths(network, keep)
+    feasible = [plan for plan in candidates if plan.feasible]
+    if not feasible:
+        return min(candidates, key=lambda plan: plan.predicted_ms)
+    starts = [max(feasible, key=lambda plan: (plan.value, -plan.predicted_ms)), candidates[0]]
+    filled = [_fill(network, table, plan, options, values, budget_ms, scale) for plan in starts if plan.feasible]
+    return max(filled, key=lambda plan: (plan.value, -plan.predicted_ms))
+
+
+def _value(values: Mapping[str, list[float]], options: Mapping[str, list[int]], keep: Mapping[str, int]) -> float:
+    return sum(values[g][options[g].index(k)] for g, k in keep.items())
+
+
+def _fill(
+    network: Network,
+    table: LatencyTable,
+    plan: LatencyPlan,
+    options: Mapping[str, list[int]],
+    values: Mapping[str, list[float]],
+    budget_ms: float,
+    scale: float,
+) -> LatencyPlan:
+    """Spend the slack the fixed-input-width knapsack leaves: widen one group a step at a time.
+
+    Each move takes the group whose next option adds the most value per exactly predicted millisecond
+    and still fits, until none does.
+    """
+    keep, predicted = dict(plan.keep), plan.predicted_ms
+    while True:
+        moves = []
+        for g, counts in options.items():
+            j = counts.index(keep[g])
+            if j + 1 == len(counts):
+                continue
+            trial = {**keep, g: counts[j + 1]}
+            cost = predict_ms(network, table, trial, scale)
+            if cost <= budget_ms:
+                gain = values[g][j + 1] - values[g][j]
+                moves.append((gain / max(cost - predicted, 1e-9), g, counts[j + 1], cost))
+        if not moves:
+            break
+        _, g, count, predicted = max(moves)
+        keep[g] = count
+    return LatencyPlan(keep, predicted, _value(values, options, keep), True)
+
+
+def _width_ladder(network: Network, table: LatencyTable, budget_ms: float, scale: float, fewest: int) -> list[float]:
+    """Width ratios to assume for layer inputs: 1, then sqrt(budget / now), shrinking by 0.8 per rung."""
+    ladder = [1.0]
+    ratio = min(1.0, (budget_ms / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
+    floor = fewest / max(network.groups.values(), default=1)
+    while ratio > floor and len(ladder) < 8:
+        ladder.append(ratio)
+        ratio *= 0.8
+    return ladder
+
+
+def _input_widths(network: Network, keep: Mapping[str, int]) -> dict[str, int]:
+    return {layer.name: _c_in(layer, keep, keep.get(layer.out_group, layer.c_out)) for layer in network.layers}
+
+
+def _kept_value(scores: Tensor, counts: Sequence[int]) -> list[float]:
+    cumulative = torch.cumsum(torch.sort(scores, descending=True).values.double(), 0)
+    return [float(cumulative[k - 1]) for k in counts]
+
+
+def _option_costs(
+    network: Network, table: LatencyTable, options: Mapping[str, list[int]], assumed_in: Mapping[str, int]
+) -> tuple[dict[str, list[float]], float]:
+    """Per group, the latency of the layers it decides at each option; plus the layers no group decides."""
+    costs = {g: [0.0] * len(counts) for g, counts in options.items()}
+    constant = 0.0
+    for layer in network.layers:
+        if layer.out_group is not None:
+            for j, k in enumerate(options[layer.out_group]):
+                c_in = k if layer.spec.depthwise else assumed_in[layer.name]
+                costs[layer.out_group][j] += table(layer.spec, c_in, k)
+        elif layer.in_group is not None:
+            for j, k in enumerate(options[layer.in_group]):
+                costs[layer.in_group][j] += table(layer.spec, k * layer.in_per_channel, layer.c_out)
+        else:
+            constant += table(layer.spec, layer.c_in, layer.c_out)
+    return costs, constant
+
+
+def min_keep(network: Network, round_to: int, min_channels: int) -> dict[str, int]:
+    """The smallest keep-count of every group: what "unreachable budget" is measured against."""
+    return {g: option_counts(size, round_to, min_channels)[0] for g, size in network.groups.items()}

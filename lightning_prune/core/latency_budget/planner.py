@@ -1,0 +1,134 @@
+"""Rank 0's work in a latency-budget run, in pure torch: calibrate, decide a step, measure its result.
+
+:class:`BudgetPlanner` holds what only the deciding process needs: the latency table, the dense copy
+every later measurement is compared with, and the :class:`LatencyMeter`. Its results are plain values
+(numbers, channel indices) that a caller broadcasts to the other processes before anyone applies them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_prune.core.latency_budget.measure import DENSE_OVER_TABLE, LatencyMeter
+from lightning_prune.core.latency_budget.network import Network, removal_indices, trace_network
+from lightning_prune.core.latency_budget.plan import min_keep, plan_keep_counts, predict_ms
+from lightning_prune.core.latency_budget.table import LatencyTable
+from lightning_prune.core.structured import remove_out_channels
+
+
+class BudgetPlanner:
+    """Calibrates the table against the dense model, plans each step's removals, and times the results.
+
+    Args:
+        reference: the dense model as training received it, never trained (see ``measure.frozen_copy``).
+        table: the latency table of the target device.
+        meter: how models are timed.
+        round_to: channel counts move in multiples of this.
+        min_channels: fewest channels a group may keep.
+        resolution: grid steps of the knapsack's latency axis.
+        exclude_names: regular expressions of modules whose output channels are never pruned.
+    """
+
+    def __init__(
+        self,
+        reference: nn.Module,
+        table: LatencyTable,
+        meter: LatencyMeter,
+        round_to: int,
+        min_channels: int,
+        resolution: int,
+        exclude_names: Sequence[str] = (),
+    ) -> None:
+        self.reference, self.table, self.meter = reference, table, meter
+        self.round_to, self.min_channels, self.resolution = round_to, min_channels, resolution
+        self.exclude_names = list(exclude_names)
+
+    def calibrate(self, model: nn.Module, example: Tensor, budget_for: Callable[[float], float]) -> dict[str, float]:
+        """The dense latency, the table's scale to it, and the smallest allowed network's latency.
+
+        The smallest network's figure is the table's, unless that exceeds ``budget_for(dense)``: a table
+        timed on a busy machine can be pessimistic, so before a budget is called unreachable that
+        network is built on a copy and timed side by side with the dense one.
+        """
+        network = trace_network(model, example, self.exclude_names)
+        tabled = predict_ms(network, self.table, {})
+        dense = self.meter.alone(model, example, expected_ms=DENSE_OVER_TABLE * tabled)
+        scale = dense / tabled
+        smallest = predict_ms(network, self.table, min_keep(network, self.round_to, self.min_channels), scale)
+        self.table.save()
+        if smallest > budget_for(dense):
+            smallest = self._measure_smallest(model, network, example, dense)
+        return {"dense": dense, "scale": scale, "smallest": smallest}
+
+    def _measure_smallest(self, model: nn.Module, network: Network, example: Tensor, dense_ms: float) -> float:
+        smallest = copy.deepcopy(model)
+        keep = min_keep(network, self.round_to, self.min_channels)
+        remove_out_channels(smallest, example, {g: removal_indices(network.scores[g], k) for g, k in keep.items()})
+        return self.measure(smallest, example, dense_ms)["measured_ms"]
+
+    def decide(
+        self,
+        model: nn.Module,
+        example: Tensor,
+        target_ms: float,
+        scale: float,
+        on_timed: Callable[[], object] | None = None,
+    ) -> dict[str, Any]:
+        """The channels each group removes for ``target_ms``, the predicted latency and whether it fits.
+
+        SP-LAMP scores, table lookups (timing the entries the table lacks, calling ``on_timed`` after each)
+        and the knapsack of :func:`plan_keep_counts`.
+        """
+        network = trace_network(model, example, self.exclude_names)
+        self.table.on_timed = on_timed
+        try:
+            plan = plan_keep_counts(
+                network, self.table, target_ms, scale, self.round_to, self.min_channels, self.resolution
+            )
+        finally:
+            self.table.on_timed = None
+        self.table.save()
+        removals = {g: removal_indices(network.scores[g], k) for g, k in plan.keep.items()}
+        return {
+            "removals": {g: idxs for g, idxs in removals.items() if idxs},
+            "predicted_ms": plan.predicted_ms,
+            "feasible": plan.feasible,
+        }
+
+    def measure(self, model: nn.Module, example: Tensor, dense_ms: float, calls_factor: int = 1) -> dict[str, float]:
+        """``model`` timed side by side with the dense copy (see :meth:`LatencyMeter.side_by_side`)."""
+        return self.meter.side_by_side(model, self.reference, example, dense_ms, calls_factor)
+
+
+Shrink = Callable[[float, bool], dict[str, Any]]
+
+
+def step_with_corrections(
+    shrink: Shrink, target_ms: float, budget_ms: float, last: bool, max_corrections: int
+) -> dict[str, Any]:
+    """One pruning step: ``shrink(target_ms, rescale)`` and, on the ``last`` step, corrections toward the budget.
+
+    ``shrink`` removes channels, measures, and returns at least ``measured_ms`` and ``removed``. The last
+    step always rescales the table (its corrections must plan with what it just measured), then re-plans
+    for ``budget_ms`` itself (the tolerance is the final check's room for timing noise) up to
+    ``max_corrections`` times while the measurement exceeds it, stopping early when a re-plan removes
+    nothing. ``removed`` counts the whole step: a correction that removes nothing must not hide the first cut.
+
+    Example::
+
+        >>> outcomes = iter([{"measured_ms": 2.0, "removed": 8}, {"measured_ms": 1.5, "removed": 3}])
+        >>> step_with_corrections(lambda target, rescale: next(outcomes), 1.8, 1.0, True, max_corrections=1)
+        {'measured_ms': 1.5, 'removed': 11, 'corrections': 1}
+    """
+    record = {**shrink(target_ms, last), "corrections": 0}
+    while last and record["measured_ms"] > budget_ms and record["corrections"] < max_corrections:
+        outcome = shrink(budget_ms, True)
+        removed = record["removed"] + outcome["removed"]
+        record.update(outcome, removed=removed, corrections=record["corrections"] + 1)
+        if not outcome["removed"]:
+            break
+    return record

@@ -1,0 +1,209 @@
+"""The latency lookup table (LUT): measured milliseconds per layer shape, per device.
+
+HALP and SP-LAMP estimate a network's latency as the sum of its layers' latencies, each looked up by
+the layer's shape. A :class:`LayerSpec` is what fixes a layer's cost apart from its channel counts
+(kind, kernel, stride, padding, input feature-map size, bias, whether a BatchNorm follows); its
+``signature`` string keys the table, with ``"c_in x c_out"`` under it. Entries are timed on first use
+on the target device by building the layer afresh at those channel counts and timing it on an input
+of its real shape, so the table holds exactly the shapes a pruning run asks for. The JSON file keeps
+one table per device key (device name, threads, batch size, dtype, memory format): a table is reused
+when the key matches and built anew when the device or settings differ, without losing the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune.core.timing import TimingSettings, call_times_ms, device_name
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_NORMS = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything but the channel counts that decides a conv or linear layer's latency.
+
+    Attributes:
+        kind: ``"conv"`` or ``"linear"``.
+        spatial: the input's trailing sizes (conv: the feature map; linear: extra dims such as tokens).
+        kernel_size, stride, padding, dilation: conv geometry (empty for linear).
+        depthwise: a conv with ``groups == in_channels == out_channels`` (its c_in follows its c_out).
+        bias: whether the layer has a bias.
+        norm: whether a BatchNorm directly follows (timed together: it runs once per output channel).
+    """
+
+    kind: str
+    spatial: tuple[int, ...]
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    depthwise: bool = False
+    bias: bool = False
+    norm: bool = False
+
+    @property
+    def signature(self) -> str:
+        dims = "x".join(map(str, self.spatial)) or "-"
+        if self.kind == "linear":
+            return f"linear(bias={int(self.bias)},norm={int(self.norm)})@{dims}"
+        geometry = ",".join(
+            f"{k}={'x'.join(map(str, v))}"
+            for k, v in (("k", self.kernel_size), ("s", self.stride), ("p", self.padding), ("d", self.dilation))
+        )
+        flags = f"dw={int(self.depthwise)},bias={int(self.bias)},norm={int(self.norm)}"
+        return f"conv{len(self.spatial)}d({geometry},{flags})@{dims}"
+
+    def build(self, c_in: int, c_out: int) -> nn.Module:
+        """A fresh layer (plus its norm) with these channel counts."""
+        if self.kind == "linear":
+            layer: nn.Module = nn.Linear(c_in, c_out, bias=self.bias)
+        else:
+            channels_in = c_out if self.depthwise else c_in
+            layer = _CONVS[len(self.spatial)](
+                channels_in,
+                c_out,
+                self.kernel_size,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=c_out if self.depthwise else 1,
+                bias=self.bias,
+            )
+        if not self.norm:
+            return layer
+        return nn.Sequential(layer, _NORMS[len(self.spatial) if self.kind == "conv" else 0](c_out))
+
+    def example(self, batch_size: int, c_in: int) -> Tensor:
+        if self.kind == "linear":
+            return torch.randn(batch_size, *self.spatial, c_in)
+        return torch.randn(batch_size, c_in, *self.spatial)
+
+
+def layer_spec(module: nn.Module, input_shape: tuple[int, ...], norm: bool) -> LayerSpec:
+    """The :class:`LayerSpec` of a real ``Conv{1,2,3}d``/``Linear`` seen with input of ``input_shape``.
+
+    Raises:
+        ValueError: for grouped convolutions other than depthwise, whose channel counts cannot move freely.
+    """
+    bias = getattr(module, "bias", None) is not None
+    if isinstance(module, nn.Linear):
+        return LayerSpec("linear", tuple(input_shape[1:-1]), bias=bias, norm=norm)
+    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    if module.groups > 1 and not depthwise:
+        raise ValueError(f"grouped convolutions (groups={module.groups}) other than depthwise are not supported")
+    padding = module.padding if isinstance(module.padding, tuple) else (module.padding,) * len(module.kernel_size)
+    return LayerSpec(
+        "conv",
+        tuple(input_shape[2:]),
+        tuple(module.kernel_size),
+        tuple(module.stride),
+        tuple(padding),
+        tuple(module.dilation),
+        depthwise,
+        bias,
+        norm,
+    )
+
+
+def device_key(device: torch.device, settings: TimingSettings, batch_size: int) -> str:
+    """What a table's numbers depend on besides the layer: device model, threads, batch, dtype, layout."""
+    threads = settings.threads or torch.get_num_threads()
+    parts = [device_name(device), f"batch={batch_size}", f"dtype={settings.amp_dtype or 'float32'}"]
+    if device.type == "cpu":
+        parts.append(f"threads={threads}")
+    if settings.channels_last:
+        parts.append("channels_last")
+    return "|".join(parts)
+
+
+LayerTimer = Callable[[nn.Module, Tensor], float]
+
+
+class LatencyTable:
+    """Milliseconds of each (layer signature, c_in, c_out), timed on first use, saved as JSON.
+
+    Args:
+        device: where entries are timed.
+        settings: timing settings (repeats, threads, dtype, layout); part of the table's key.
+        batch_size: batch of the timed inputs.
+        path: JSON file to load from and save to (``None``: in memory only).
+        timer: ``(layer, input) -> ms``; default: the median of :func:`call_times_ms` with ``settings``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        settings: TimingSettings,
+        batch_size: int,
+        path: str | os.PathLike | None = None,
+        timer: LayerTimer | None = None,
+    ) -> None:
+        self.device, self.settings, self.batch_size = device, settings, batch_size
+        self.path = Path(path) if path is not None else None
+        self.key = device_key(device, settings, batch_size)
+        self.timer = timer or self._time_layer
+        self.entries: dict[str, dict[str, float]] = {}
+        self.timed = 0
+        self.on_timed: Callable[[], object] | None = None  # e.g. a progress bar's advance
+        self.loaded = self._load()
+
+    def _load(self) -> int:
+        """Entries for this key from the file; a file made on another device leaves this table empty."""
+        if self.path is None or not self.path.exists():
+            return 0
+        tables = json.loads(self.path.read_text()).get("tables", {})
+        self.entries = {sig: dict(values) for sig, values in tables.get(self.key, {}).get("entries", {}).items()}
+        count = sum(len(v) for v in self.entries.values())
+        if not count and tables:
+            log.info("latency table %s has no entries for %r (has %s): building it", self.path, self.key, list(tables))
+        return count
+
+    def __call__(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
+        """The layer's latency in ms at these channel counts, timed now if the table lacks it."""
+        column = self.entries.setdefault(spec.signature, {})
+        cell = f"{c_in}x{c_out}"
+        if cell not in column:
+            layer = spec.build(c_in, c_out)
+            column[cell] = float(self.timer(layer, spec.example(self.batch_size, c_in)))
+            self.timed += 1
+            if self.on_timed is not None:
+                self.on_timed()
+        return column[cell]
+
+    def _time_layer(self, layer: nn.Module, inputs: Tensor) -> float:
+        times, _, _ = call_times_ms(layer.to(self.device), inputs, self.settings, self.device)
+        return statistics.median(times)
+
+    def save(self) -> Path | None:
+        """Merge this table into the JSON file (other devices' tables are kept); atomic replace."""
+        if self.path is None:
+            return None
+        payload = json.loads(self.path.read_text()) if self.path.exists() else {"format": FORMAT, "tables": {}}
+        payload.setdefault("tables", {})[self.key] = {
+            "device": device_name(self.device),
+            "torch": torch.__version__,
+            "batch_size": self.batch_size,
+            "settings": asdict(self.settings),
+            "entries": self.entries,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+        tmp.replace(self.path)
+        return self.path
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.entries.values())

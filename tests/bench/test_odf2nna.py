@@ -1,0 +1,132 @@
+"""bench odf2nna: the quick run writes every promised field; the protocol's parts on their own."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_prune.bench.__main__ import dispatch
+from lightning_prune.bench._compose import REPO
+from lightning_prune.bench.odf2nna import TABLES, headline, protocol, tables
+from lightning_prune.bench.odf2nna.arms import ARMS, HIDDEN, BestValidation, build_module, fit_arm, split_loss
+from lightning_prune.bench.odf2nna.protocol import choose_setting
+from lightning_prune.bench.odf2nna.tables import RUNS
+from lightning_prune.data import TabularDataModule
+
+KEYS = {"params", "test_metric", "latency_ms_b1", "latency_ms_b256"}
+
+
+def test_odf2nna_bench_quick_writes_the_promised_keys(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "odf2nna.json"
+    threads = torch.get_num_threads()
+    assert dispatch(["odf2nna", "scale=quick", f"out={out}"]) == 0
+    assert torch.get_num_threads() == threads  # the benchmark times on one thread and gives the threads back
+    result = json.loads(out.read_text())
+    assert set(result["datasets"]) == {"breast_cancer", "diabetes"}
+    for name, arms in result["datasets"].items():
+        for arm in ARMS:
+            assert set(arms[arm]) >= KEYS, (name, arm)
+        assert arms["rebuilt"]["params"] < arms["wide"]["params"]
+        assert arms["control"]["params"] == arms["wide"]["params"]  # epsilon 0 keeps every unit
+        ratios = {"param_reduction", "speedup_b1", "speedup_b256", "transfer_gain", "metric_delta_vs_control"}
+        assert ratios <= set(arms["ratios"])
+        assert isinstance(arms["rebuilt"]["epsilon_within_tolerance"], bool)
+        for arm in ("control", "rebuilt", "magnitude"):
+            assert {"val_metric_before_retraining", "test_metric_before_retraining"} <= set(arms[arm])
+            assert arms[arm]["kept_before_retraining_seeds"] in (0, 1)
+    assert result["metric"] == {"breast_cancer": "acc", "diabetes": "r2"}
+    assert result["environment"]["torch_threads"] == 1
+    assert result["protocol"]["epsilons"] == [0.8]
+    assert result["provenance"]["command"] == f"python -m lightning_prune.bench odf2nna scale=quick out={out}"
+    assert result["provenance"]["complete"] is True
+    monkeypatch.setattr(tables, "_result", lambda name: result)  # a fresh run's JSON renders every table
+    for key, table in TABLES.items():
+        assert table().startswith("| "), key
+
+
+def test_wide_phase_checkpoint_resumes_where_the_wide_phase_stopped(tmp_path) -> None:
+    """The pruned arms rebuild at the epoch after the last one trained (they used to train one wide epoch
+    more), from the wide net's best-validation weights."""
+    settings = SimpleNamespace(patience=1, max_wide_epochs=4, lr=1e-3, restore_best=True)
+    datamodule = TabularDataModule("wine", batch_size=32, seed=0)
+    datamodule.setup()
+    best = BestValidation()
+    path, epochs = protocol._train_wide(datamodule, 0, best, str(tmp_path), settings)
+    state = torch.load(path, weights_only=True)
+    batches_per_epoch = -(-len(datamodule.train_set) // 32)
+    assert 2 <= epochs <= 4
+    assert state["global_step"] == epochs * batches_per_epoch
+    for name, value in best.state.items():
+        torch.testing.assert_close(state["state_dict"][name], value, rtol=0, atol=0)
+
+
+def test_best_validation_keeps_the_pruned_net_when_no_epoch_beats_it(tmp_path) -> None:
+    """A net offered before fine-tuning with a lower validation loss than any epoch is the one loaded."""
+    datamodule = TabularDataModule("wine", batch_size=32, seed=0)
+    datamodule.setup()
+    module = build_module(datamodule, HIDDEN, 1e-3)
+    best = BestValidation()
+    offered = {k: v.clone() for k, v in module.state_dict().items()}
+    best.offer(-1.0, module, before_finetuning=True)  # no cross-entropy is below zero
+    fit_arm(datamodule, module, 2, [], best)
+    assert best.chose_before_finetuning
+    for name, value in offered.items():
+        torch.testing.assert_close(module.state_dict()[name], value, rtol=0, atol=0)
+    assert split_loss(module, datamodule, "val") > 0
+
+
+def test_choose_setting_uses_validation_only() -> None:
+    grid = {
+        (0.3, 1.0): 0.97,
+        (0.3, 0.1): 0.96,
+        (0.5, 1.0): 0.962,
+        (0.5, 0.1): 0.966,
+        (0.7, 1.0): 0.90,
+        (0.7, 0.1): 0.91,
+    }
+    assert choose_setting(grid, wide_val=0.97, tolerance=0.005) == (0.5, 0.1)  # largest epsilon, best scale within
+    assert choose_setting(grid, wide_val=0.99, tolerance=0.005) == (0.3, 1.0)  # none within: smallest epsilon's best
+    assert choose_setting({(0.5, 1.0): 0.97, (0.5, 0.1): 0.97}, wide_val=0.97, tolerance=0.0) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["reference_quantile=2"], r"reference_quantile must be in \(0, 1\], got 2"),
+        (["epsilons=[0.5,1.5]"], r"epsilon must be in \[0, 1\), got 1.5"),
+        (["retrain_lr_scales=[1,0]"], r"retrain_lr_scale must be in \(0, 1\], got 0"),
+        (["compensation=median"], r"compensation must be one of \['least_squares', 'mean', 'none'\]"),
+        (
+            ["datasets=[wine,iris]"],
+            r"datasets must be a non-empty list of \[.*'diabetes'\], got \['wine', 'iris'\]",
+        ),
+    ],
+)
+def test_odf2nna_bench_refuses_bad_settings_before_training(tmp_path, monkeypatch, overrides, match: str) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("a net was trained before the settings were checked")
+
+    monkeypatch.setattr(protocol, "_train_wide", no_training)
+    out = tmp_path / "odf2nna.json"
+    with pytest.raises(ValueError, match=match):
+        dispatch(["odf2nna", "datasets=[wine]", f"out={out}", *overrides])
+    assert not out.exists()
+
+
+def test_odf2nna_tables_and_headline_come_from_the_committed_jsons() -> None:
+    for key, table in TABLES.items():
+        assert table().startswith("| "), key
+    row = headline()
+    assert set(row) == {"method", "claim", "measured", "evidence"}
+    assert row["evidence"] == "[docs/odf2nna.md](docs/odf2nna.md)"
+
+
+def test_every_committed_odf2nna_json_is_cited_by_the_docs_page() -> None:
+    page = (REPO / "docs" / "odf2nna.md").read_text()
+    committed = sorted(path.name for path in (REPO / "docs" / "bench" / "odf2nna").glob("*.json"))
+    assert committed == sorted(f"{name}.json" for name, _ in RUNS)
+    for name in committed:
+        assert f"bench/odf2nna/{name}" in page, f"docs/bench/odf2nna/{name} is cited by no table"

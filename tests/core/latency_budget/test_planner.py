@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy
+from lightning_prune.core.latency_budget.planner import BudgetPlanner, step_with_corrections
+from lightning_prune.core.latency_budget.table import LatencyTable
+from lightning_prune.core.structured import architecture_spec
+from lightning_prune.core.timing import TimingSettings
+from lightning_prune.models import MLP
+
+
+def macs_timer(layer, inputs):
+    first = layer[0] if isinstance(layer, nn.Sequential) else layer
+    return 0.01 + first.weight.numel() / 1e4
+
+
+def planner_for(model, tmp_path):
+    table = LatencyTable(torch.device("cpu"), TimingSettings(1, 3, threads=1), 8, tmp_path / "lut.json", macs_timer)
+    meter = LatencyMeter(batch_size=8, threads=1, repeats=3, rounds=2)
+    return BudgetPlanner(frozen_copy(model), table, meter, round_to=4, min_channels=4, resolution=200)
+
+
+def test_calibrate_measures_the_dense_model_and_saves_the_table(tmp_path):
+    model = MLP((16,), 4, hidden=(64, 64))
+    planner = planner_for(model, tmp_path)
+    numbers = planner.calibrate(model, torch.zeros(1, 16), budget_for=lambda dense: 0.5 * dense)
+    assert numbers["dense"] > 0
+    assert numbers["smallest"] < numbers["dense"]
+    assert numbers["scale"] == pytest.approx(numbers["dense"] / (3 * 0.01 + (16 * 64 + 64 * 64 + 64 * 4) / 1e4))
+    assert (tmp_path / "lut.json").exists()
+
+
+def test_decide_plans_removals_without_touching_the_model(tmp_path):
+    model = MLP((16,), 4, hidden=(64, 64))
+    before = architecture_spec(model)
+    planner, timed = planner_for(model, tmp_path), []
+    decision = planner.decide(model, torch.zeros(1, 16), target_ms=0.2, scale=1.0, on_timed=lambda: timed.append(1))
+    assert decision["feasible"]
+    assert decision["predicted_ms"] <= 0.2
+    assert set(decision["removals"]) <= {"layers.1", "layers.3"}
+    assert sum(len(idxs) for idxs in decision["removals"].values()) > 0
+    assert architecture_spec(model) == before
+    assert timed  # the progress callback saw every entry the table timed
+    assert planner.table.on_timed is None
+
+
+def test_a_step_counts_the_channels_of_all_its_corrections():
+    """A correction that removes nothing (the re-plan found no cheaper network) ends the corrections."""
+    outcomes = iter([{"removed": 8, "measured_ms": 2.0}, {"removed": 3, "measured_ms": 1.8}, {"removed": 0}])
+    asked = []
+
+    def shrink(target_ms, rescale):
+        asked.append((target_ms, rescale))
+        return {"measured_ms": 1.5, **next(outcomes)}
+
+    record = step_with_corrections(shrink, 3.0, budget_ms=1.0, last=True, max_corrections=5)
+    assert record["corrections"] == 2
+    assert record["removed"] == 8 + 3 + 0
+    assert asked == [(3.0, True), (1.0, True), (1.0, True)]
+
+
+@pytest.mark.parametrize(("last", "measured", "corrections"), [(False, 2.0, 0), (True, 0.9, 0), (True, 2.0, 2)])
+def test_only_the_last_step_corrects_and_only_while_over_budget(last, measured, corrections):
+    record = step_with_corrections(
+        lambda target, rescale: {"measured_ms": measured, "removed": 1}, 3.0, 1.0, last, max_corrections=2
+    )
+    assert record["corrections"] == corrections
+    assert record["removed"] == 1 + corrections

@@ -11,6 +11,7 @@ or run a ready recipe: ``python -m lightning_prune.run recipe=iterative``.
 from lightning_prune.callbacks import (
     AccuracyGate,
     AnytimeProgressivePruning,
+    BlockPruning,
     DenseUnitPruning,
     InstantSoupPruning,
     IterativePruning,
@@ -28,6 +29,7 @@ from lightning_prune.core.export import load_model, load_pruned
 __all__ = [
     "AccuracyGate",
     "AnytimeProgressivePruning",
+    "BlockPruning",
     "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",

@@ -16,48 +16,17 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
-from torch import nn
 
 from lightning_prune import (
-    AccuracyGate,
     AnytimeProgressivePruning,
     InstantSoupPruning,
-    IterativePruning,
-    LayerFreezing,
-    PruningAwareLR,
 )
 from lightning_prune.data import DigitsDataModule, MegabatchDataModule, MNISTDataModule, NpzDataModule
-from lightning_prune.models import MLP, Classifier, SmallCNN
 from lightning_prune.run import check_resume_checkpoint, register_recipes
 from tests.helpers import REPO, cnn_classifier
 from tests.test_run import run_app
 
 CONSTRUCTION = {
-    "sparsity above 1": (
-        lambda: IterativePruning(target_sparsity=1.2),
-        r"target_sparsity must be in \(0, 1\), got 1.2",
-    ),
-    "sparsity of 1": (lambda: IterativePruning(target_sparsity=1.0), r"target_sparsity must be in \(0, 1\), got 1.0"),
-    "negative fine-tune epochs": (
-        lambda: IterativePruning(target_sparsity=0.5, finetune_epochs=-1),
-        "finetune_epochs must be an integer >= 0, got -1",
-    ),
-    "zero steps": (
-        lambda: IterativePruning(target_sparsity=0.5, schedule="cubic", num_steps=0),
-        "num_steps must be an integer >= 1 for schedule='cubic', got 0",
-    ),
-    "unknown module type": (
-        lambda: IterativePruning(target_sparsity=0.5, include_types=["Conv9d"]),
-        r"include_types has unknown module type\(s\) \['Conv9d'\]; allowed: \[",
-    ),
-    "invalid regex": (
-        lambda: IterativePruning(target_sparsity=0.5, include_names="conv("),
-        r"include_names: 'conv\(' is not a valid regular expression",
-    ),
-    "unknown importance": (
-        lambda: IterativePruning(target_sparsity=0.5, importance="taylor"),
-        r"importance must be one of \['magnitude', 'lamp'\], got 'taylor'",
-    ),
     "soup with zero ingredients": (
         lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=0),
         "num_ingredients",
@@ -66,39 +35,6 @@ CONSTRUCTION = {
         lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=-3),
         "num_ingredients",
     ),
-    "negative gate threshold": (
-        lambda: AccuracyGate(threshold=-1.0),
-        r"threshold must be a number of accuracy points >= 0, got -1.0",
-    ),
-    "gate evaluating zero batches": (
-        lambda: AccuracyGate(val_batches=0),
-        r"val_batches must be an integer >= 1 or None \(all batches\), got 0",
-    ),
-    "gate finetune_last as text": (
-        lambda: AccuracyGate(finetune_last="yes"),
-        r"finetune_last must be true or false, got 'yes'",
-    ),
-    "gate metric that cannot be imported": (
-        lambda: AccuracyGate(metric_fn="no_such_module.f1"),
-        r"metric_fn='no_such_module.f1' cannot be imported .*give the dotted import path of a callable",
-    ),
-    "freezing fraction above 1": (
-        lambda: LayerFreezing(fraction=1.5),
-        r"fraction must be a number in \[0, 1\] \(share of convs frozen\), got 1.5",
-    ),
-    "negative freezing fraction": (
-        lambda: LayerFreezing(fraction=-0.1),
-        r"fraction must be a number in \[0, 1\] \(share of convs frozen\), got -0.1",
-    ),
-    "LR step at half the network": (lambda: PruningAwareLR(p=0.5), r"p must be in \[0, 0.5\) .*got 0.5"),
-    "negative LR step": (lambda: PruningAwareLR(p=-0.1), r"p must be in \[0, 0.5\) .*got -0.1"),
-    "LR drop as large as the rate": (
-        lambda: PruningAwareLR(base_lr=0.01, delta=0.01),
-        r"delta must be in \[0, base_lr=0.01\) so the rate stays positive, got 0.01",
-    ),
-    "zero base LR": (lambda: PruningAwareLR(base_lr=0.0), "base_lr must be > 0 and finite, got 0.0"),
-    "infinite base LR": (lambda: PruningAwareLR(base_lr=float("inf")), "base_lr must be > 0 and finite, got inf"),
-    "zero LR steepness": (lambda: PruningAwareLR(beta=0), r"beta must be > 0 \(steepness of the step\), got 0"),
     "zero megabatches": (
         lambda: MegabatchDataModule(DigitsDataModule(), num_megabatches=0),
         "num_megabatches must be an integer >= 1, got 0",
@@ -117,70 +53,6 @@ def test_bad_argument_fails_at_construction(case):
         factory()
 
 
-class DictBatches(pl.LightningDataModule):
-    """Batches as dicts, not (x, y)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = DigitsDataModule(batch_size=64)
-        self.inner.setup()
-
-    def _loader(self, dataset):
-        pairs = [{"image": x, "label": y} for x, y in dataset]
-        return torch.utils.data.DataLoader(pairs, batch_size=64)
-
-    def train_dataloader(self):
-        return self._loader(self.inner.train_set)
-
-    def val_dataloader(self):
-        return self._loader(self.inner.val_set)
-
-
-class TrainOnly(pl.LightningDataModule):
-    """Training data and nothing to validate on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = DigitsDataModule(batch_size=64)
-        self.inner.setup()
-
-    def train_dataloader(self):
-        return self.inner.train_dataloader()
-
-
-class EmptyValidation(TrainOnly):
-    """A validation loader that yields nothing."""
-
-    def val_dataloader(self):
-        return torch.utils.data.DataLoader(torch.utils.data.Subset(self.inner.val_set, []), batch_size=64)
-
-
-class DictClassifier(Classifier):
-    """A module that trains on dict batches (so only the gate's default metric can object to them)."""
-
-    def training_step(self, batch, batch_idx):
-        return super().training_step((batch["image"], batch["label"]), batch_idx)
-
-    def validation_step(self, batch, batch_idx):
-        return super().validation_step((batch["image"], batch["label"]), batch_idx)
-
-
-def _head_only_model() -> Classifier:
-    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 10, (1, 8, 8))
-
-
-def _mlp() -> Classifier:
-    return Classifier(MLP((1, 8, 8), 10, hidden=(64, 64)), 10, (1, 8, 8))
-
-
-def _dict_model() -> DictClassifier:
-    return DictClassifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
-
-
-def _pruner() -> IterativePruning:
-    return IterativePruning(target_sparsity=0.5, step_ratio=0.5, export_dir=None)
-
-
 def _megabatches(num: int) -> MegabatchDataModule:
     return MegabatchDataModule(DigitsDataModule(batch_size=64), num_megabatches=num)
 
@@ -196,71 +68,12 @@ class FitCase(NamedTuple):
 
 
 FIT = {
-    "regex matching nothing": FitCase(
-        lambda: [IterativePruning(target_sparsity=0.5, include_names="nomatch")],
-        cnn_classifier,
-        r"the parameter selection matched nothing in Classifier \(include_types=.*include_names='nomatch'",
-    ),
-    "model with no prunable layer": FitCase(
-        lambda: [IterativePruning(target_sparsity=0.5)],
-        _head_only_model,
-        r"matched nothing in Classifier .*prune_head=False",
-    ),
-    "too few epochs for the schedule": FitCase(
-        lambda: [IterativePruning(target_sparsity=0.9, step_ratio=0.5, warmup_epochs=2)],
-        cnn_classifier,
-        r"needs Trainer\(max_epochs >= 6\).*got max_epochs=3",
-    ),
-    "gate without validation data": FitCase(
-        lambda: [_pruner(), AccuracyGate()],
-        cnn_classifier,
-        r"AccuracyGate measures accuracy after every pruning step and needs validation data: define val_dataloader",
-        TrainOnly,
-    ),
-    "gate with an empty validation set": FitCase(
-        lambda: [_pruner(), AccuracyGate()],
-        cnn_classifier,
-        "AccuracyGate: the validation data yields no batches",
-        EmptyValidation,
-    ),
-    "gate on batches that are not (x, y)": FitCase(
-        # The pruner warms up for an epoch first: the gate must object before that training, not after it.
-        lambda: [IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1), AccuracyGate()],
-        _dict_model,
-        r"AccuracyGate with metric_fn=None needs \(x, y\) validation batches .*the first validation batch is a dict "
-        r"with keys \['image', 'label'\]\. For other batches give metric_fn=",
-        DictBatches,
-    ),
-    **{
-        f"{name} without a pruner": FitCase(
-            lambda make=make: [make()],
-            cnn_classifier,
-            rf"{name} works around a pruning callback and needs exactly one in Trainer\(callbacks=\.\.\.\), "
-            r"e\.g\. IterativePruning; found none",
-        )
-        for name, make in [
-            ("AccuracyGate", AccuracyGate),
-            ("LayerFreezing", LayerFreezing),
-            ("PruningAwareLR", PruningAwareLR),
-        ]
-    },
-    "freezing a model without convs": FitCase(
-        lambda: [_pruner(), LayerFreezing()],
-        _mlp,
-        r"the parameter selection matched nothing in Classifier \(include_types=\['Conv1d', 'Conv2d', 'Conv3d'\]",
-    ),
     "more megabatches than training samples": FitCase(
         lambda: [AnytimeProgressivePruning(num_megabatches=5000, epochs_per_megabatch=1)],
         cnn_classifier,
         r"num_megabatches=5000 exceeds the \d+ training samples; it must be at most the number of training samples",
         lambda: _megabatches(5000),
         max_epochs=5000,
-    ),
-    "ICE callback before APP": FitCase(
-        lambda: [AccuracyGate(), AnytimeProgressivePruning(num_megabatches=3, epochs_per_megabatch=1)],
-        cnn_classifier,
-        r"AccuracyGate cannot work with AnytimeProgressivePruning: that pruner has no pruning steps with fine-tunes",
-        lambda: _megabatches(3),
     ),
 }
 

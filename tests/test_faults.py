@@ -25,12 +25,9 @@ COMMON = [
 ]
 MODES = {
     "unstructured": [],
-    "structured": [
-        "callbacks.iterative.mode=structured",
-        "callbacks.iterative.target_sparsity=null",
-        "callbacks.iterative.step_ratio=0.5",
-    ],
+    "structured": ["callbacks=[default,block_pruning]", "callbacks.block_pruning.step_ratio=0.5"],
 }
+SECTION = {"unstructured": "iterative", "structured": "block_pruning"}
 
 
 def _kill_after(run_dir, epoch, args):
@@ -65,7 +62,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, mode):
     assert got["architecture"] == expected["architecture"]
     torch.testing.assert_close(got["state_dict"], expected["state_dict"])
     summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "full", killed)]
-    assert summaries[0]["iterative"]["sparsity"] == summaries[1]["iterative"]["sparsity"]
+    assert summaries[0][SECTION[mode]]["sparsity"] == summaries[1][SECTION[mode]]["sparsity"]
     assert summaries[0]["run"]["metrics"]["test/acc"] == summaries[1]["run"]["metrics"]["test/acc"]
 
 

@@ -1,9 +1,8 @@
 """Lightning callbacks, one method per file, all driving :mod:`lightning_prune.core`."""
 
 from lightning_prune.callbacks.anytime_progressive import AnytimeProgressivePruning
-from lightning_prune.callbacks.ice_freezing import LayerFreezing
-from lightning_prune.callbacks.ice_gate import AccuracyGate
-from lightning_prune.callbacks.ice_lr import PruningAwareLR
+from lightning_prune.callbacks.block_pruning import BlockPruning
+from lightning_prune.callbacks.ice import AccuracyGate, LayerFreezing, PruningAwareLR
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
@@ -14,6 +13,7 @@ from lightning_prune.callbacks.soup import InstantSoupPruning
 __all__ = [
     "AccuracyGate",
     "AnytimeProgressivePruning",
+    "BlockPruning",
     "DenseUnitPruning",
     "InstantSoupPruning",
     "IterativePruning",

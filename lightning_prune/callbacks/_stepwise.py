@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
+from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, pruning_listeners
+from lightning_prune.callbacks._trainer import broadcast, final_metrics, info, output_dir
+from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
+from lightning_prune.core.export import export_pruned, write_summary
+from lightning_prune.core.selection import select_parameters, validate_selector
+from lightning_prune.core.validate import check_choice, check_fraction, check_int
+
+log = logging.getLogger(__name__)
+NONFINITE = ("raise", "skip")
 
 
 class StepwisePruning(PruningCallback):
@@ -20,7 +30,11 @@ class StepwisePruning(PruningCallback):
     run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``.
 
     Subclasses set ``pruning_state``, ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done`` and
-    implement :meth:`_prune_step` and :meth:`_log_state`.
+    implement :meth:`_prune_step` and :meth:`_log_state`, or take the weight-selecting pruner's parts
+    below (decide on rank 0, apply on every rank, log, export, checkpoint): then they implement
+    :meth:`_plan`, :meth:`_apply`, :meth:`_current_sparsity`, :meth:`_layer_sparsity` and
+    :meth:`_summary_fields` (as :class:`~lightning_prune.IterativePruning` and
+    :class:`~lightning_prune.BlockPruning` do).
     """
 
     finetune_epochs: int
@@ -29,19 +43,15 @@ class StepwisePruning(PruningCallback):
     _listeners: list[PruningListener] = []
     _epoch_started: float = 0.0
 
-    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """Apply one step; return False to postpone it (the loop retries after the next fine-tune)."""
-        raise NotImplementedError
-
-    def _log_state(self, pl_module: pl.LightningModule) -> None:
-        raise NotImplementedError
-
     def _ready(self) -> bool:
         """Whether steps may run at all (e.g. a dense reference has been measured)."""
         return True
 
     def _more_steps(self) -> bool:
-        return self.pruning_state.step < self.pruning_state.num_steps
+        """Steps are left: fewer than planned, and the target sparsity (if any) not reached."""
+        state = self.pruning_state
+        target_reached = state.target_sparsity is not None and state.sparsity >= state.target_sparsity - 1e-6
+        return state.step < state.num_steps and not target_reached
 
     def _collect_listeners(self, trainer: pl.Trainer) -> None:
         self._listeners = pruning_listeners(trainer)
@@ -97,3 +107,160 @@ class StepwisePruning(PruningCallback):
         self.pruning_state.phase = "done"
         if self.stop_when_done:
             trainer.should_stop = True
+
+    # ---------------------------------------------------------------- pruners of selected weights
+    # Arguments they share, stored under these names by their constructors.
+    target_sparsity: float | None
+    include_types: list[str]
+    include_names: str | None
+    exclude_names: list[str]
+    prune_head: bool
+    include_biases: bool
+    log_layers: bool
+    on_nonfinite: str
+    monitor: str
+    export_dir: str | None
+    summary_section: str
+    _names: list[str] = []
+    _original_numel: dict[str, int] = {}
+    _restored: bool = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(target_sparsity=self.target_sparsity, include_names=self.include_names)
+
+    def _validate_shared(self) -> None:
+        """The checks of the arguments every weight-selecting pruner has."""
+        check_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
+        validate_selector(self.include_types, self.include_names, self.exclude_names)
+        if self.target_sparsity is not None:
+            check_fraction("target_sparsity", self.target_sparsity)
+        check_int("finetune_epochs", self.finetune_epochs, low=0)
+        check_int("warmup_epochs", self.warmup_epochs, low=0)
+
+    def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """In ``setup``: listeners, the selected weights and (unless restored) their dense sizes."""
+        self._collect_listeners(trainer)
+        self._names = select_parameters(
+            pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
+        )
+        if not self._restored:
+            self._original_numel = {name: pl_module.get_parameter(name).numel() for name in self._names}
+
+    def _check_epoch_budget(self, trainer: pl.Trainer, num_steps: int) -> None:
+        needed = self.warmup_epochs + max(1, num_steps * self.finetune_epochs)
+        max_epochs = trainer.max_epochs
+        if trainer.fast_dev_run or max_epochs is None or max_epochs < 0 or max_epochs >= needed:
+            return
+        raise ValueError(
+            f"{type(self).__name__} needs Trainer(max_epochs >= {needed}) (warmup_epochs={self.warmup_epochs} + "
+            f"{num_steps} steps x finetune_epochs={self.finetune_epochs}), got max_epochs={max_epochs}"
+        )
+
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Apply one step (rank 0 plans it); return False to postpone it (the loop retries after the next fine-tune)."""
+        state = self.pruning_state
+        record: dict[str, Any] = {"step": state.step + 1, "epoch": trainer.current_epoch}
+        if self.monitor in trainer.callback_metrics:
+            record[f"{self.monitor}_before"] = float(trainer.callback_metrics[self.monitor])
+        with state.timed("prune"):
+            started = time.perf_counter()
+            plan = broadcast(trainer, self._checked_plan(trainer, pl_module) if trainer.is_global_zero else None)
+            if "nonfinite" in plan:
+                return self._on_nonfinite(trainer, plan["nonfinite"], record)
+            self._apply(trainer, pl_module, plan, record)
+            state.step += 1
+            state.last_step_epoch = trainer.current_epoch
+            state.sparsity = self._current_sparsity(pl_module)
+            record.update(sparsity=state.sparsity, prune_s=time.perf_counter() - started)
+        state.history.append(record)
+        info(log, f"pruning step {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
+        return True
+
+    def _checked_plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """:meth:`_plan`, or why the step must not run (a NaN score would prune arbitrary weights)."""
+        bad_metrics = [k for k, v in trainer.callback_metrics.items() if not math.isfinite(float(v))]
+        try:
+            if bad_metrics:
+                raise FloatingPointError(f"non-finite metrics {sorted(bad_metrics)}")
+            return self._plan(trainer, pl_module)
+        except FloatingPointError as err:
+            return {"nonfinite": str(err)}
+
+    def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """On rank 0: what this step removes (broadcast); raise ``FloatingPointError`` on non-finite scores."""
+        raise NotImplementedError
+
+    def _apply(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]
+    ) -> None:
+        """On every rank: carry out ``plan``, adding what the history should show to ``record``."""
+        raise NotImplementedError
+
+    def _on_nonfinite(self, trainer: pl.Trainer, reason: str, record: dict[str, Any]) -> bool:
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"{type(self).__name__} step {record['step']} at epoch {trainer.current_epoch}: {reason}; "
+                "pruning stopped (set on_nonfinite='skip' to skip such steps and retry later)"
+            )
+        state = self.pruning_state
+        state.last_step_epoch = trainer.current_epoch
+        state.history.append(
+            {**record, "step": state.step, "sparsity": state.sparsity, "finetune": "none", "skipped": reason}
+        )
+        info(log, f"pruning step skipped: {reason}")
+        return False
+
+    def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
+        raise NotImplementedError
+
+    def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _log_state(self, pl_module: pl.LightningModule) -> None:
+        state = self.pruning_state
+        pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
+        pl_module.log("prune/step", float(state.step), on_step=False, on_epoch=True)
+        if state.target_sparsity is not None:
+            pl_module.log("prune/target_sparsity", state.target_sparsity, on_step=False, on_epoch=True)
+        if self.log_layers:
+            for name, value in self._layer_sparsity(pl_module).items():
+                pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self._export(trainer, pl_module)
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``pruned_model.pt`` and this pruner's section of ``summary.json``."""
+        state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
+        model_path = export_pruned(pl_module, directory / "pruned_model.pt")
+        summary = {
+            "target_sparsity": state.target_sparsity,
+            "sparsity": state.sparsity,
+            "steps": state.step,
+            "finetunes_run": sum(r.get("finetune") == "ran" for r in state.history),
+            "finetunes_skipped": sum(r.get("finetune") == "skipped" for r in state.history),
+            "layer_sparsity": self._layer_sparsity(pl_module),
+            **self._summary_fields(pl_module),
+            "params": sum(p.numel() for p in pl_module.parameters()),
+            "params_nonzero": sum(int((p != 0).sum()) for p in pl_module.parameters()),
+            "time_s": state.time_s,
+            "history": state.history,
+            "metrics": final_metrics(trainer, "prune_layer/"),
+            "exported_model": str(model_path),
+        }
+        write_summary(directory / "summary.json", self.summary_section, summary)
+        info(log, f"pruned to sparsity {state.sparsity:.3f} in {state.step} steps; exported {model_path}")
+
+    def _summary_fields(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """What this pruner adds to its ``summary.json`` section."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruning_state": self.pruning_state.to_dict(), "original_numel": dict(self._original_numel)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruning_state = PruningState.from_dict(state_dict.get("pruning_state", {}))
+        self._original_numel = state_dict.get("original_numel", self._original_numel)
+        self._restored = True

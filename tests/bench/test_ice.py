@@ -1,32 +1,38 @@
-"""The ICE benchmark's quick mode: every arm runs and the JSON has the keys the issue names."""
+"""The ICE benchmark at scale=quick: every arm runs and the JSON has the promised fields."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from lightning_prune.bench import ice as ice_bench
+from lightning_prune.bench.__main__ import dispatch
 from lightning_prune.bench._common import default_data
-from lightning_prune.bench.ice import main
-from lightning_prune.ice_tuning import STAGE1_SPACE
+from lightning_prune.bench._compose import compose_benchmark
+from lightning_prune.bench.ice import arms
+from lightning_prune.callbacks.ice.tuning import STAGE1_SPACE
 
 ARM_KEYS = {"wall_s", "test_acc", "sparsity", "finetune_epochs"}
 
 
-def test_ice_bench_quick(tmp_path: Path) -> None:
+def _run(tmp_path: Path, *overrides: str) -> dict:
     out = tmp_path / "ice.json"
-    assert main(["--quick", "--out", str(out), "--threads", "1"]) == 0
-    result = json.loads(out.read_text())
+    assert dispatch(["ice", "scale=quick", f"out={out}", *overrides]) == 0
+    return json.loads(out.read_text())
+
+
+def test_ice_bench_quick(tmp_path: Path) -> None:
+    result = _run(tmp_path)
     assert result["dataset"] == "digits"
-    arms = [result["baseline"], result["ice"], *result["ablations"].values()]
+    arms_run = [result["baseline"], result["ice"], *result["ablations"].values()]
     assert set(result["ablations"]) == {"gate", "freezing", "lr"}
-    assert result["complete"] is True
-    assert all(set(arm) >= ARM_KEYS for arm in arms)
-    assert len({round(arm["sparsity"], 6) for arm in arms}) == 1  # equal final sparsity in every arm
+    assert result["provenance"]["complete"] is True
+    assert result["provenance"]["config"]["workload"]["blocks"] == [2, 2]
+    assert all(set(arm) >= ARM_KEYS for arm in arms_run)
+    assert len({round(arm["sparsity"], 6) for arm in arms_run}) == 1  # equal final sparsity in every arm
     assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]
     assert result["acc_delta_pt"] == 100 * (result["ice"]["test_acc"] - result["baseline"]["test_acc"])
     assert result["ice"]["wall_s"] == result["ice"]["run_s"] + result["ice"]["search_s"]
@@ -43,55 +49,55 @@ def test_ice_bench_quick(tmp_path: Path) -> None:
 
 
 def test_pretraining_depends_on_the_seed_only(tmp_path: Path) -> None:
+    cfg = compose_benchmark("ice", ["scale=quick", "workload.pretrain_epochs=1"])
+    work = arms.Workload(**OmegaConf.to_container(cfg.workload))
     datamodule, _ = default_data(None, 0, batch_size=128, digits=True)
-    work = replace(ice_bench.QUICK, pretrain_epochs=1)
     states = []
     for seed, disturbance in ((0, 1), (0, 2), (1, 1)):
         torch.manual_seed(disturbance)  # a process's own initial seed is arbitrary
-        states.append(ice_bench.pretrain(datamodule, work, seed, tmp_path))
+        states.append(arms.pretrain(datamodule, work, seed, tmp_path))
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
     assert not all(torch.equal(states[0][key], states[2][key]) for key in states[0])
 
 
-def test_ice_bench_sizes_and_skipping_the_ablations(tmp_path: Path) -> None:
-    out = tmp_path / "ice.json"
-    assert main(["--quick", "--skip-ablations", "--search-fraction", "0.5", "--out", str(out), "--threads", "1"]) == 0
-    result = json.loads(out.read_text())
-    assert result["ablations"] == {}
+def test_ice_bench_one_ablation_and_sizes_as_overrides(tmp_path: Path) -> None:
+    result = _run(tmp_path, "ablation=gate_only", "workload.search_fraction=0.5")
+    assert set(result["ablations"]) == {"gate"}
     assert result["workload"]["search_fraction"] == 0.5
+    assert result["provenance"]["config"]["ablations"] == ["gate"]
     assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]
 
 
 @pytest.mark.parametrize(
-    ("argv", "match"),
+    ("override", "match"),
     [
-        (["--search-fraction", "0"], r"--search-fraction must be in \(0, 1\], got 0.0"),
-        (["--train-fraction", "1.5"], r"--train-fraction must be in \(0, 1\], got 1.5"),
-        (["--trials", "-1"], "--trials must be >= 1, got -1"),
+        ("workload.search_fraction=0", r"workload.search_fraction must be in \(0, 1\], got 0"),
+        ("workload.train_fraction=1.5", r"workload.train_fraction must be in \(0, 1\], got 1.5"),
+        ("workload.trials=-1", "workload.trials must be an integer >= 1, got -1"),
+        ("ablations=[gate,pruner]", r"ablations must be one of \['gate', 'freezing', 'lr'\], got 'pruner'"),
     ],
 )
-def test_ice_bench_refuses_bad_sizes_before_training(tmp_path: Path, monkeypatch, argv: list[str], match: str) -> None:
+def test_ice_bench_refuses_bad_settings_before_training(tmp_path: Path, monkeypatch, override: str, match: str) -> None:
     def no_training(*args, **kwargs):
-        raise AssertionError("the model was pre-trained before the sizes were checked")
+        raise AssertionError("the model was pre-trained before the settings were checked")
 
-    monkeypatch.setattr(ice_bench, "pretrain", no_training)
+    monkeypatch.setattr(arms, "pretrain", no_training)
     with pytest.raises(ValueError, match=match):
-        main(["--quick", "--out", str(tmp_path / "ice.json"), *argv])
+        dispatch(["ice", "scale=quick", f"out={tmp_path / 'ice.json'}", override])
 
 
 def test_a_run_stopped_during_the_ablations_keeps_its_comparison(tmp_path: Path, monkeypatch) -> None:
-    make_parts = ice_bench.make_parts
+    make_parts = arms.make_parts
 
     def stop_at_the_first_ablation(params, parts, val_batches):
         if len(parts) == 1:
             raise KeyboardInterrupt
         return make_parts(params, parts, val_batches)
 
-    monkeypatch.setattr(ice_bench, "make_parts", stop_at_the_first_ablation)
-    out = tmp_path / "ice.json"
+    monkeypatch.setattr(arms, "make_parts", stop_at_the_first_ablation)
     with pytest.raises(KeyboardInterrupt):
-        main(["--quick", "--search-fraction", "0.5", "--out", str(out), "--threads", "1"])
-    result = json.loads(out.read_text())
-    assert result["complete"] is False
+        _run(tmp_path, "workload.search_fraction=0.5")
+    result = json.loads((tmp_path / "ice.json").read_text())
+    assert result["provenance"]["complete"] is False
     assert result["ablations"] == {}
     assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]

@@ -4,43 +4,95 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
 from lightning_prune import IterativePruning, PruningListener, load_pruned
-from lightning_prune.core.structured import architecture_spec
-from tests.helpers import cnn_classifier, resnet_classifier
+from lightning_prune.models import Classifier
+from tests.helpers import cnn_classifier
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "target_sparsity is required in unstructured mode"),
+        ({}, "target_sparsity is required"),
+        ({"target_sparsity": 1.2}, r"target_sparsity must be in \(0, 1\), got 1.2"),
         ({"target_sparsity": 1.0}, r"target_sparsity must be in \(0, 1\), got 1.0"),
         ({"target_sparsity": -0.1}, r"target_sparsity must be in \(0, 1\)"),
         ({"target_sparsity": 0.5, "step_ratio": 0}, r"step_ratio must be in \(0, 1\)"),
         ({"target_sparsity": 0.5, "step_ratio": None}, r"step_ratio must be in \(0, 1\)"),
         ({"target_sparsity": 0.5, "schedule": "cubic"}, "num_steps must be an integer >= 1 for schedule='cubic'"),
-        ({"target_sparsity": 0.5, "schedule": "cubic", "num_steps": 0}, "num_steps must be an integer >= 1"),
+        (
+            {"target_sparsity": 0.5, "schedule": "cubic", "num_steps": 0},
+            "num_steps must be an integer >= 1 for schedule='cubic', got 0",
+        ),
         ({"target_sparsity": 0.5, "schedule": "exp"}, r"schedule must be one of \['fixed', 'cubic', 'linear'\]"),
-        ({"target_sparsity": 0.5, "mode": "channels"}, r"mode must be one of \['unstructured', 'structured'\]"),
-        ({"target_sparsity": 0.5, "importance": "taylor"}, "importance must be one of"),
+        (
+            {"target_sparsity": 0.5, "importance": "taylor"},
+            r"importance must be one of \['magnitude', 'lamp'\], got 'taylor'",
+        ),
         ({"target_sparsity": 0.5, "scope": "row"}, "scope must be one of"),
         ({"target_sparsity": 0.5, "finetune_epochs": -1}, "finetune_epochs must be an integer >= 0, got -1"),
         ({"target_sparsity": 0.5, "warmup_epochs": 1.5}, "warmup_epochs must be an integer >= 0"),
-        ({"target_sparsity": 0.5, "include_types": ["Conv9d"]}, r"unknown module type\(s\)"),
-        ({"target_sparsity": 0.5, "include_names": "("}, "include_names: '\\(' is not a valid regular expression"),
-        ({"mode": "structured", "block_types": []}, "block_types must be a non-empty list"),
-        ({"mode": "structured", "block_types": "BasicBlock"}, "block_types must be a non-empty list"),
+        (
+            {"target_sparsity": 0.5, "include_types": ["Conv9d"]},
+            r"include_types has unknown module type\(s\) \['Conv9d'\]; allowed: \[",
+        ),
+        (
+            {"target_sparsity": 0.5, "include_names": "conv("},
+            r"include_names: 'conv\(' is not a valid regular expression",
+        ),
         (
             {"target_sparsity": 0.5, "include_types": "Linear"},
             "include_types must be a non-empty list of module type names, got 'Linear'",
         ),
+        ({"target_sparsity": 0.5, "on_nonfinite": "ignore"}, r"on_nonfinite must be one of \['raise', 'skip'\]"),
         ({"target_sparsity": 0.5, "rewind_epoch": 2, "warmup_epochs": 1}, r"rewind_epoch must be an integer in \[0, "),
-        ({"mode": "structured", "rewind_epoch": 0}, "needs mode='unstructured'"),
     ],
 )
 def test_iterative_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         IterativePruning(**kwargs)
+
+
+def test_iterative_has_no_structured_mode():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mode'"):
+        IterativePruning(target_sparsity=0.5, mode="structured")
+
+
+def _head_only_model() -> Classifier:
+    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 10, (1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "make_model", "max_epochs", "message"),
+    [
+        (
+            {"target_sparsity": 0.5, "include_names": "nomatch"},
+            cnn_classifier,
+            3,
+            r"the parameter selection matched nothing in Classifier \(include_types=.*include_names='nomatch'",
+        ),
+        ({"target_sparsity": 0.5}, _head_only_model, 3, r"matched nothing in Classifier .*prune_head=False"),
+        (
+            {"target_sparsity": 0.9, "step_ratio": 0.5, "warmup_epochs": 2},
+            cnn_classifier,
+            3,
+            r"needs Trainer\(max_epochs >= 6\).*got max_epochs=3",
+        ),
+        (
+            {"target_sparsity": 0.8, "step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2},
+            cnn_classifier,
+            5,
+            r"IterativePruning needs Trainer\(max_epochs >= 8\).*3 steps x finetune_epochs=2\), got max_epochs=5",
+        ),
+    ],
+    ids=["regex matching nothing", "model with no prunable layer", "too few epochs", "too few epochs, named"],
+)
+def test_iterative_refuses_before_training(kwargs, make_model, max_epochs, message, digits, trainer_kwargs):
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[IterativePruning(**kwargs)], **trainer_kwargs)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(make_model(), datamodule=digits)
+    assert trainer.global_step == 0
 
 
 def test_iterative_state_key():
@@ -113,15 +165,6 @@ def test_accumulated_gradients_and_cubic_schedule(digits, trainer_kwargs):
     assert zeros >= 0.6 * sum(m.numel() for m in pruning.state_dict()["masks"].values()) - 1
 
 
-def test_too_few_epochs_fail_at_setup_naming_the_numbers(digits, trainer_kwargs):
-    pruning = IterativePruning(target_sparsity=0.8, step_ratio=0.5, warmup_epochs=2, finetune_epochs=2)
-    trainer = pl.Trainer(max_epochs=5, callbacks=[pruning], **trainer_kwargs)
-    with pytest.raises(
-        ValueError, match=r"needs Trainer\(max_epochs >= 8\).*3 steps x finetune_epochs=2\), got max_epochs=5"
-    ):
-        trainer.fit(cnn_classifier(), datamodule=digits)
-
-
 def test_fast_dev_run_prunes_once_and_exports_nothing(digits, trainer_kwargs, tmp_path):
     pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5)
     pl.Trainer(
@@ -163,25 +206,6 @@ def test_listeners_can_skip_finetunes(digits, trainer_kwargs):
     assert trainer.current_epoch == 2
 
 
-def test_structured_mode_removes_block_filters_physically(digits, trainer_kwargs):
-    pruning = IterativePruning(mode="structured", step_ratio=0.5, warmup_epochs=1, finetune_epochs=1)
-    model = resnet_classifier()
-    params_before = sum(p.numel() for p in model.parameters())
-    trainer = pl.Trainer(max_epochs=10, callbacks=[pruning], limit_train_batches=5, **trainer_kwargs)
-    trainer.fit(model, datamodule=digits)
-    assert [r["block"] for r in pruning.pruning_state.history] == [
-        "net.stages.0.0",
-        "net.stages.0.1",
-        "net.stages.1.0",
-        "net.stages.1.1",
-    ]
-    assert [b.conv1.out_channels for b in (model.net.stages[0][0], model.net.stages[1][1])] == [8, 16]
-    assert model.net.stages[1][1].conv2.out_channels == 32  # residual width untouched
-    assert sum(p.numel() for p in model.parameters()) < params_before
-    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    assert optimized == {id(p) for p in model.parameters()}
-
-
 class StopAt(pl.Callback):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -191,11 +215,13 @@ class StopAt(pl.Callback):
             trainer.should_stop = True
 
 
-def _fit(digits, trainer_kwargs, tmp_path, make_model, pruning_kwargs, stop_at=None, ckpt_path=None):
+def fit_with_checkpoints(
+    digits, trainer_kwargs, tmp_path, make_model, pruning_kwargs, stop_at=None, ckpt_path=None, pruner=IterativePruning
+):
     # Same initial weights for the full and the interrupted run; a resumed run gets them from the checkpoint,
     # so it is seeded differently to show it does not depend on the global RNG.
     pl.seed_everything(0 if ckpt_path is None else 123, verbose=False)
-    pruning = IterativePruning(**pruning_kwargs)
+    pruning = pruner(**pruning_kwargs)
     callbacks = [pruning, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)]
     if stop_at is not None:
         callbacks.append(StopAt(stop_at))
@@ -209,29 +235,19 @@ def _fit(digits, trainer_kwargs, tmp_path, make_model, pruning_kwargs, stop_at=N
 @pytest.mark.parametrize("stop_at", [1, 3])  # before the first step, and between steps
 def test_resume_equals_uninterrupted_run(digits, trainer_kwargs, tmp_path, stop_at):
     args = {"target_sparsity": 0.8, "step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2}
-    full, full_model, full_trainer = _fit(digits, trainer_kwargs, tmp_path / "full", cnn_classifier, args)
-    _fit(digits, trainer_kwargs, tmp_path / "cut", cnn_classifier, args, stop_at=stop_at)
+    full, full_model, full_trainer = fit_with_checkpoints(
+        digits, trainer_kwargs, tmp_path / "full", cnn_classifier, args
+    )
+    fit_with_checkpoints(digits, trainer_kwargs, tmp_path / "cut", cnn_classifier, args, stop_at=stop_at)
     ckpt = tmp_path / "cut" / "ckpt" / "last.ckpt"
     torch.load(ckpt, weights_only=True)
-    resumed, resumed_model, resumed_trainer = _fit(
+    resumed, resumed_model, resumed_trainer = fit_with_checkpoints(
         digits, trainer_kwargs, tmp_path / "cut", cnn_classifier, args, ckpt_path=ckpt
     )
     torch.testing.assert_close(resumed.state_dict()["masks"], full.state_dict()["masks"])
     torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
     assert resumed_trainer.callback_metrics["val/acc"] == full_trainer.callback_metrics["val/acc"]
     assert [r["epoch"] for r in resumed.pruning_state.history] == [r["epoch"] for r in full.pruning_state.history]
-
-
-def test_resume_after_physical_shrink_loads_into_fresh_model(digits, trainer_kwargs, tmp_path):
-    args = {"mode": "structured", "step_ratio": 0.5, "warmup_epochs": 1, "finetune_epochs": 1}
-    full, full_model, _ = _fit(digits, trainer_kwargs, tmp_path / "full", resnet_classifier, args)
-    _fit(digits, trainer_kwargs, tmp_path / "cut", resnet_classifier, args, stop_at=2)
-    ckpt = tmp_path / "cut" / "ckpt" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["state_dict"]["net.stages.0.0.conv1.weight"].shape[0] == 8
-    resumed, resumed_model, _ = _fit(digits, trainer_kwargs, tmp_path / "cut", resnet_classifier, args, ckpt_path=ckpt)
-    assert architecture_spec(resumed_model) == architecture_spec(full_model)
-    torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
-    assert resumed.pruning_state.sparsity == full.pruning_state.sparsity
 
 
 def test_rewinding_resets_surviving_weights_to_the_rewind_epoch(digits, trainer_kwargs):
@@ -279,13 +295,13 @@ def test_nonfinite_can_be_skipped_when_asked(digits, trainer_kwargs):
 
 def test_checkpoint_of_another_configuration_is_refused(digits, trainer_kwargs, tmp_path):
     args = {"target_sparsity": 0.5, "step_ratio": 0.5, "warmup_epochs": 1}
-    _fit(digits, trainer_kwargs, tmp_path / "a", cnn_classifier, args, stop_at=0)
+    fit_with_checkpoints(digits, trainer_kwargs, tmp_path / "a", cnn_classifier, args, stop_at=0)
     other = {**args, "target_sparsity": 0.8}
     with pytest.raises(
         ValueError,
         match=r"holds no state for IterativePruning\{.*'target_sparsity': 0.8.*different pruning configuration",
     ):
-        _fit(
+        fit_with_checkpoints(
             digits,
             trainer_kwargs,
             tmp_path / "b",
@@ -304,7 +320,7 @@ def test_a_dense_checkpoint_can_be_continued_with_pruning(digits, trainer_kwargs
     )
     dense.fit(cnn_classifier(), datamodule=digits)
     args = {"target_sparsity": 0.5, "step_ratio": 0.5, "warmup_epochs": 1}
-    pruning, _, _ = _fit(
+    pruning, _, _ = fit_with_checkpoints(
         digits, trainer_kwargs, tmp_path / "pruned", cnn_classifier, args, ckpt_path=tmp_path / "dense" / "last.ckpt"
     )
     assert pruning.pruning_state.sparsity == pytest.approx(0.5, abs=1e-3)

@@ -1,0 +1,151 @@
+"""Block-wise structured pruning: one block per step, its inner filters removed physically (ICE-Pruning's pruner)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_prune.callbacks._stepwise import StepwisePruning
+from lightning_prune.callbacks._trainer import check_spawn_reload, example_input, rebuild_after_shrink, resize_on_load
+from lightning_prune.callbacks.protocol import PruningState
+from lightning_prune.core.masks import check_finite
+from lightning_prune.core.selection import DEFAULT_TYPES
+from lightning_prune.core.structured import (
+    dependency_graph,
+    inner_convs,
+    l1_filter_scores,
+    lowest_channels,
+    remove_out_channels,
+)
+from lightning_prune.core.validate import check_fraction
+
+
+class BlockPruning(StepwisePruning):
+    """Prune the model's blocks one per step, in network order, removing a fraction of each block's inner filters.
+
+    ICE-Pruning's setting (Hu, Henderson, Cano, arXiv 2505.07411, Sec. IV): at each step the next block
+    (a module whose class is in ``block_types``) loses ``step_ratio`` of the output filters of its inner
+    convs, those with the lowest L1 norms, removed physically through torch-pruning's dependency graph
+    (the block's output width, and so the residual path, is untouched); the optimizer is rebuilt after
+    each shrink. A step runs at the start of an epoch, after ``warmup_epochs`` dense epochs and then every
+    ``finetune_epochs`` epochs; when the last block's fine-tune is over, training stops. ICE's
+    :class:`~lightning_prune.AccuracyGate`, :class:`~lightning_prune.LayerFreezing` and
+    :class:`~lightning_prune.PruningAwareLR` act around these steps.
+
+    Requires from your LightningModule: an ``example_input_array`` or an ``(x, y)`` validation batch (to
+    trace the graph), and a ``configure_optimizers`` over all parameters (it is called again after each
+    shrink). Under ``ddp_spawn``, call :func:`~lightning_prune.resize_on_load` on the model before ``fit``.
+
+    Args:
+        step_ratio: fraction of each block's inner filters removed at its step, in (0, 1) (the paper's r).
+        block_types: class names of the blocks pruned, one per step.
+        finetune_epochs: epochs of training after each step (0: all blocks at once, no fine-tune).
+        warmup_epochs: dense epochs before the first step.
+        target_sparsity: stop early once this fraction of the selected weights is removed, in (0, 1);
+            ``None`` prunes every block.
+        include_types, include_names, exclude_names, prune_head, include_biases: the weights whose removed
+            fraction is the reported sparsity (see :func:`~lightning_prune.core.selection.select_parameters`).
+        stop_when_done: stop training once the last fine-tune is over.
+        log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
+        on_nonfinite: ``"raise"`` (default) stops with an error when weights or logged metrics are NaN/inf at
+            a step; ``"skip"`` records the skip and retries after the next fine-tune.
+        monitor: metric recorded as the accuracy before each step in the history.
+        export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
+
+    Raises:
+        ValueError: for arguments out of range, ``block_types`` matching no module, a selection matching
+            nothing, or a Trainer whose ``max_epochs`` cannot fit one step per block (naming the numbers).
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import BlockPruning
+        >>> from lightning_prune.data import DigitsDataModule
+        >>> from lightning_prune.models import Classifier, ResNet
+        >>> pruning = BlockPruning(step_ratio=0.5, finetune_epochs=1, export_dir=None)
+        >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
+        >>> [record["block"] for record in pruning.pruning_state.history], model.net.stages[0][0].conv1.out_channels
+        (['net.stages.0.0', 'net.stages.1.0'], 4)
+    """
+
+    summary_section = "block_pruning"
+
+    def __init__(
+        self,
+        step_ratio: float = 0.2,
+        block_types: Sequence[str] = ("BasicBlock",),
+        finetune_epochs: int = 1,
+        warmup_epochs: int = 0,
+        target_sparsity: float | None = None,
+        include_types: Sequence[str] = DEFAULT_TYPES,
+        include_names: str | None = None,
+        exclude_names: Sequence[str] = (),
+        prune_head: bool = False,
+        include_biases: bool = False,
+        stop_when_done: bool = True,
+        log_layers: bool = True,
+        on_nonfinite: str = "raise",
+        monitor: str = "val/acc",
+        export_dir: str | None = None,
+    ) -> None:
+        self.step_ratio, self.block_types, self.target_sparsity = step_ratio, block_types, target_sparsity
+        self.finetune_epochs, self.warmup_epochs = finetune_epochs, warmup_epochs
+        self.include_types, self.include_names, self.exclude_names = include_types, include_names, exclude_names
+        self.prune_head, self.include_biases = prune_head, include_biases
+        self.stop_when_done, self.log_layers, self.on_nonfinite = stop_when_done, log_layers, on_nonfinite
+        self.monitor, self.export_dir = monitor, export_dir
+        self._validate_shared()
+        check_fraction("step_ratio", step_ratio)
+        if isinstance(block_types, str) or not block_types:
+            raise ValueError(f"block_types must be a non-empty list of class names, got {block_types!r}")
+        self.include_types, self.exclude_names, self.block_types = (
+            list(include_types),
+            list(exclude_names),
+            list(block_types),
+        )
+        self.pruning_state = PruningState(target_sparsity=target_sparsity)
+        self._names: list[str] = []
+        self._original_numel: dict[str, int] = {}
+        self._blocks: list[str] = []
+        self._restored = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._select(trainer, pl_module)
+        self._blocks = [name for name, m in pl_module.named_modules() if type(m).__name__ in self.block_types]
+        if not self._blocks:
+            raise ValueError(f"block_types={self.block_types} matched no module of {type(pl_module).__name__}")
+        check_spawn_reload(trainer, pl_module, "BlockPruning")
+        resize_on_load(pl_module)
+        if not self._restored:
+            self.pruning_state.num_steps = len(self._blocks)
+        self._check_epoch_budget(trainer, len(self._blocks))
+
+    # ---------------------------------------------------------------- a step
+
+    def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        block = self._blocks[self.pruning_state.step]
+        convs = inner_convs(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), block)
+        scores = {name: l1_filter_scores(pl_module.get_submodule(name)) for name in convs}
+        check_finite(scores, "filter L1 norms")
+        return {"block": block, "channels": {name: lowest_channels(s, self.step_ratio) for name, s in scores.items()}}
+
+    def _apply(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]
+    ) -> None:
+        remove_out_channels(pl_module, example_input(trainer, pl_module), plan["channels"])
+        rebuild_after_shrink(trainer)
+        record["block"] = plan["block"]
+
+    def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
+        present = sum(pl_module.get_parameter(name).numel() for name in self._names)
+        return 1.0 - present / sum(self._original_numel.values())
+
+    def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        return {n: 1.0 - pl_module.get_parameter(n).numel() / self._original_numel[n] for n in self._names}

@@ -1,0 +1,252 @@
+"""ICE-Pruning's layer freezing: the layers that move least in a probe fine-tune stay frozen in later ones."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+
+from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
+from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.core.export import write_summary
+from lightning_prune.core.selection import select_parameters, validate_selector
+from lightning_prune.core.structured import dependency_graph
+from lightning_prune.core.validate import check_fraction
+
+log = logging.getLogger(__name__)
+CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class LayerFreezing(Callback, PruningListener):
+    """Freeze, during each fine-tune, the conv layers whose weights moved least in a one-time probe.
+
+    ICE-Pruning (Hu, Henderson, Cano, arXiv 2505.07411), the freezing mechanism. The probe is the first
+    fine-tune that runs (it runs unfrozen): for every candidate conv ``l`` it scores
+    ``d_l = | ||W_post||_1 - ||W_pre||_1 | / ||W_orig||_2`` (weights after and before that fine-tune,
+    and before the first pruning step), and the ``ceil(fraction * N)`` candidates with the smallest
+    ``d_l`` are frozen in every later fine-tune, then released when it ends (and at the end of
+    training). Layers are remembered by name, since structured steps replace their parameters.
+
+    Freezing follows Lightning's ``BaseFinetuning.freeze(train_bn=False)``: ``requires_grad=False`` on
+    the conv's parameters and on those of the BatchNorm that reads its output; in addition that
+    BatchNorm is put in eval mode, so it normalises with its fixed running statistics and they stay
+    untouched. A frozen parameter costs nothing: no gradient is computed (backward stops early when
+    the frozen layers come first), so ``torch.optim`` optimizers skip it entirely (no update, no
+    weight decay, no momentum change), and pruning masks still hold.
+
+    Requires from your LightningModule: a ``configure_optimizers`` over all parameters (frozen ones
+    included); an ``example_input_array`` or an ``(x, y)`` validation batch (to find each conv's
+    BatchNorm). Under DDP, ``Trainer(strategy=DDPStrategy(find_unused_parameters=True))``.
+
+    Args:
+        fraction: share of the candidate convs frozen, in [0, 1] (the paper's ``fr``).
+        include_names: regular expression the candidate convs' module names must match (``None``: all).
+        exclude_names: regular expressions of convs never frozen.
+        export_dir: where ``summary.json`` goes (default: the Trainer's root dir).
+
+    Raises:
+        ValueError: for ``fraction`` outside [0, 1] or bad selectors; in ``setup``, when there is no
+            pruner, no candidate conv, or DDP without ``find_unused_parameters=True``.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import BlockPruning, LayerFreezing
+        >>> from lightning_prune.data import DigitsDataModule
+        >>> from lightning_prune.models import Classifier, ResNet
+        >>> pruning = BlockPruning(step_ratio=0.5, export_dir=None)
+        >>> freezing = LayerFreezing(fraction=0.5)
+        >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning, freezing], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
+        >>> len(freezing.frozen)  # ceil(0.5 * 5 convs)
+        3
+    """
+
+    def __init__(
+        self,
+        fraction: float = 0.3,
+        include_names: str | None = None,
+        exclude_names: Sequence[str] = (),
+        export_dir: str | None = None,
+    ) -> None:
+        check_fraction("fraction", fraction, closed_low=True, closed_high=True)
+        validate_selector(CONV_TYPES, include_names, exclude_names)
+        self.fraction, self.include_names, self.exclude_names = fraction, include_names, list(exclude_names)
+        self.export_dir = export_dir
+        self.candidates: list[str] = []
+        self.frozen: list[str] | None = None
+        self.scores: dict[str, float] = {}
+        self._norm_of: dict[str, str] = {}
+        self._orig_l2: dict[str, float] | None = None
+        self._pre_l1: dict[str, float] | None = None
+        self._probe_step = 0
+        self._frozen_params: list[str] = []
+        self._eval_norms: list[str] = []
+        self._frozen_count = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(fraction=self.fraction, include_names=self.include_names)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        find_pruner(trainer, "LayerFreezing")
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+            raise ValueError(
+                "LayerFreezing changes requires_grad during training, which DDP only allows with "
+                "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (or 'ddp_find_unused_parameters_true')"
+            )
+        weights = select_parameters(pl_module, CONV_TYPES, self.include_names, self.exclude_names)
+        self.candidates = [name.rpartition(".")[0] for name in weights]
+
+    # ---------------------------------------------------------------- pruner events
+
+    def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        # A new step ends the previous fine-tune, even one whose end a resumed run did not see.
+        self._finish_probe(trainer, pl_module)
+        self._release(pl_module)
+        if self._orig_l2 is None:
+            self._orig_l2 = self._norms(pl_module, 2)
+
+    def on_finetune_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        if self._pre_l1 is None:
+            self._pre_l1, self._probe_step = self._norms(pl_module, 1), state.step
+            state.history[-1]["frozen_layers"] = self._frozen_count = 0
+            return
+        self._freeze(pl_module)
+        state.history[-1]["frozen_layers"] = self._frozen_count = self.frozen_now
+
+    def on_finetune_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        self._finish_probe(trainer, pl_module)
+        self._release(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed inside a fine-tune: parameters come back trainable, so freeze them again.
+        if self._frozen_params and find_pruner(trainer, "LayerFreezing").pruning_state.phase == "finetune":
+            self._frozen_params, self._eval_norms = [], []
+            self._freeze(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release(pl_module)
+
+    # ---------------------------------------------------------------- the probe
+
+    def _norms(self, pl_module: pl.LightningModule, order: int) -> dict[str, float]:
+        with torch.no_grad():
+            return {name: float(pl_module.get_submodule(name).weight.norm(order)) for name in self.candidates}
+
+    def _finish_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score the probe fine-tune that just ended and decide (on rank 0) which convs stay frozen."""
+        if self._pre_l1 is None or self.frozen is not None:
+            return
+        decision = None
+        if trainer.is_global_zero:
+            post_l1 = self._norms(pl_module, 1)
+            scores = {
+                name: abs(post_l1[name] - self._pre_l1[name]) / max(self._orig_l2[name], 1e-12)
+                for name in self.candidates
+            }
+            count = math.ceil(self.fraction * len(scores) - 1e-9)
+            frozen = sorted(scores, key=lambda name: (scores[name], self.candidates.index(name)))[:count]
+            graph = dependency_graph(pl_module, example_input(trainer, pl_module))
+            decision = {"scores": scores, "frozen": frozen, "norm_of": _following_norms(pl_module, graph, frozen)}
+        decision = broadcast(trainer, decision)
+        self.scores, self.frozen, self._norm_of = decision["scores"], decision["frozen"], decision["norm_of"]
+        info(log, f"layer freezing: probe after step {self._probe_step} froze {len(self.frozen)} convs: {self.frozen}")
+
+    # ---------------------------------------------------------------- freeze / release
+
+    def _freeze(self, pl_module: pl.LightningModule) -> None:
+        """``requires_grad=False`` (and no stale gradient) on the frozen convs and their norms; norms in eval."""
+        for conv_name in self.frozen or []:
+            for module_name in (conv_name, self._norm_of.get(conv_name)):
+                if module_name is None:
+                    continue
+                module = pl_module.get_submodule(module_name)
+                for param_name, param in module.named_parameters(recurse=False):
+                    if param.requires_grad:
+                        param.requires_grad_(False)
+                        param.grad = None
+                        self._frozen_params.append(f"{module_name}.{param_name}")
+                if isinstance(module, _NORMS) and module.training:
+                    module.eval()
+                    self._eval_norms.append(module_name)
+
+    def _release(self, pl_module: pl.LightningModule) -> None:
+        """Undo exactly what :meth:`_freeze` changed (parameters the user froze stay frozen)."""
+        for name in self._frozen_params:
+            pl_module.get_parameter(name).requires_grad_(True)
+        for name in self._eval_norms:
+            pl_module.get_submodule(name).train(pl_module.training)
+        self._frozen_params, self._eval_norms = [], []
+
+    @property
+    def frozen_now(self) -> int:
+        """How many of the chosen convs are frozen at this moment (0 outside fine-tunes)."""
+        return sum(any(p.startswith(f"{name}.") for p in self._frozen_params) for name in self.frozen or [])
+
+    # ---------------------------------------------------------------- logging, summary, state
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.frozen is not None:
+            pl_module.log("ice/frozen_layers", float(self._frozen_count), on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        write_summary(
+            output_dir(trainer, self.export_dir) / "summary.json",
+            "ice_freezing",
+            {
+                "fraction": self.fraction,
+                "candidates": len(self.candidates),
+                "probe_step": self._probe_step,
+                "frozen": self.frozen,
+                "scores": self.scores,
+            },
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "frozen": self.frozen,
+            "scores": dict(self.scores),
+            "norm_of": dict(self._norm_of),
+            "orig_l2": self._orig_l2,
+            "pre_l1": self._pre_l1,
+            "probe_step": self._probe_step,
+            "frozen_params": list(self._frozen_params),
+            "eval_norms": list(self._eval_norms),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.frozen = state_dict.get("frozen", self.frozen)
+        self.scores = dict(state_dict.get("scores", self.scores))
+        self._norm_of = dict(state_dict.get("norm_of", self._norm_of))
+        self._orig_l2 = state_dict.get("orig_l2", self._orig_l2)
+        self._pre_l1 = state_dict.get("pre_l1", self._pre_l1)
+        self._probe_step = state_dict.get("probe_step", self._probe_step)
+        self._frozen_params = list(state_dict.get("frozen_params", self._frozen_params))
+        self._eval_norms = list(state_dict.get("eval_norms", self._eval_norms))
+
+
+def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict[str, str]:
+    """For each conv, the BatchNorm that directly reads its output (from torch-pruning's traced graph)."""
+    names = {module: name for name, module in model.named_modules()}
+    norms = {}
+    for conv in convs:
+        for node in graph.module2node[model.get_submodule(conv)].outputs:
+            if isinstance(node.module, _NORMS) and node.module in names:
+                norms[conv] = names[node.module]
+    return norms

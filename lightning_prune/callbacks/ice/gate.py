@@ -1,0 +1,292 @@
+"""ICE-Pruning's accuracy gate: skip the fine-tune after a pruning step that barely hurt accuracy."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
+from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.core.export import write_summary
+from lightning_prune.core.validate import check_int, is_number
+
+log = logging.getLogger(__name__)
+MetricFn = Callable[[pl.LightningModule, Any], tuple[Any, Any]]
+
+
+def batch_accuracy(pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, int]:
+    """The default metric: ``(correct, total)`` for an ``(x, y, ...)`` batch and a module returning logits.
+
+    A custom ``metric_fn`` has the same signature and returns a score summed over the batch and the
+    number of samples it covers, so batches and ranks can be pooled exactly.
+    """
+    x, y = batch[0], batch[1]
+    logits = pl_module(x)
+    return (logits.argmax(dim=-1) == y).sum(), y.numel()
+
+
+class AccuracyGate(Callback, PruningListener):
+    """Skip a fine-tune when the pruning step before it cost less than ``threshold`` points of accuracy.
+
+    ICE-Pruning (Hu, Henderson, Cano, arXiv 2505.07411), the threshold mechanism: the accuracy ``A0``
+    of the unpruned model is measured once, right before the first pruning step, and stays the
+    reference for the whole run (as in the paper's code). After every step the gate measures ``A_b``
+    on the first ``val_batches`` validation batches; if ``A0 - A_b < threshold`` (percentage points)
+    the pruner skips the fine-tune and prunes the next block at once, otherwise it fine-tunes.
+    Works with any step-wise pruner of the suite (the paper's is :class:`~lightning_prune.BlockPruning`).
+
+    Every decision goes into the pruner's ``history`` (``acc_reference``, ``acc_after``, ``drop_pt``,
+    ``gate_skip``), into ``summary.json`` (section ``ice_gate``) and into the logged metrics
+    ``ice/acc_reference``, ``ice/acc_after``, ``ice/drop_pt``, ``ice/finetunes_skipped``; once pruning is
+    over it also measures the accuracy the run ends with on the same batches (``ice/acc_final``,
+    ``ice/drop_final_pt``: what two-stage tuning bounds). Evaluation time
+    is counted in the pruner's ``time_s["evaluate"]``. Under DDP each rank evaluates every
+    ``world_size``-th of those batches and the counts are summed, so all ranks decide identically (and
+    as a single process would).
+
+    Requires from your LightningModule: validation data (a ``val_dataloader`` on the module or
+    datamodule, or ``val_dataloaders`` passed to ``fit``); with the default metric, ``(x, y)`` batches
+    and a ``forward`` returning logits.
+
+    Args:
+        threshold: accuracy drop (percentage points, relative to ``A0``) below which the fine-tune is
+            skipped; >= 0.
+        val_batches: how many validation batches each evaluation uses (``None``: all of them); >= 1.
+        metric_fn: ``None`` for top-1 accuracy (:func:`batch_accuracy`), a callable
+            ``(pl_module, batch) -> (score_sum, count)``, or the dotted import path of one (YAML).
+        finetune_last: always fine-tune after the last step, whatever its drop, so the model the run
+            ends with has been fine-tuned since its last prune (the paper's DenseNet pipeline ends with a
+            final fine-tune too). With it a large ``threshold`` costs less accuracy: drops can pile up
+            over skipped steps and one fine-tune at the end recovers them.
+        export_dir: where ``summary.json`` goes (default: the Trainer's root dir).
+
+    Raises:
+        ValueError: for a negative ``threshold``, ``val_batches`` < 1, an unimportable ``metric_fn``
+            path, (in ``setup``) when there is no pruner or no validation data, and (at fit start) when the
+            validation data yields no batch or, with the default metric, batches that are not ``(x, y)``.
+        TypeError: when ``metric_fn`` is neither ``None``, a string nor a callable.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import AccuracyGate, BlockPruning
+        >>> from lightning_prune.data import DigitsDataModule
+        >>> from lightning_prune.models import Classifier, ResNet
+        >>> pruning = BlockPruning(step_ratio=0.5, export_dir=None)
+        >>> gate = AccuracyGate(threshold=100.0, val_batches=2)  # any drop is small: every fine-tune skipped
+        >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
+        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, gate], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
+        >>> [record["finetune"] for record in pruning.pruning_state.history]
+        ['skipped', 'skipped']
+    """
+
+    def __init__(
+        self,
+        threshold: float = 1.0,
+        val_batches: int | None = 4,
+        metric_fn: str | MetricFn | None = None,
+        finetune_last: bool = False,
+        export_dir: str | None = None,
+    ) -> None:
+        if not is_number(threshold) or threshold < 0:
+            raise ValueError(f"threshold must be a number of accuracy points >= 0, got {threshold!r}")
+        check_int("val_batches", val_batches, low=1, optional=True)
+        self.threshold, self.val_batches, self.metric_fn, self.export_dir = (
+            threshold,
+            val_batches,
+            metric_fn,
+            export_dir,
+        )
+        if not isinstance(finetune_last, bool):
+            raise ValueError(f"finetune_last must be true or false, got {finetune_last!r}")
+        self.finetune_last = finetune_last
+        self._metric = resolve_metric(metric_fn)
+        self.reference_acc: float | None = None
+        self.final_acc: float | None = None
+        self._pruner: Any = None
+        self.decisions: list[dict[str, Any]] = []
+        self._skip = False
+        self._loader: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            threshold=self.threshold, val_batches=self.val_batches, finetune_last=self.finetune_last
+        )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._pruner = find_pruner(trainer, "AccuracyGate")
+        if not has_validation_data(trainer):
+            raise ValueError(
+                "AccuracyGate measures accuracy after every pruning step and needs validation data: define "
+                "val_dataloader() on your LightningModule or DataModule, or pass val_dataloaders to trainer.fit"
+            )
+        self._loader = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Module and data are set up, no optimizer step has run: catch unusable batches now, not at the first step.
+        with torch.random.fork_rng(devices=[]):  # creating an iterator draws a seed: keep the run's stream as it was
+            first = next(iter(self._validation_loader(trainer)), None)
+        if first is None:
+            raise ValueError("AccuracyGate: the validation data yields no batches; it needs at least one to measure on")
+        if self._metric is batch_accuracy:
+            _check_xy_batch(first)
+
+    # ---------------------------------------------------------------- pruner events
+
+    def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        if self.reference_acc is None:
+            self.reference_acc = self.evaluate(trainer, pl_module, state)
+            info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
+
+    def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        accuracy = self.evaluate(trainer, pl_module, state)
+        drop_pt = 100.0 * (self.reference_acc - accuracy)
+        self._skip = drop_pt < self.threshold and not (self.finetune_last and _pruning_over(state))
+        decision = {"acc_reference": self.reference_acc, "acc_after": accuracy, "drop_pt": drop_pt}
+        state.history[-1].update(decision, gate_skip=self._skip)
+        self.decisions.append({"step": state.step, **decision, "skipped": self._skip})
+        verdict = "skip fine-tune" if self._skip else "fine-tune" + (" (last step)" if drop_pt < self.threshold else "")
+        info(log, f"step {state.step}: accuracy {accuracy:.4f}, drop {drop_pt:.2f} pt vs {self.threshold} -> {verdict}")
+
+    def skip_finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
+        return self._skip
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> float:
+        """Accuracy (``metric_fn``) on the first ``val_batches`` validation batches, pooled over ranks."""
+        with state.timed("evaluate"), torch.no_grad(), eval_mode(pl_module):
+            totals = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
+            for index, batch in enumerate(self._validation_loader(trainer)):
+                if self.val_batches is not None and index >= self.val_batches:
+                    break
+                if index % trainer.world_size != trainer.global_rank:
+                    continue
+                score, count = self._metric(pl_module, trainer.strategy.batch_to_device(batch))
+                totals += torch.tensor([float(score), float(count)], dtype=torch.float64, device=totals.device)
+            totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        if totals[1] <= 0:
+            raise ValueError("AccuracyGate: the validation data yielded no samples to measure accuracy on")
+        return float(totals[0] / totals[1])
+
+    def _validation_loader(self, trainer: pl.Trainer) -> Any:
+        if self._loader is None:
+            self._loader = validation_loader(trainer)
+        return self._loader
+
+    # ---------------------------------------------------------------- logging, summary, state
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.decisions:
+            return
+        state = self._pruner.pruning_state
+        if _pruning_over(state):
+            # The accuracy the run ends with, on the same batches as A0: what stage-1 tuning bounds.
+            self.final_acc = self.evaluate(trainer, pl_module, state)
+            pl_module.log("ice/acc_final", self.final_acc, on_step=False, on_epoch=True)
+            pl_module.log(
+                "ice/drop_final_pt", 100.0 * (self.reference_acc - self.final_acc), on_step=False, on_epoch=True
+            )
+        last = self.decisions[-1]
+        pl_module.log("ice/acc_reference", float(self.reference_acc), on_step=False, on_epoch=True)
+        pl_module.log("ice/acc_after", float(last["acc_after"]), on_step=False, on_epoch=True)
+        pl_module.log("ice/drop_pt", float(last["drop_pt"]), on_step=False, on_epoch=True)
+        skipped = sum(d["skipped"] for d in self.decisions)
+        pl_module.log("ice/finetunes_skipped", float(skipped), on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        state = find_pruner(trainer, "AccuracyGate").pruning_state
+        write_summary(
+            output_dir(trainer, self.export_dir) / "summary.json",
+            "ice_gate",
+            {
+                "threshold_pt": self.threshold,
+                "val_batches": self.val_batches,
+                "acc_reference": self.reference_acc,
+                "acc_final": self.final_acc,
+                "finetunes_skipped": sum(d["skipped"] for d in self.decisions),
+                "finetunes_run": sum(not d["skipped"] for d in self.decisions),
+                "evaluate_s": state.time_s.get("evaluate", 0.0),
+                # Named apart from "history": the pruner's history already carries each decision.
+                "decisions": self.decisions,
+            },
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "reference_acc": self.reference_acc,
+            "final_acc": self.final_acc,
+            "decisions": [dict(d) for d in self.decisions],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reference_acc = state_dict.get("reference_acc", self.reference_acc)
+        self.final_acc = state_dict.get("final_acc", self.final_acc)
+        self.decisions = [dict(d) for d in state_dict.get("decisions", self.decisions)]
+
+
+def _check_xy_batch(batch: Any) -> None:
+    """The default metric reads ``batch[0]`` as inputs and ``batch[1]`` as labels: refuse anything else."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+        return
+    if isinstance(batch, dict):
+        got = f"a dict with keys {sorted(map(str, batch))}"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {[type(item).__name__ for item in batch]}"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise ValueError(
+        f"AccuracyGate with metric_fn=None needs (x, y) validation batches (a tuple or list: input tensor, then "
+        f"label tensor); the first validation batch is {got}. For other batches give metric_fn=<a callable "
+        "(pl_module, batch) -> (score_sum, count), or its dotted import path>"
+    )
+
+
+def _pruning_over(state: PruningState) -> bool:
+    """No pruning step is left (the last fine-tune, if any, has just run)."""
+    target = state.target_sparsity
+    return (
+        state.phase == "done"
+        or state.step >= state.num_steps
+        or (target is not None and state.sparsity >= target - 1e-6)
+    )
+
+
+def resolve_metric(metric_fn: str | MetricFn | None) -> MetricFn:
+    """``metric_fn`` as a callable: the default accuracy, the callable itself, or an imported dotted path.
+
+    Raises:
+        ValueError: when a dotted path cannot be imported or does not name a callable.
+        TypeError: when ``metric_fn`` is of another type.
+    """
+    if metric_fn is None:
+        return batch_accuracy
+    if callable(metric_fn):
+        return metric_fn
+    if not isinstance(metric_fn, str):
+        raise TypeError(f"metric_fn must be None, a callable or a dotted import path, got {type(metric_fn).__name__}")
+    module_name, _, attr = metric_fn.rpartition(".")
+    try:
+        resolved = getattr(importlib.import_module(module_name), attr) if module_name else None
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"metric_fn={metric_fn!r} cannot be imported ({err}); give the dotted import path of a callable "
+            "(pl_module, batch) -> (score_sum, count), e.g. 'my_pkg.metrics.f1'"
+        ) from None
+    if not callable(resolved):
+        raise ValueError(f"metric_fn={metric_fn!r} must be the dotted path of a callable, e.g. 'my_pkg.metrics.f1'")
+    return resolved

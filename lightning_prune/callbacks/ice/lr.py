@@ -1,0 +1,195 @@
+"""ICE-Pruning's pruning-aware learning rate: each fine-tune's LR follows how much of the network is left."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from torch.optim import Optimizer
+
+from lightning_prune.callbacks._trainer import info, output_dir
+from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.core.export import write_summary
+from lightning_prune.core.schedules import pruning_aware_lr
+from lightning_prune.core.validate import is_number
+
+log = logging.getLogger(__name__)
+# A scheduler whose frequency is this large is never stepped by Lightning: that is how it is paused.
+_PAUSED = sys.maxsize
+
+
+class PruningAwareLR(Callback, PruningListener):
+    """Set every fine-tune's learning rate from the remaining fraction of the weights.
+
+    ICE-Pruning (Hu, Henderson, Cano, arXiv 2505.07411), the pruning-aware LR:
+    ``LR(x) = base_lr - delta / (1 + (x / (2(1 - p) - x)) ** beta)`` with ``x`` the pruner's
+    ``remaining_fraction`` (:func:`~lightning_prune.core.schedules.pruning_aware_lr`): about
+    ``base_lr`` while more than ``1 - p`` of the weights remain, ``base_lr - delta`` below. It is set
+    at the start of each fine-tune on every param group of every optimizer (after a structured step
+    has rebuilt them through ``configure_optimizers``).
+
+    **Your LR schedulers during fine-tunes:** the schedulers ``configure_optimizers`` returns are
+    paused (Lightning does not step them) while a fine-tune runs, since this callback owns the rate
+    then; when the fine-tune is over (at the next epoch start or the end of training) they resume
+    where they stopped and the learning rates they had set are put back. Dense warm-up epochs and
+    epochs after the last fine-tune follow your schedulers unchanged.
+
+    Requires from your LightningModule: nothing beyond a ``configure_optimizers``.
+
+    Args:
+        base_lr: the rate at the start of pruning, > 0.
+        delta: how far the rate drops, in [0, base_lr).
+        p: pruned fraction around which the rate steps down, in [0, 0.5).
+        beta: steepness of the step, > 0 (the paper uses 40-60).
+        export_dir: where ``summary.json`` goes (default: the Trainer's root dir).
+
+    Raises:
+        ValueError: for arguments outside those ranges, and in ``setup`` when there is no pruner.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_prune import IterativePruning, PruningAwareLR
+        >>> from lightning_prune.data import DigitsDataModule
+        >>> from lightning_prune.models import Classifier, SmallCNN
+        >>> pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.3, export_dir=None)
+        >>> lr = PruningAwareLR(base_lr=0.01, delta=0.005, p=0.15, beta=50)
+        >>> model = Classifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning, lr], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
+        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
+        >>> [round(r["lr"], 4) for r in pruning.pruning_state.history]  # x = 0.7, then 0.5
+        [0.005, 0.005]
+    """
+
+    def __init__(
+        self,
+        base_lr: float = 0.001,
+        delta: float = 7e-4,
+        p: float = 0.15,
+        beta: float = 50.0,
+        export_dir: str | None = None,
+    ) -> None:
+        for name, value in (("base_lr", base_lr), ("delta", delta), ("p", p), ("beta", beta)):
+            if not is_number(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not base_lr > 0:
+            raise ValueError(f"base_lr must be > 0, got {base_lr}")
+        if not 0 <= delta < base_lr:
+            raise ValueError(f"delta must be in [0, base_lr={base_lr}) so the rate stays positive, got {delta}")
+        if not 0 <= p < 0.5:
+            raise ValueError(f"p must be in [0, 0.5) (pruned fraction where the rate steps down), got {p}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0 (steepness of the step), got {beta}")
+        self.base_lr, self.delta, self.p, self.beta, self.export_dir = base_lr, delta, p, beta, export_dir
+        self.history: list[dict[str, float]] = []
+        self._in_finetune = False
+        self._paused: list[tuple[Any, int]] = []
+        self._saved_lrs: list[tuple[Optimizer, list[float]]] = []
+        self._restored_lrs: list[list[float]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(base_lr=self.base_lr, delta=self.delta, p=self.p, beta=self.beta)
+
+    def lr_at(self, remaining_fraction: float) -> float:
+        """The schedule's rate for a network with ``remaining_fraction`` of its weights."""
+        return pruning_aware_lr(remaining_fraction, self.base_lr, self.delta, self.p, self.beta)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            find_pruner(trainer, "PruningAwareLR")
+
+    # ---------------------------------------------------------------- pruner events
+
+    def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        self._in_finetune = False  # a new step ends the previous fine-tune
+
+    def on_finetune_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        lr = self.lr_at(state.remaining_fraction)
+        self._take_over(trainer, lr)
+        self._in_finetune = True
+        state.history[-1]["lr"] = lr
+        self.history.append({"step": state.step, "remaining_fraction": state.remaining_fraction, "lr": lr})
+        info(log, f"pruning-aware LR: remaining fraction {state.remaining_fraction:.3f} -> lr {lr:.3g}")
+
+    def on_finetune_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
+        # Schedulers resume at the next epoch start: Lightning may still step plateau schedulers after this hook.
+        self._in_finetune = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed inside a fine-tune: the optimizer state brought our rate back, not the scheduler pause.
+        if (
+            self._in_finetune
+            and self.history
+            and find_pruner(trainer, "PruningAwareLR").pruning_state.phase == "finetune"
+        ):
+            self._take_over(trainer, self.history[-1]["lr"])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._in_finetune:
+            self._give_back()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._give_back()
+
+    # ---------------------------------------------------------------- taking over from the user's schedulers
+
+    def _take_over(self, trainer: pl.Trainer, lr: float) -> None:
+        """Pause every scheduler (remembering its frequency) and set ``lr`` on every param group."""
+        for config in trainer.lr_scheduler_configs:
+            if config.frequency != _PAUSED:
+                self._paused.append((config, config.frequency))
+                config.frequency = _PAUSED
+        # Keep the rates the user's schedule had set, for the optimizers in use (a structured step rebuilds them).
+        saved = {id(opt): lrs for opt, lrs in self._saved_lrs}
+        self._saved_lrs = []
+        for index, optimizer in enumerate(trainer.optimizers):
+            lrs = saved.get(id(optimizer)) or _pop(self._restored_lrs, index)
+            self._saved_lrs.append((optimizer, lrs or [group["lr"] for group in optimizer.param_groups]))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        self._restored_lrs = []
+
+    def _give_back(self) -> None:
+        """Resume the paused schedulers and restore the rates they had set."""
+        for config, frequency in self._paused:
+            config.frequency = frequency
+        for optimizer, lrs in self._saved_lrs:
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+        self._paused, self._saved_lrs = [], []
+
+    # ---------------------------------------------------------------- logging, summary, state
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.history:
+            pl_module.log("ice/lr", float(self.history[-1]["lr"]), on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        write_summary(
+            output_dir(trainer, self.export_dir) / "summary.json",
+            "ice_lr",
+            {"base_lr": self.base_lr, "delta": self.delta, "p": self.p, "beta": self.beta, "finetunes": self.history},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(h) for h in self.history],
+            "in_finetune": self._in_finetune,
+            "saved_lrs": [list(lrs) for _, lrs in self._saved_lrs],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", self.history)]
+        self._in_finetune = bool(state_dict.get("in_finetune", self._in_finetune))
+        self._restored_lrs = [list(lrs) for lrs in state_dict.get("saved_lrs", [])]
+
+
+def _pop(items: list[list[float]], index: int) -> list[float] | None:
+    return items[index] if index < len(items) else None

@@ -118,6 +118,12 @@ def rebuild_after_shrink(trainer: pl.Trainer) -> None:
     strategy.setup_optimizers(trainer)
 
 
+def ddp_without_unused_parameters(trainer: pl.Trainer) -> bool:
+    """Whether the Trainer runs DDP that would fail on parameters whose ``requires_grad`` changes mid-fit."""
+    strategy = trainer.strategy
+    return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
+
+
 def resize_on_load(pl_module: torch.nn.Module) -> torch.nn.Module:
     """Let a checkpoint of a physically shrunk model load into a freshly built, full-size one.
 

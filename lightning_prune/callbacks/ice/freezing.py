@@ -10,10 +10,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
-from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
+from lightning_prune.callbacks._trainer import (
+    broadcast,
+    ddp_without_unused_parameters,
+    example_input,
+    info,
+    output_dir,
+)
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
@@ -102,8 +107,7 @@ class LayerFreezing(Callback, PruningListener):
         if stage != "fit":
             return
         find_pruner(trainer, "LayerFreezing")
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+        if ddp_without_unused_parameters(trainer):
             raise ValueError(
                 "LayerFreezing changes requires_grad during training, which DDP only allows with "
                 "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (or 'ddp_find_unused_parameters_true')"

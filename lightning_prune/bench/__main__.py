@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from lightning_prune.bench._compose import available, compose_benchmark, recorder
 
 # Benchmarks still on argparse while they move to conf/bench/ (removed once all have moved).
-LEGACY = ("app", "dense", "ice", "latency", "overhead", "soup")
+LEGACY = ("app", "dense", "ice", "latency", "overhead")
 USAGE = "usage: python -m lightning_prune.bench NAME [key=value ...] [scale=quick] [ablation=NAME] [--cfg]"
 
 

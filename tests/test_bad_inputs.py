@@ -22,7 +22,6 @@ from lightning_prune import (
     AccuracyGate,
     AnytimeProgressivePruning,
     DenseUnitPruning,
-    InstantSoupPruning,
     IterativePruning,
     LatencyBudgetPruning,
     LayerFreezing,
@@ -59,14 +58,6 @@ CONSTRUCTION = {
     "unknown importance": (
         lambda: IterativePruning(target_sparsity=0.5, importance="taylor"),
         r"importance must be one of \['magnitude', 'lamp'\], got 'taylor'",
-    ),
-    "soup with zero ingredients": (
-        lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=0),
-        "num_ingredients",
-    ),
-    "soup with negative ingredients": (
-        lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=-3),
-        "num_ingredients",
     ),
     "epsilon above 1": (lambda: DenseUnitPruning(epsilon=1.5), r"epsilon must be a number in \[0, 1\) .*got 1.5"),
     "negative epsilon": (lambda: DenseUnitPruning(epsilon=-0.1), r"epsilon must be a number in \[0, 1\) .*got -0.1"),

@@ -1,11 +1,4 @@
-"""Instant Soup Pruning vs IMP with rewinding (lottery ticket) vs one-shot magnitude pruning, in one run.
-
-``python -m lightning_prune.bench instant_soup [overrides]``; every setting, the arms and the paper's
-claims are in ``conf/bench/instant_soup/main.yaml``. Every arm of a seed starts from the same dense
-pre-trained model and ends at the same sparsity; ``wall_s`` is an arm's whole fit (mask finding and
-final training; the shared pre-training and the test pass are excluded), ``mask_steps`` the optimizer
-steps spent before the final mask existed (ISP's ingredient steps included).
-"""
+"""Run the instant_soup benchmark's arms: every seed's pre-training, then each arm at each sparsity."""
 
 from __future__ import annotations
 
@@ -20,13 +13,10 @@ from omegaconf import DictConfig
 
 from lightning_prune import InstantSoupPruning, IterativePruning
 from lightning_prune.bench._common import Stopwatch, default_data, environment, print_table, quiet, trainer
-from lightning_prune.bench.docs import load_result
 from lightning_prune.data import MNISTDataModule
 from lightning_prune.data.arrays import ArrayDataModule
 from lightning_prune.models import MLP, Classifier
 
-MAIN = "docs/bench/instant_soup/instant_soup.json"
-NO_DENOISING = "docs/bench/instant_soup/instant_soup_no_denoising.json"
 ARMS = ("oneshot", "isp", "imp")
 
 
@@ -219,113 +209,3 @@ def _print(result: dict[str, Any]) -> None:
     ]
     title = f"instant_soup benchmark ({result['dataset']}, {result['train_samples']} training samples)"
     print_table(title, ["sparsity", "arm", "test_acc", "wall_s", "mask_steps", "total_steps"], rows)
-
-
-# ---------------------------------------------------------------- docs tables (from the committed JSONs)
-
-LABELS = {"isp": "ISP", "imp": "IMP-rewind", "oneshot": "one-shot"}
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f} %"
-
-
-def _main_table() -> str:
-    result = load_result(MAIN)
-    lines = [
-        "| sparsity | arm | test acc (mean) | test acc per seed | wall s | mask-finding steps | training steps |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in result["results"]:
-        for arm in ("isp", "imp", "oneshot"):
-            r = row[arm]
-            steps = f"{r['mask_steps']:,}"
-            if arm == "isp":
-                steps += f" (incl. {r['ingredient_steps']:,} ingredient)"
-            per_seed = ", ".join(_pct(a) for a in r["test_acc_per_seed"])
-            lines.append(
-                f"| {row['sparsity']} | {LABELS[arm]} | {_pct(r['test_acc'])} | {per_seed} | {r['wall_s']:.1f} "
-                f"| {steps} | {r['total_steps']:,} |"
-            )
-    return "\n".join(lines)
-
-
-def _setup_table() -> str:
-    result = load_result(MAIN)
-    cfg, data = result["provenance"]["config"], result["dataset"]
-    isp = cfg["isp"]
-    dense = sum(p["test_acc"] for p in result["pretrain"]) / len(result["pretrain"])
-    rows = [
-        (
-            "data",
-            f"{data}, {result['train_samples']:,} training samples, {result['steps_per_epoch']} steps/epoch",
-        ),
-        ("model", result["model"]),
-        ("pre-training", f"{cfg['pretrain_epochs']} epochs, dense test acc {_pct(dense)} (mean)"),
-        ("budget T", f"{cfg['budget_epochs']} epochs; SGD lr {cfg['lr']}, momentum 0.9"),
-        (
-            "ISP",
-            f"s = {isp['step_ratio']}, N = {isp['num_ingredients']}, C = {isp['lookahead_steps']}, {isp['combine']}",
-        ),
-        (
-            "IMP-rewind",
-            f"{cfg['imp']['step_ratio']} of the remaining weights per round, rewind to the pre-trained weights",
-        ),
-        ("seeds", ", ".join(str(s) for s in result["seeds"])),
-        ("torch threads", str(result["environment"]["cpu_threads"])),
-    ]
-    return "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
-def _claims_table() -> str:
-    result = load_result(MAIN)
-    lines = ["| sparsity | claim | measured | holds |", "|---|---|---|---|"]
-    for row in result["results"]:
-        c = row["claims"]
-        checks = [
-            ("ISP >= IMP-rewind - 0.5 pt", f"{c['isp_minus_imp_pt']:+.2f} pt", c["isp_ge_imp_minus_0.5pt"]),
-            ("ISP wall time <= 1/5 of IMP's", f"{c['isp_wall_over_imp']:.2f}x", c["isp_wall_le_imp_fifth"]),
-            (
-                "ISP > one-shot",
-                f"{100 * (row['isp']['test_acc'] - row['oneshot']['test_acc']):+.2f} pt",
-                c["isp_gt_oneshot"],
-            ),
-        ]
-        lines += [f"| {row['sparsity']} | {name} | {value} | {'yes' if ok else 'no'} |" for name, value, ok in checks]
-    return "\n".join(lines)
-
-
-def _no_denoising_table() -> str:
-    main, ablation = load_result(MAIN), load_result(NO_DENOISING)
-    lines = [
-        "| sparsity | ISP N = 5 | ISP N = 0 | N = 0 - N = 5 | N = 0 per seed | N = 0 <= N = 5 (claim) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row, ablated in zip(main["results"], ablation["results"]):
-        full, bare = row["isp"]["test_acc"], ablated["isp"]["test_acc"]
-        per_seed = ", ".join(_pct(a) for a in ablated["isp"]["test_acc_per_seed"])
-        lines.append(
-            f"| {row['sparsity']} | {_pct(full)} | {_pct(bare)} | {100 * (bare - full):+.2f} pt | {per_seed} "
-            f"| {'yes' if bare <= full else 'no'} |"
-        )
-    return "\n".join(lines)
-
-
-TABLES = {"setup": _setup_table, "main": _main_table, "claims": _claims_table, "no_denoising": _no_denoising_table}
-
-
-def headline() -> dict[str, str]:
-    """The README's row: ISP against IMP-rewind at the highest benchmarked sparsity."""
-    row = load_result(MAIN)["results"][-1]
-    claims = row["claims"]
-    measured = (
-        f"at {row['sparsity']:.0%} sparsity: ISP {_pct(row['isp']['test_acc'])} vs IMP-rewind "
-        f"{_pct(row['imp']['test_acc'])} ({claims['isp_minus_imp_pt']:+.2f} pt) at {claims['isp_wall_over_imp']:.2f}x "
-        "its wall time"
-    )
-    return {
-        "method": "Instant Soup Pruning",
-        "claim": "lottery-ticket accuracy (IMP-rewind) in one pass at a fraction of IMP's cost",
-        "measured": measured,
-        "evidence": "[docs/instant_soup.md](docs/instant_soup.md)",
-    }

@@ -9,7 +9,7 @@ steps spent before the final mask existed (ISP's ingredient steps included).
 ``measure.py`` runs the arms (:func:`run`); ``tables.py`` builds the docs tables and the README row.
 """
 
-from lightning_prune.bench.instant_soup.measure import ARMS, run
+from lightning_prune.bench.instant_soup.measure import run
 from lightning_prune.bench.instant_soup.tables import TABLES, headline
 
-__all__ = ["ARMS", "TABLES", "headline", "run"]
+__all__ = ["TABLES", "headline", "run"]

@@ -69,7 +69,7 @@ def _check_sparsities(cb: Any) -> None:
 
 
 def check_trainer(trainer: pl.Trainer) -> None:
-    """Refuse a Trainer with more than one optimizer: ingredients copy the one there is.
+    """Refuse a Trainer without exactly one optimizer: ingredients copy the one there is.
 
     Raises:
         ValueError: naming the number of optimizers.

@@ -19,7 +19,6 @@ from hydra.utils import instantiate
 
 from lightning_prune import (
     AnytimeProgressivePruning,
-    InstantSoupPruning,
 )
 from lightning_prune.data import DigitsDataModule, MegabatchDataModule, MNISTDataModule, NpzDataModule
 from lightning_prune.run import check_resume_checkpoint, register_recipes
@@ -27,14 +26,6 @@ from tests.helpers import REPO, cnn_classifier
 from tests.test_run import run_app
 
 CONSTRUCTION = {
-    "soup with zero ingredients": (
-        lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=0),
-        "num_ingredients",
-    ),
-    "soup with negative ingredients": (
-        lambda: InstantSoupPruning(target_sparsity=0.8, num_ingredients=-3),
-        "num_ingredients",
-    ),
     "zero megabatches": (
         lambda: MegabatchDataModule(DigitsDataModule(), num_megabatches=0),
         "num_megabatches must be an integer >= 1, got 0",

@@ -12,15 +12,11 @@ from omegaconf import OmegaConf
 
 from lightning_prune.bench._compose import available, compose_benchmark, recorder
 
-# Benchmarks still on argparse while they move to conf/bench/ (removed once all have moved).
-LEGACY = ("soup",)
 USAGE = "usage: python -m lightning_prune.bench NAME [key=value ...] [scale=quick] [ablation=NAME] [--cfg]"
 
 
 def dispatch(argv: list[str]) -> int:
     names = available()
-    if argv and argv[0] in LEGACY:
-        return importlib.import_module(f"lightning_prune.bench.{argv[0]}").main(argv[1:]) or 0
     if not argv or argv[0] not in names:
         given = argv[0] if argv else "nothing"
         print(f"{USAGE}\nNAME is one of {names}, got {given}")

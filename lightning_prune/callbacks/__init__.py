@@ -3,12 +3,12 @@
 from lightning_prune.callbacks.anytime_progressive import AnytimeProgressivePruning
 from lightning_prune.callbacks.block_pruning import BlockPruning
 from lightning_prune.callbacks.ice import AccuracyGate, LayerFreezing, PruningAwareLR
+from lightning_prune.callbacks.instant_soup import InstantSoupPruning
 from lightning_prune.callbacks.iterative import IterativePruning
 from lightning_prune.callbacks.latency_benchmark import LatencyBenchmark
 from lightning_prune.callbacks.latency_budget import LatencyBudgetPruning
 from lightning_prune.callbacks.odf2nna import DenseUnitPruning
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, find_pruner
-from lightning_prune.callbacks.soup import InstantSoupPruning
 
 __all__ = [
     "AccuracyGate",

@@ -1,13 +1,13 @@
 """How Instant Soup ingredients get their data, optimizer and randomness from a running Trainer.
 
-Ingredients train with plain torch (:func:`lightning_prune.core.soup.look_ahead`), never through the
-Trainer: their batches come straight from the training dataset, their optimizer is a fresh copy of the
-main one, and their randomness is forked from, and never advances, the global generators.
+Ingredients train with plain torch (:func:`lightning_prune.core.instant_soup.look_ahead`), never through
+the Trainer: their batches come straight from the training dataset, their optimizer is a fresh copy of
+the main one, and their randomness is forked from, and never advances, the global generators.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-from lightning_prune.callbacks._trainer import validation_loader
-from lightning_prune.core.soup import ParameterTable
+from lightning_prune.callbacks._trainer import eval_mode, validation_loader
+from lightning_prune.core.instant_soup import ParameterTable, clone_state, look_ahead, mean_loss
+from lightning_prune.core.masks import MaskSet
 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
@@ -90,6 +91,14 @@ def val_source(trainer: pl.Trainer) -> DataSource:
     return DataSource.from_loader(validation_loader(trainer), "validation")
 
 
+def validation_loss(
+    module: pl.LightningModule, source: DataSource, loss_fn: Callable[[Tensor, Tensor], Tensor], weights: dict
+) -> float:
+    """Mean ``loss_fn`` over every sample of ``source`` with ``weights`` substituted into ``module``, in eval mode."""
+    with eval_mode(module):
+        return mean_loss(module, weights, source.batches(module.device), loss_fn)
+
+
 def ingredient_seed(seed: int, round_index: int, ingredient: int) -> int:
     """A well-mixed 63-bit seed per (run seed, round, ingredient), the same on every machine."""
     return int(np.random.SeedSequence([seed, round_index, ingredient]).generate_state(2, np.uint64)[0] >> 1)
@@ -140,3 +149,40 @@ def ingredient_optimizer(
 def cycled(values: Sequence[float], index: int) -> float:
     """``values[index]``, wrapping around: ingredient ``n`` takes the ``n``-th protocol, cyclically."""
     return float(values[index % len(values)])
+
+
+@dataclass(frozen=True)
+class Kitchen:
+    """What every ingredient of one fit is trained with: its data, loss, look-ahead steps, protocols and seed."""
+
+    source: DataSource
+    loss: str
+    lookahead_steps: int
+    lr_multipliers: Sequence[float]
+    weight_decay_multipliers: Sequence[float]
+    seed: int
+
+    def cook(
+        self, module: pl.LightningModule, optimizer: torch.optim.Optimizer, round_index: int, index: int, mask: dict
+    ) -> tuple[dict[str, Tensor], int]:
+        """Ingredient ``index`` of round ``round_index``: ``module``'s weights under ``mask``, look-ahead trained.
+
+        Returns the trained weights and the optimizer steps taken.
+
+        Raises:
+            FloatingPointError: when the ingredient's loss diverges, naming its round and protocol.
+        """
+        lr_scale, wd_scale = cycled(self.lr_multipliers, index), cycled(self.weight_decay_multipliers, index)
+        device = module.device
+        with forked_rng(ingredient_seed(self.seed, round_index, index), device) as generator:
+            state = clone_state(module)
+            ingredient_opt = ingredient_optimizer(optimizer, module, state, lr_scale, wd_scale)
+            batches = self.source.random_batches(self.lookahead_steps, generator, device)
+            try:
+                steps = look_ahead(module, state, batches, LOSSES[self.loss], ingredient_opt, MaskSet(mask).bind(state))
+            except FloatingPointError as err:
+                raise FloatingPointError(
+                    f"ingredient {index} of round {round_index} diverged (lr x{lr_scale}, weight decay x{wd_scale}): "
+                    f"{err}; lower lr_multipliers"
+                ) from None
+        return {name: tensor.detach() for name, tensor in state.items()}, steps

@@ -6,31 +6,30 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_prune.callbacks._ingredients import (
+from lightning_prune.callbacks._trainer import broadcast, info, output_dir
+from lightning_prune.callbacks.instant_soup.checks import check_arguments, check_step_budget, check_trainer, listed
+from lightning_prune.callbacks.instant_soup.ingredients import (
     LOSSES,
-    cycled,
-    forked_rng,
-    ingredient_optimizer,
-    ingredient_seed,
+    Kitchen,
     train_source,
     val_source,
+    validation_loss,
 )
-from lightning_prune.callbacks._soup_checks import check_arguments, check_step_budget
-from lightning_prune.callbacks._trainer import broadcast, eval_mode, final_metrics, info, output_dir
+from lightning_prune.callbacks.instant_soup.report import epoch_metrics, summary
+from lightning_prune.callbacks.instant_soup.rounds import denoised_prune, model_soup
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
-from lightning_prune.core.export import export_pruned, write_summary, zero_fraction
-from lightning_prune.core.masks import MaskSet, masks_from_scores
+from lightning_prune.core.export import export_pruned, write_summary
+from lightning_prune.core.instant_soup import load_state
+from lightning_prune.core.masks import MaskSet
 from lightning_prune.core.schedules import fixed_ratio
-from lightning_prune.core.scores import SCORES
 from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters
-from lightning_prune.core.soup import MaskSoup, best_mix, clone_state, load_state, look_ahead, mean_loss
-from lightning_prune.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +140,10 @@ class InstantSoupPruning(PruningCallback):
         self.target_sparsity, self.variant, self.step_ratio = target_sparsity, variant, step_ratio
         self.num_ingredients, self.lookahead_steps = num_ingredients, lookahead_steps
         self.calibration_steps, self.warmup_steps, self.combine = calibration_steps, warmup_steps, combine
-        self.lr_multipliers, self.weight_decay_multipliers = _listed(lr_multipliers), _listed(weight_decay_multipliers)
-        self.copy_sparsities, self.loss, self.importance, self.scope = _listed(copy_sparsities), loss, importance, scope
-        self.include_types, self.include_names = _listed(include_types), include_names
-        self.exclude_names = _listed(exclude_names)
+        self.lr_multipliers, self.weight_decay_multipliers = listed(lr_multipliers), listed(weight_decay_multipliers)
+        self.copy_sparsities, self.loss, self.importance, self.scope = listed(copy_sparsities), loss, importance, scope
+        self.include_types, self.include_names = listed(include_types), include_names
+        self.exclude_names = listed(exclude_names)
         self.prune_head, self.include_biases, self.seed = prune_head, include_biases, seed
         self.log_layers, self.monitor, self.export_dir = log_layers, monitor, export_dir
         check_arguments(self)
@@ -163,8 +162,6 @@ class InstantSoupPruning(PruningCallback):
             variant=self.variant, target_sparsity=self.target_sparsity, include_names=self.include_names
         )
 
-    # ---------------------------------------------------------------- setup
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -179,10 +176,10 @@ class InstantSoupPruning(PruningCallback):
             self._masks = MaskSet.dense(pl_module, self._names)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._source = train_source(trainer)
+        multipliers = self.lr_multipliers, self.weight_decay_multipliers
+        self._kitchen = Kitchen(train_source(trainer), self.loss, self.lookahead_steps, *multipliers, self.seed)
         self._val = val_source(trainer) if self.variant == "ims" else None
-        if len(trainer.optimizers) != 1:
-            raise ValueError(f"InstantSoupPruning needs exactly one optimizer, got {len(trainer.optimizers)}")
+        check_trainer(trainer)
         if self._calibration is None:
             per_epoch = trainer.num_training_batches // trainer.accumulate_grad_batches
             self._calibration = self.calibration_steps or max(1, math.ceil(0.1 * per_epoch))
@@ -195,8 +192,6 @@ class InstantSoupPruning(PruningCallback):
         if self.variant == "ims":
             return self.warmup_steps
         return self.warmup_steps + self._calibration * (round_index + 1) * (round_index + 2) // 2
-
-    # ---------------------------------------------------------------- the rounds
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started, self._prune_s_at_epoch_start = time.perf_counter(), self.pruning_state.time_s["prune"]
@@ -215,8 +210,7 @@ class InstantSoupPruning(PruningCallback):
         if self.monitor in trainer.callback_metrics:
             record[f"{self.monitor}_before"] = float(trainer.callback_metrics[self.monitor])
         with state.timed("prune"):
-            cook = self._denoised_prune if self.variant == "isp" else self._model_soup
-            plan = cook(pl_module, trainer.optimizers[0]) if trainer.is_global_zero else None
+            plan = self._decide(pl_module, trainer.optimizers[0]) if trainer.is_global_zero else None
             plan = broadcast(trainer, plan)
             self._apply(pl_module, plan.pop("masks", None), plan.pop("weights", None))
         state.step += 1
@@ -237,83 +231,28 @@ class InstantSoupPruning(PruningCallback):
         if weights is not None:
             load_state(pl_module, weights)
 
-    def _denoised_prune(self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Alg. 2 on rank 0: the model's own mask and each ingredient's, superposed at the round's sparsity."""
-        round_index, current = self.pruning_state.step, self._masks.masks
-        sparsity, score = self._sparsities[round_index], SCORES[self.importance]
-        soup, started, steps = MaskSoup(), time.perf_counter(), 0
-        main_scores = score({name: pl_module.get_parameter(name) for name in self._names})
-        main_mask = masks_from_scores(main_scores, sparsity, current, self.scope)
-        soup.add(main_mask, main_scores)
-        for index in track(range(self.num_ingredients), f"soup round {round_index + 1}: ingredients"):
-            state, taken = self._cook(pl_module, optimizer, round_index, index, current)
-            scores = score({name: state[name] for name in self._names})
-            soup.add(masks_from_scores(scores, sparsity, current, self.scope), scores)
-            steps += taken
-        masks = soup.mask(sparsity, current, self.combine, self.scope)
-        total = sum(mask.numel() for mask in masks.values())
-        superposed = sum(int(m.sum()) for m in soup.combined(self.combine).values())
-        moved = sum(int((masks[name] & ~main_mask[name]).sum()) for name in masks)
-        return {
-            "masks": masks,
-            "ingredient_steps": steps,
-            "ingredient_s": time.perf_counter() - started,
-            "superposed_sparsity": 1.0 - superposed / total,
-            "kept_not_in_model_mask": moved / max(1, sum(int(m.sum()) for m in masks.values())),
-        }
-
-    def _model_soup(self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Alg. 3 on rank 0: weakly trained sparse copies mixed into the weights by validation loss."""
-        started, steps, alphas = time.perf_counter(), 0, []
-        soup = {name: tensor.detach() for name, tensor in clone_state(pl_module).items()}
-        main_scores = SCORES[self.importance]({name: soup[name] for name in self._names})
-        loss_before = loss = self._val_loss(pl_module, soup)
-        for index in track(range(self.num_ingredients), "model soup: ingredients"):
-            sparsity = cycled(self.copy_sparsities, index)
-            mask = masks_from_scores(main_scores, sparsity, None, self.scope)
-            state, taken = self._cook(pl_module, optimizer, 0, index, mask)
-            soup, alpha, loss = best_mix(soup, state, lambda weights: self._val_loss(pl_module, weights))
-            alphas.append(alpha)
-            steps += taken
-        return {
-            "weights": {name: tensor.cpu() for name, tensor in soup.items()},
-            "ingredient_steps": steps,
-            "ingredient_s": time.perf_counter() - started,
-            "mix_alphas": alphas,
-            "val_loss_before": loss_before,
-            "val_loss_after": loss,
-        }
+    def _decide(self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The current round's masks (ISP) or mixed weights (IMS), decided on rank 0."""
+        round_index = self.pruning_state.step
+        cook = partial(self._cook, pl_module, optimizer, round_index)
+        settings = {"num_ingredients": self.num_ingredients, "importance": self.importance, "scope": self.scope}
+        if self.variant == "ims":
+            val_loss = partial(validation_loss, pl_module, self._val, LOSSES[self.loss])
+            return model_soup(pl_module, self._names, cook, val_loss, copy_sparsities=self.copy_sparsities, **settings)
+        sparsity, current = self._sparsities[round_index], self._masks.masks
+        return denoised_prune(
+            pl_module, self._names, current, sparsity, round_index, cook, combine=self.combine, **settings
+        )
 
     def _cook(
         self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer, round_index: int, index: int, mask: dict
     ) -> tuple[dict[str, Tensor], int]:
         """Ingredient ``index`` of round ``round_index``: the current weights under ``mask``, look-ahead trained."""
-        lr_scale, wd_scale = cycled(self.lr_multipliers, index), cycled(self.weight_decay_multipliers, index)
-        device = pl_module.device
-        with forked_rng(ingredient_seed(self.seed, round_index, index), device) as generator:
-            state = clone_state(pl_module)
-            ingredient_opt = ingredient_optimizer(optimizer, pl_module, state, lr_scale, wd_scale)
-            batches = self._source.random_batches(self.lookahead_steps, generator, device)
-            try:
-                steps = look_ahead(
-                    pl_module, state, batches, LOSSES[self.loss], ingredient_opt, MaskSet(mask).bind(state)
-                )
-            except FloatingPointError as err:
-                raise FloatingPointError(
-                    f"ingredient {index} of round {round_index} diverged (lr x{lr_scale}, weight decay x{wd_scale}): "
-                    f"{err}; lower lr_multipliers"
-                ) from None
-        return {name: tensor.detach() for name, tensor in state.items()}, steps
-
-    def _val_loss(self, pl_module: pl.LightningModule, weights: dict[str, Tensor]) -> float:
-        with eval_mode(pl_module):
-            return mean_loss(pl_module, weights, self._val.batches(pl_module.device), LOSSES[self.loss])
+        return self._kitchen.cook(pl_module, optimizer, round_index, index, mask)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._masks is not None and self.pruning_state.step > 0:
             self._masks.apply()
-
-    # ---------------------------------------------------------------- logging, export and state
 
     @property
     def mask_steps(self) -> int:
@@ -327,17 +266,8 @@ class InstantSoupPruning(PruningCallback):
         prune_s = state.time_s["prune"] - self._prune_s_at_epoch_start
         phase = "finetune" if state.step > 0 else "dense"
         state.time_s[phase] += time.perf_counter() - self._epoch_started - prune_s
-        log_metric = lambda name, value: pl_module.log(name, float(value), on_step=False, on_epoch=True)  # noqa: E731
-        log_metric("prune/sparsity", state.sparsity)
-        log_metric("prune/step", state.step)
-        if state.target_sparsity is not None:
-            log_metric("prune/target_sparsity", state.target_sparsity)
-        log_metric("soup/ingredient_steps", self.ingredient_steps)
-        log_metric("soup/ingredient_s", self.ingredient_s)
-        log_metric("soup/mask_steps", self.mask_steps)
-        if self.log_layers and self._masks is not None:
-            for name, value in self._masks.layer_sparsity().items():
-                log_metric(f"prune_layer/{name}", value)
+        for name, value in epoch_metrics(self).items():
+            pl_module.log(name, value, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.pruning_state.phase = "done"
@@ -347,28 +277,7 @@ class InstantSoupPruning(PruningCallback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
         model_path = export_pruned(pl_module, directory / "pruned_model.pt")
-        summary = {
-            "variant": self.variant,
-            "target_sparsity": state.target_sparsity,
-            "sparsity": state.sparsity,
-            "rounds": state.step,
-            "num_ingredients": self.num_ingredients,
-            "lookahead_steps": self.lookahead_steps,
-            "calibration_steps": self._calibration,
-            "combine": self.combine,
-            "ingredient_steps": self.ingredient_steps,
-            "ingredient_s": self.ingredient_s,
-            "mask_steps": self.mask_steps,
-            "layer_sparsity": self._masks.layer_sparsity() if self._masks is not None else {},
-            "layer_zero_fraction": zero_fraction(pl_module, self._names),
-            "params": sum(p.numel() for p in pl_module.parameters()),
-            "params_nonzero": sum(int((p != 0).sum()) for p in pl_module.parameters()),
-            "time_s": state.time_s,
-            "history": state.history,
-            "metrics": final_metrics(trainer, "prune_layer/"),
-            "exported_model": str(model_path),
-        }
-        write_summary(directory / "summary.json", "instant_soup", summary)
+        write_summary(directory / "summary.json", "instant_soup", summary(self, trainer, pl_module, model_path))
         info(log, f"instant soup: sparsity {state.sparsity:.3f} after {state.step} rounds; exported {model_path}")
 
     def state_dict(self) -> dict[str, Any]:
@@ -387,8 +296,3 @@ class InstantSoupPruning(PruningCallback):
         self._calibration = state_dict.get("calibration_steps")
         self.ingredient_steps = state_dict.get("ingredient_steps", 0)
         self.ingredient_s = state_dict.get("ingredient_s", 0.0)
-
-
-def _listed(value: Any) -> Any:
-    """YAML lists arrive as ListConfig or tuples: store a list, but leave a string (or scalar) for validation."""
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value

@@ -16,14 +16,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_prune.core.masks import MaskSet, masks_from_scores
+from lightning_prune.core.validate import check_choice
 
 COMBINE_RULES = ("union", "intersection", "vote")
 
 
 def votes_needed(rule: str, members: int) -> int:
     """How many members must keep a weight for ``rule`` to keep it: any, all, or a strict majority."""
-    if rule not in COMBINE_RULES:
-        raise ValueError(f"combine must be one of {list(COMBINE_RULES)}, got {rule!r}")
+    check_choice("combine", rule, COMBINE_RULES)
     return {"union": 1, "intersection": members, "vote": members // 2 + 1}[rule]
 
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prune.core.masks import MaskSet
-from lightning_prune.core.soup import (
+from lightning_prune.core.instant_soup import (
     MaskSoup,
     best_mix,
     clone_state,
@@ -15,6 +14,7 @@ from lightning_prune.core.soup import (
     superpose,
     votes_needed,
 )
+from lightning_prune.core.masks import MaskSet
 
 A = {"w": torch.tensor([True, True, True, False, False, False])}
 B = {"w": torch.tensor([True, True, False, True, False, False])}

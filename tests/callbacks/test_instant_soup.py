@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import lightning_prune.run  # noqa: F401  (registers recipes/ as the config group `recipe`)
 from lightning_prune import InstantSoupPruning, IterativePruning
-from lightning_prune.callbacks._ingredients import DataSource, forked_rng
+from lightning_prune.callbacks.instant_soup.ingredients import DataSource, forked_rng
 from tests.helpers import REPO, cnn_classifier
 
 FAST = {"num_ingredients": 2, "lookahead_steps": 3, "calibration_steps": 3, "export_dir": None}
@@ -223,15 +223,15 @@ def test_instant_soup_on_cuda_reaches_target_and_is_deterministic(digits, traine
 
 
 def test_ingredients_run_under_a_progress_bar(digits, trainer_kwargs, monkeypatch):
-    import lightning_prune.callbacks.soup as soup_module
+    import lightning_prune.callbacks.instant_soup.rounds as rounds_module
 
-    seen, original = [], soup_module.track
+    seen, original = [], rounds_module.track
 
     def recording_track(items, description, **kwargs):
         seen.append(description)
         return original(items, description, **kwargs)
 
-    monkeypatch.setattr(soup_module, "track", recording_track)
+    monkeypatch.setattr(rounds_module, "track", recording_track)
     soup, _, _ = _fit(digits, trainer_kwargs, target_sparsity=0.6, step_ratio=0.4)
     assert seen
     assert all("ingredients" in description for description in seen)

@@ -1,0 +1,90 @@
+"""One Instant Soup round, decided on rank 0: denoised pruning (ISP, Alg. 2) or a model soup (IMS, Alg. 3).
+
+Each function takes the model, the round's settings and ``cook(index, mask)``, which trains ingredient
+``index`` from the current weights under ``mask`` (see :class:`~.ingredients.Kitchen`), and returns the
+round's decision (``masks`` or ``weights``) with what it cost, ready to be broadcast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_prune.callbacks.instant_soup.ingredients import cycled
+from lightning_prune.core.instant_soup import MaskSoup, best_mix, clone_state
+from lightning_prune.core.masks import masks_from_scores
+from lightning_prune.core.scores import SCORES
+from lightning_prune.progress import track
+
+Cook = Callable[[int, dict], tuple[dict[str, Tensor], int]]
+
+
+def denoised_prune(
+    model: nn.Module,
+    names: Sequence[str],
+    current: Mapping[str, Tensor],
+    sparsity: float,
+    round_index: int,
+    cook: Cook,
+    *,
+    num_ingredients: int,
+    importance: str,
+    scope: str,
+    combine: str,
+) -> dict[str, Any]:
+    """Alg. 2: the model's own mask and each ingredient's, superposed by ``combine`` at the round's ``sparsity``."""
+    score, soup, started, steps = SCORES[importance], MaskSoup(), time.perf_counter(), 0
+    main_scores = score({name: model.get_parameter(name) for name in names})
+    main_mask = masks_from_scores(main_scores, sparsity, current, scope)
+    soup.add(main_mask, main_scores)
+    for index in track(range(num_ingredients), f"soup round {round_index + 1}: ingredients"):
+        state, taken = cook(index, current)
+        scores = score({name: state[name] for name in names})
+        soup.add(masks_from_scores(scores, sparsity, current, scope), scores)
+        steps += taken
+    masks = soup.mask(sparsity, current, combine, scope)
+    total = sum(mask.numel() for mask in masks.values())
+    superposed = sum(int(m.sum()) for m in soup.combined(combine).values())
+    moved = sum(int((masks[name] & ~main_mask[name]).sum()) for name in masks)
+    return {
+        "masks": masks,
+        "ingredient_steps": steps,
+        "ingredient_s": time.perf_counter() - started,
+        "superposed_sparsity": 1.0 - superposed / total,
+        "kept_not_in_model_mask": moved / max(1, sum(int(m.sum()) for m in masks.values())),
+    }
+
+
+def model_soup(
+    model: nn.Module,
+    names: Sequence[str],
+    cook: Cook,
+    val_loss: Callable[[Mapping[str, Tensor]], float],
+    *,
+    num_ingredients: int,
+    copy_sparsities: Sequence[float],
+    importance: str,
+    scope: str,
+) -> dict[str, Any]:
+    """Alg. 3: weakly trained sparse copies mixed one by one into the weights where ``val_loss`` improves."""
+    started, steps, alphas = time.perf_counter(), 0, []
+    soup = {name: tensor.detach() for name, tensor in clone_state(model).items()}
+    main_scores = SCORES[importance]({name: soup[name] for name in names})
+    loss_before = loss = val_loss(soup)
+    for index in track(range(num_ingredients), "model soup: ingredients"):
+        mask = masks_from_scores(main_scores, cycled(copy_sparsities, index), None, scope)
+        state, taken = cook(index, mask)
+        soup, alpha, loss = best_mix(soup, state, val_loss)
+        alphas.append(alpha)
+        steps += taken
+    return {
+        "weights": {name: tensor.cpu() for name, tensor in soup.items()},
+        "ingredient_steps": steps,
+        "ingredient_s": time.perf_counter() - started,
+        "mix_alphas": alphas,
+        "val_loss_before": loss_before,
+        "val_loss_after": loss,
+    }

@@ -1,0 +1,40 @@
+"""bench instant_soup: a quick composed run writes every arm's figures, the claims and its provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightning_prune.bench.__main__ import dispatch
+from lightning_prune.bench._compose import compose_benchmark
+
+
+def test_instant_soup_quick_writes_arms_claims_and_provenance(tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    assert dispatch(["instant_soup", "scale=quick", f"out={out}"]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] in ("mnist", "digits")  # MNIST when ../shared/data/mnist exists
+    assert result["arms"] == ["oneshot", "isp", "imp"]
+    (row,) = result["results"]
+    assert row["sparsity"] == 0.8
+    for arm in ("isp", "imp", "oneshot"):
+        assert set(row[arm]) >= {"test_acc", "wall_s", "mask_steps", "total_steps", "test_acc_per_seed"}
+        assert 0.0 <= row[arm]["test_acc"] <= 1.0
+        assert row[arm]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert row["oneshot"]["mask_steps"] == 0
+    assert row["isp"]["mask_steps"] > row["isp"]["ingredient_steps"] > 0  # ingredient steps are counted
+    assert row["imp"]["mask_steps"] > 0
+    assert set(row["claims"]) >= {"isp_ge_imp_minus_0.5pt", "isp_wall_le_imp_fifth", "isp_gt_oneshot"}
+    provenance = result["provenance"]
+    assert provenance["complete"] is True
+    assert provenance["command"].startswith("python -m lightning_prune.bench instant_soup scale=quick")
+    assert provenance["config"]["isp"]["num_ingredients"] == 2
+
+
+def test_no_denoising_ablation_is_isp_with_n_zero() -> None:
+    cfg = compose_benchmark("instant_soup", ["ablation=no_denoising"])
+    assert list(cfg.arms) == ["isp"]
+    assert (cfg.isp.num_ingredients, cfg.isp.lookahead_steps) == (1, 0)
+    assert cfg.isp.step_ratio == compose_benchmark("instant_soup").isp.step_ratio  # everything else as in main

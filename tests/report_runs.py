@@ -151,7 +151,7 @@ def synthetic_summary() -> dict:
                 {"step": r["step"], "drop_pt": r["drop_pt"], "skipped": r["finetune"] == "skipped"} for r in history
             ],
         },
-        "dense_unit_pruning": {"widths_before": {"net.fc1": 64, "net.fc2": 32}, "widths_after": {"net.fc1": 20}},
+        "odf2nna": {"widths_before": {"net.fc1": 64, "net.fc2": 32}, "widths_after": {"net.fc1": 20}},
         "latency": {"p50_ms": 1.0, "dense_p50_ms": 2.5},
         "run": {"metrics": {"test/acc": 0.89, "test/loss": 0.35}, "wall_s": 12.0, "seed": 0, "epochs": 6},
     }

@@ -19,6 +19,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 32, 64, 64)) -> None:
         super().__init__()
+        # Constructor arguments as plain data: an export records them, so load_model rebuilds this net.
+        self.hparams = {"input_shape": list(input_shape), "num_classes": num_classes, "widths": list(widths)}
         channels, size = input_shape[0], input_shape[-1]
         layers: list[nn.Module] = []
         for index, width in enumerate(widths):

@@ -21,6 +21,8 @@ class MLP(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
+        # Constructor arguments as plain data: an export records them, so load_model rebuilds this net.
+        self.hparams = {"input_shape": list(input_shape), "num_classes": num_classes, "hidden": list(hidden)}
         widths = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for fan_in, fan_out in itertools.pairwise(widths):

@@ -53,6 +53,13 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (16, 32, 64),
     ) -> None:
         super().__init__()
+        # Constructor arguments as plain data: an export records them, so load_model rebuilds this net.
+        self.hparams = {
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "blocks": list(blocks),
+            "widths": list(widths),
+        }
         if len(blocks) != len(widths):
             raise ValueError(f"blocks and widths need one entry per stage, got blocks={blocks}, widths={widths}")
         self.stem = nn.Sequential(

@@ -21,7 +21,7 @@ What the report reads
 
 any section ``<name>``
     ``history``: list of per-step records. A section whose records carry ``sparsity`` is a *pruner*
-    (``iterative``, ``instant_soup``, ``dense_unit_pruning``, ...); its records may hold:
+    (``iterative``, ``instant_soup``, ``odf2nna``, ...); its records may hold:
 
     - ``step`` (int, 1-based), ``epoch`` (the epoch at whose start the step ran), ``sparsity`` (after it);
     - accuracy as fractions: ``acc_before`` or ``<monitor>_before`` (e.g. ``val/acc_before``: the last

@@ -74,13 +74,24 @@ def test_a_module_argument_with_its_own_record_nests(tmp_path):
     torch.testing.assert_close(loaded(EXAMPLE), model(EXAMPLE))
 
 
+class PlainNet(nn.Module):
+    """A user's net that records nothing about how it was built."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
 @pytest.mark.parametrize(
     ("model", "reason"),
     [
-        (ResNet((1, 8, 8), 10, blocks=(1,), widths=(4,)), "ResNet is a ResNet, a plain nn.Module"),
-        (cnn_classifier(), "Classifier.net is a SmallCNN, a plain nn.Module"),
+        (PlainNet(4), "PlainNet is a PlainNet, a plain nn.Module"),
+        (Wrapper(PlainNet(4), bias=1.0), "Wrapper.inner is a PlainNet, a plain nn.Module"),
     ],
-    ids=["plain nn.Module", "Classifier(net=SmallCNN) without the app"],
+    ids=["plain nn.Module", "LightningModule around a plain nn.Module"],
 )
 def test_without_a_record_the_weights_still_export_and_load_model_names_the_fix(tmp_path, model, reason):
     path = export_pruned(model, tmp_path / "pruned_model.pt")
@@ -90,12 +101,20 @@ def test_without_a_record_the_weights_still_export_and_load_model_names_the_fix(
     assert record["load"] == "lightning_prune.load_pruned(model, path)"
     with pytest.raises(ValueError, match=rf"cannot rebuild the model: {reason}.*call load_pruned\(model, "):
         load_model(path)
-    fresh = type(model)(*_same_args(model))
+    fresh = PlainNet(4) if isinstance(model, PlainNet) else Wrapper(PlainNet(4), bias=1.0)
     torch.testing.assert_close(load_pruned(fresh, path).state_dict(), model.state_dict())
 
 
-def _same_args(model: nn.Module) -> tuple:
-    return ((1, 8, 8), 10, (1,), (4,)) if isinstance(model, ResNet) else (model.net, 10, (1, 8, 8))
+@pytest.mark.parametrize(
+    "model",
+    [ResNet((1, 8, 8), 10, blocks=(1,), widths=(4,)), cnn_classifier()],
+    ids=["ResNet", "Classifier(net=SmallCNN) in your own Trainer"],
+)
+def test_the_zoo_nets_record_their_constructor_so_load_model_rebuilds_them(tmp_path, model):
+    model.eval()
+    loaded = load_model(export_pruned(model, tmp_path / "pruned_model.pt"))
+    assert type(loaded) is type(model)
+    torch.testing.assert_close(loaded(EXAMPLE), model(EXAMPLE))
 
 
 def test_load_model_without_a_record_says_what_to_do(tmp_path):

@@ -254,7 +254,7 @@ def test_synthetic_plots_show_skips_and_latency(tmp_path):
     layers = plots.layers(derived.layer_values(run.summary, "layer_sparsity"), write._widths(run.summary))
     assert [ax.get_title() for ax in layers.axes] == [
         "Per-layer sparsity (iterative)",
-        "Kept units per layer (dense_unit_pruning)",
+        "Kept units per layer (odf2nna)",
     ]
 
 

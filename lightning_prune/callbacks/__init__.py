@@ -1,4 +1,4 @@
-"""Lightning callbacks, one method per file, all driving :mod:`lightning_prune.core`."""
+"""Lightning callbacks, one method per module or subpackage, all driving :mod:`lightning_prune.core`."""
 
 from lightning_prune.callbacks.anytime_progressive import AnytimeProgressivePruning
 from lightning_prune.callbacks.block_pruning import BlockPruning

@@ -186,3 +186,23 @@ def batch_input(batch: Any, requester: str) -> Tensor:
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         return batch[0]
     raise ValueError(f"{requester} needs batches that are a tensor or (x, ...); got {type(batch).__name__}")
+
+
+def check_xy_batch(batch: Any, requester: str, fix: str) -> None:
+    """Refuse anything but ``(x, y)`` batches (input tensor, then label tensor), saying what came and ``fix``.
+
+    Raises:
+        ValueError: naming ``requester``, what the first batch is, and ``fix``.
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+        return
+    if isinstance(batch, dict):
+        got = f"a dict with keys {sorted(map(str, batch))}"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {[type(item).__name__ for item in batch]}"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise ValueError(
+        f"{requester} needs (x, y) validation batches (a tuple or list: input tensor, then label tensor); "
+        f"the first validation batch is {got}. {fix}"
+    )

@@ -12,7 +12,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
+from lightning_prune.callbacks._trainer import (
+    check_xy_batch,
+    eval_mode,
+    has_validation_data,
+    info,
+    output_dir,
+    validation_loader,
+)
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.validate import check_int, is_number
@@ -141,7 +148,12 @@ class AccuracyGate(Callback, PruningListener):
         if first is None:
             raise ValueError("AccuracyGate: the validation data yields no batches; it needs at least one to measure on")
         if self._metric is batch_accuracy:
-            _check_xy_batch(first)
+            check_xy_batch(
+                first,
+                "AccuracyGate with metric_fn=None",
+                "For other batches give metric_fn=<a callable (pl_module, batch) -> (score_sum, count), or its dotted "
+                "import path>",
+            )
 
     # ---------------------------------------------------------------- pruner events
 
@@ -237,23 +249,6 @@ class AccuracyGate(Callback, PruningListener):
         self.reference_acc = state_dict.get("reference_acc", self.reference_acc)
         self.final_acc = state_dict.get("final_acc", self.final_acc)
         self.decisions = [dict(d) for d in state_dict.get("decisions", self.decisions)]
-
-
-def _check_xy_batch(batch: Any) -> None:
-    """The default metric reads ``batch[0]`` as inputs and ``batch[1]`` as labels: refuse anything else."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
-        return
-    if isinstance(batch, dict):
-        got = f"a dict with keys {sorted(map(str, batch))}"
-    elif isinstance(batch, (tuple, list)):
-        got = f"a {type(batch).__name__} of {[type(item).__name__ for item in batch]}"
-    else:
-        got = f"a {type(batch).__name__}"
-    raise ValueError(
-        f"AccuracyGate with metric_fn=None needs (x, y) validation batches (a tuple or list: input tensor, then "
-        f"label tensor); the first validation batch is {got}. For other batches give metric_fn=<a callable "
-        "(pl_module, batch) -> (score_sum, count), or its dotted import path>"
-    )
 
 
 def _pruning_over(state: PruningState) -> bool:

@@ -7,7 +7,9 @@ LightningCLI YAML is fixed from the message alone (Hydra appends the config key)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -77,3 +79,46 @@ def check_positive_list(name: str, values: Any, strictly: bool = True) -> None:
     ):
         bound = "> 0" if strictly else ">= 0"
         raise ValueError(f"{name} must be a non-empty list of finite numbers {bound}, got {values!r}")
+
+
+def check_output_dir(name: str, path: Any) -> str | None:
+    """``path`` with ``~`` expanded, refused at once when it cannot become a writable directory.
+
+    A bad export path otherwise fails only after all training, as a bare OS error. Nothing is created here.
+
+    Raises:
+        ValueError: naming the argument, the path and what is in the way.
+    """
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (str) or None, got {path!r}")
+    expanded = Path(path).expanduser()
+    if expanded.exists() and not expanded.is_dir():
+        raise ValueError(f"{name}={str(path)!r} is an existing file, not a directory; give a directory path")
+    _check_creatable(name, path, expanded)
+    return str(expanded)
+
+
+def check_output_file(name: str, path: Any) -> str | None:
+    """Like :func:`check_output_dir` for a file to write (``lut_path``): not a directory, its folder creatable."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (str) or None, got {path!r}")
+    expanded = Path(path).expanduser()
+    if expanded.is_dir():
+        example = str(expanded / "table.json")
+        raise ValueError(f"{name}={str(path)!r} is a directory; give a file path such as {example!r}")
+    _check_creatable(name, path, expanded.parent)
+    return str(expanded)
+
+
+def _check_creatable(name: str, given: Any, directory: Path) -> None:
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name}={str(given)!r} lies below {str(ancestor)!r}, which is a file, not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise ValueError(f"{name}={str(given)!r} cannot be created or written: {str(ancestor)!r} is not writable")

@@ -35,11 +35,12 @@ from torch import Tensor, nn
 from lightning_prune.core.export import (
     RECORD_FORMAT,
     build_from_record,
+    load_checked,
     model_record,
     model_size,
     to_jsonable,
 )
-from lightning_prune.core.structured import architecture_spec, resize_like
+from lightning_prune.core.structured import architecture_spec
 from lightning_prune.core.validate import check_output_file
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "torch_export": ".pt2"}
@@ -231,21 +232,6 @@ def load_safetensors(path: str | os.PathLike, model: nn.Module | None = None) ->
         model = build_from_record(record["model"])
     load_checked(model, load_file(weights), record.get("architecture"), str(weights))
     return model.eval()
-
-
-def load_checked(model: nn.Module, state: Mapping[str, Tensor], architecture: Any, where: str) -> nn.Module:
-    """Resize ``model``'s layers to ``state``'s shapes, load it strictly and check the layer spec matches.
-
-    Raises:
-        ValueError: naming the layers whose widths differ from ``architecture`` after loading.
-    """
-    resize_like(model, state)
-    model.load_state_dict(state)
-    spec = architecture_spec(model)
-    if architecture is not None and spec != architecture:
-        differing = sorted(k for k in set(spec) | set(architecture) if spec.get(k) != architecture.get(k))
-        raise ValueError(f"{where}: architecture does not match the model after loading; differing: {differing[:10]}")
-    return model
 
 
 def _checked(model: nn.Module, path: str | os.PathLike, example: Any) -> tuple[Path, tuple]:

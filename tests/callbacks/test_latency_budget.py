@@ -57,6 +57,18 @@ def mlp_classifier(hidden=(128, 128)):
         ({"resolution": 5}, "resolution must be an integer >= 10"),
         ({"device": "tpu"}, "device must be None, 'cpu' or 'cuda"),
         ({"exclude_names": ["("]}, "is not a valid regular expression"),
+        # numbers as strings (from YAML or a command line) and booleans for counts, refused naming the argument
+        ({"budget_fraction": "0.5"}, r"budget_fraction must be in \(0, 1\), got '0.5'"),
+        ({"budget_fraction": None, "latency_budget_ms": "3.0"}, "latency_budget_ms must be a number > 0, got '3.0'"),
+        ({"num_steps": "2"}, "num_steps must be an integer >= 1, got '2'"),
+        ({"tolerance": "0.1"}, r"tolerance must be in \[0, 1\), got '0.1'"),
+        ({"resolution": "100"}, "resolution must be an integer >= 10, got '100'"),
+        ({"repeats": "10"}, "repeats must be an integer >= 3, got '10'"),
+        ({"lut_repeats": "5"}, "lut_repeats must be an integer >= 3, got '5'"),
+        ({"threads": "1"}, "threads must be an integer >= 1 or None, got '1'"),
+        ({"threads": True}, "threads must be an integer >= 1 or None, got True"),
+        ({"stop_when_done": "no"}, "stop_when_done must be true or false, got 'no'"),
+        ({"channels_last": 1}, "channels_last must be true or false, got 1"),
     ],
 )
 def test_latency_budget_bad_arguments(kwargs, message):

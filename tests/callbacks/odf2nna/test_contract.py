@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prune import DenseUnitPruning, IterativePruning
 from lightning_prune.core.structured import count_parameters
@@ -124,7 +125,7 @@ def test_a_second_fit_on_another_model_is_refused(cancer, trainer_kwargs) -> Non
 def test_another_pruner_in_the_trainer_is_refused(cancer, trainer_kwargs) -> None:
     callbacks = [DenseUnitPruning(wide_epochs=1), IterativePruning(target_sparsity=0.5)]
     trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, **trainer_kwargs)
-    with pytest.raises(ValueError, match="more than one pruning callback: DenseUnitPruning.*IterativePruning"):
+    with pytest.raises(ValueError, match=r"more than one pruning callback: DenseUnitPruning.*IterativePruning"):
         trainer.fit(mlp_classifier(cancer), datamodule=cancer)
 
 
@@ -170,3 +171,29 @@ def test_the_plateau_rule_needs_patience_plus_one_epochs_before_the_rebuild(canc
     trainer = pl.Trainer(max_epochs=4, callbacks=[pruning], **trainer_kwargs)
     with pytest.raises(ValueError, match=r"needs 5 training epochs \(a plateau of patience=2: 3 validations"):
         trainer.fit(mlp_classifier(cancer), datamodule=cancer)
+
+
+def test_an_export_dir_that_cannot_be_a_directory_is_refused_at_construction(tmp_path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"export_dir=.* is an existing file, not a directory"):
+        DenseUnitPruning(export_dir=str(a_file))
+    with pytest.raises(ValueError, match=r"export_dir=.* lies below .*, which is a file"):
+        DenseUnitPruning(export_dir=str(a_file / "out"))
+    assert DenseUnitPruning(export_dir="~/odf2nna").export_dir == str(Path.home() / "odf2nna")
+
+
+def test_a_fit_from_a_checkpoint_after_a_fit(cancer, trainer_kwargs, tmp_path) -> None:
+    """The same instance, a new Trainer resuming a checkpoint of the first fit: its state comes from the checkpoint."""
+    model = mlp_classifier(cancer)
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=1, retrain_epochs=2)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    kwargs = {**trainer_kwargs, "enable_checkpointing": True}
+    pl.Trainer(max_epochs=3, callbacks=[pruning, checkpoints], **kwargs).fit(model, datamodule=cancer)
+    rebuilt = widths(model)
+    again = pl.Trainer(max_epochs=4, callbacks=[pruning], **trainer_kwargs)
+    again.fit(model, datamodule=cancer, ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert widths(model) == rebuilt
+    assert again.current_epoch == 3  # epoch 2 was the last of retrain_epochs=2: stopped there, as the first fit did
+    assert len(pruning.pruning_state.history) == 1
+    assert summary_of(trainer_kwargs)["finished"] is True

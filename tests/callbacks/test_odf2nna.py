@@ -295,4 +295,6 @@ def test_dense_unit_pruning_ddp(tmp_path) -> None:
     assert len(widths) == 1  # the same architecture on both ranks
     summary = json.loads((tmp_path / "summary.json").read_text())["odf2nna"]
     assert summary["params_after"] < summary["params_before"]
+    assert summary["finished"] is True
+    assert summary["measured"]["params"] == summary["params_after"]
     assert widths == {" ".join(str(w) for w in summary["widths_after"].values())}

@@ -27,7 +27,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_prune.callbacks.protocol import PruningCallback
+from lightning_prune.callbacks._trainer import load_train_data
+from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 
 # Reported and measured sparsity may differ by rounding of per-layer keep counts, never by more.
 SPARSITY_TOLERANCE = 1e-3
@@ -70,6 +71,18 @@ def check_refit(me: PruningCallback, pl_module: nn.Module) -> bool:
     return model is pl_module
 
 
+def count_epochs_on(state: PruningState, epochs_seen: int, trainer: pl.Trainer) -> None:
+    """In a second ``fit`` (after :func:`check_refit`): the schedule's epochs go on from the first fit's.
+
+    A new Trainer counts epochs from 0 again; ``epochs_seen`` (epochs the last fit trained) moves
+    ``state.last_step_epoch`` back by as many, so a fine-tune in progress keeps its count. The same Trainer
+    (its epochs go on) and a run before any step need nothing.
+    """
+    shift = epochs_seen - trainer.current_epoch
+    if state.step > 0 and shift > 0:
+        state.last_step_epoch -= shift
+
+
 def check_training_budget(trainer: pl.Trainer, requester: str, epochs_needed: int, what: str) -> None:
     """Refuse a Trainer that cannot run the schedule: no training batches, or fewer steps than its epochs need.
 
@@ -81,9 +94,11 @@ def check_training_budget(trainer: pl.Trainer, requester: str, epochs_needed: in
     """
     if trainer.fast_dev_run or trainer.sanity_checking:
         return
-    total = trainer.estimated_stepping_batches  # loads the training data: at setup it is not loaded yet
+    if trainer.limit_train_batches != 0:
+        load_train_data(trainer)  # at setup it is not loaded yet
+    total = trainer.estimated_stepping_batches
     batches = trainer.num_training_batches
-    if not batches or total == 0:
+    if trainer.limit_train_batches == 0 or not batches or total == 0:
         raise ValueError(
             f"{requester}: the training data yields no batches (limit_train_batches={trainer.limit_train_batches}, "
             "or an empty training set), so nothing would be trained or pruned; give it at least one batch"

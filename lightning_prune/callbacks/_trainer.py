@@ -83,6 +83,15 @@ def reload_train_data(trainer: pl.Trainer) -> None:
     trainer.fit_loop.setup_data()
 
 
+def load_train_data(trainer: pl.Trainer) -> None:
+    """Load the training loader now (from ``setup`` on), so ``num_training_batches`` is known.
+
+    ``trainer.estimated_stepping_batches`` loads it only when ``max_epochs`` is set; with ``max_steps`` alone it
+    returns ``max_steps`` and leaves the batches unknown. Lightning loads nothing under ``limit_train_batches=0``.
+    """
+    trainer.fit_loop.setup_data()
+
+
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     """``module.eval()`` for the block, then each submodule's own train/eval flag back (frozen norms stay in eval)."""

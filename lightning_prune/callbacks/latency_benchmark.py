@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,7 +24,7 @@ from lightning_prune.core.timing import (
     measure_latency,
     resolve_device,
 )
-from lightning_prune.core.validate import check_int, is_int
+from lightning_prune.core.validate import check_int, check_output_dir, check_output_file, is_int
 
 log = logging.getLogger(__name__)
 _LOGGED = ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb")
@@ -44,6 +46,10 @@ class LatencyBenchmark(PruningListener, Callback):
     torch version, settings, every measurement) goes to ``<export_dir>/<filename>`` and a section of
     ``summary.json``.
 
+    A second ``fit`` of the same model goes on with the same reference (the first fit's dense model) and
+    measures the model again at its start; a ``fit`` of another model starts a new series with that
+    model as the reference (a speed-up is only meaningful against the model it was pruned from).
+
     Requires from your LightningModule: an ``example_input_array`` or an ``(x, y)`` validation batch.
 
     Args:
@@ -61,7 +67,9 @@ class LatencyBenchmark(PruningListener, Callback):
         filename: name of the JSON record.
 
     Raises:
-        ValueError: for arguments out of range, or a CUDA ``device`` where none is available (at setup).
+        ValueError: for arguments out of range or of the wrong type (a number given as a string), an
+            ``export_dir`` that cannot be a directory, a ``filename`` that is not a plain file name; at setup, a
+            CUDA ``device`` where none is available or a record path that is a directory.
 
     Example::
 
@@ -95,14 +103,23 @@ class LatencyBenchmark(PruningListener, Callback):
     ) -> None:
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
         self.amp_dtype, self.channels_last, self.compile = amp_dtype, channels_last, compile
-        self.every_prune_step, self.export_dir, self.filename = every_prune_step, export_dir, filename
+        self.every_prune_step, self.filename = every_prune_step, filename
         if isinstance(batch_sizes, (str, int)) or not batch_sizes or not all(is_int(b) and b >= 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
         self.batch_sizes, self.device = list(batch_sizes), device
-        check_int("rounds", rounds, 1)
+        for name, low in [("warmup", 0), ("repeats", 3), ("rounds", 1)]:
+            check_int(name, getattr(self, name), low)
+        check_int("threads", threads, 1, optional=True)
+        for name in ("channels_last", "compile", "every_prune_step"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(filename, str) or not filename or filename != Path(filename).name:
+            raise ValueError(f"filename must be a plain file name such as 'latency.json', got {filename!r}")
         check_device(device)
+        self.export_dir = check_output_dir("export_dir", export_dir)
         self.settings = TimingSettings(warmup, repeats, threads, amp_dtype, channels_last, compile)
         self.records: list[dict[str, Any]] = []
+        self._model: weakref.ref | None = None  # the model measured, so a fit of another one starts a new series
 
     @property
     def state_key(self) -> str:
@@ -111,6 +128,7 @@ class LatencyBenchmark(PruningListener, Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             resolve_device(self.device, pl_module)
+            check_output_file("filename", output_dir(trainer, self.export_dir) / self.filename)
 
     @property
     def reference(self) -> dict[str, Any] | None:
@@ -118,8 +136,14 @@ class LatencyBenchmark(PruningListener, Callback):
         return self.records[0]["results"] if self.records else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.records:
-            self._record(trainer, pl_module, "fit_start", 0)
+        measured = self._model() if self._model is not None else None
+        if measured is not None and measured is not pl_module:
+            info(log, "a fit of another model: its latency is measured against its own start, not the last model's")
+            self.records = []
+        self._model = weakref.ref(pl_module)
+        # A resumed run continues its checkpoint's records; a second fit measures the model it starts from.
+        if not self.records or (measured is pl_module and trainer.ckpt_path is None):
+            self._record(trainer, pl_module, "fit_start", self._pruner_step(trainer))
 
     def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         if self.every_prune_step:
@@ -130,10 +154,13 @@ class LatencyBenchmark(PruningListener, Callback):
             for name, value in self._metrics(self.records[-1]).items():
                 pl_module.log(name, value, on_step=False, on_epoch=True)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    @staticmethod
+    def _pruner_step(trainer: pl.Trainer) -> int:
         pruners = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
-        step = pruners[0].pruning_state.step if pruners else 0
-        record = self._record(trainer, pl_module, "fit_end", step)
+        return pruners[0].pruning_state.step if pruners else 0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record = self._record(trainer, pl_module, "fit_end", self._pruner_step(trainer))
         for logger in trainer.loggers:
             logger.log_metrics(self._metrics(record), step=trainer.global_step)
             logger.save()

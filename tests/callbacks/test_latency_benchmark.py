@@ -31,9 +31,21 @@ def _one_thread():
         ({"rounds": 0}, "rounds must be an integer >= 1"),
         ({"repeats": 1}, "repeats must be an integer >= 3"),
         ({"warmup": -1}, "warmup must be an integer >= 0"),
-        ({"threads": 0}, "threads must be None or an integer >= 1"),
+        ({"threads": 0}, "threads must be an integer >= 1 or None, got 0"),
         ({"amp_dtype": "int8"}, "amp_dtype must be None or one of"),
         ({"device": "xla"}, "device must be None, 'cpu' or 'cuda"),
+        # numbers as strings (from YAML or a command line), booleans for counts, paths that cannot be written
+        ({"warmup": "3"}, "warmup must be an integer >= 0, got '3'"),
+        ({"warmup": True}, "warmup must be an integer >= 0, got True"),
+        ({"repeats": "10"}, "repeats must be an integer >= 3, got '10'"),
+        ({"rounds": "2"}, "rounds must be an integer >= 1, got '2'"),
+        ({"threads": True}, "threads must be an integer >= 1 or None, got True"),
+        ({"batch_sizes": ["1"]}, "batch_sizes must be a non-empty list of integers >= 1"),
+        ({"compile": "yes"}, "compile must be true or false, got 'yes'"),
+        ({"every_prune_step": 1}, "every_prune_step must be true or false, got 1"),
+        ({"filename": "out/latency.json"}, "filename must be a plain file name such as 'latency.json'"),
+        ({"filename": ""}, "filename must be a plain file name"),
+        ({"export_dir": 3}, "export_dir must be a path"),
     ],
 )
 def test_latency_benchmark_bad_arguments(kwargs, message):
@@ -133,3 +145,36 @@ def test_gpu_path_uses_cuda_events_and_reports_peak_memory(digits, trainer_kwarg
     trainer = pl.Trainer(max_epochs=1, callbacks=[bf16], limit_train_batches=2, **kwargs)
     trainer.fit(resnet_classifier(), datamodule=digits)
     assert bf16.records[-1]["results"]["256"]["settings"]["compile"]
+
+
+def test_unwritable_paths_are_refused_before_training(digits, trainer_kwargs, tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"export_dir=.* is an existing file, not a directory"):
+        LatencyBenchmark(export_dir=str(a_file))
+    with pytest.raises(ValueError, match=r"export_dir=.* lies below .*, which is a file"):
+        LatencyBenchmark(export_dir=str(a_file / "out"))
+    (tmp_path / "latency.json").mkdir()
+    trainer = pl.Trainer(max_epochs=1, callbacks=[LatencyBenchmark(batch_sizes=[1])], **trainer_kwargs)
+    with pytest.raises(ValueError, match=r"filename=.*latency.json' is a directory"):
+        trainer.fit(cnn_classifier(), datamodule=digits)
+    assert trainer.global_step == 0
+
+
+def test_a_second_fit_measures_on_against_the_same_reference_and_another_model_starts_anew(digits, trainer_kwargs):
+    bench = LatencyBenchmark(batch_sizes=[1], threads=1, warmup=2, repeats=5, rounds=1)
+    model = cnn_classifier()
+    for _ in range(2):
+        trainer = pl.Trainer(max_epochs=1, callbacks=[bench], limit_train_batches=2, **trainer_kwargs)
+        trainer.fit(model, datamodule=digits)
+    assert [r["when"] for r in bench.records] == ["fit_start", "fit_end", "fit_start", "fit_end"]
+    reference = bench.records[0]["results"]
+    assert bench.reference == reference
+    last = bench.records[-1]
+    assert last["speedup"]["1"] == pytest.approx(reference["1"]["p50_ms"] / last["results"]["1"]["p50_ms"])
+
+    other = cnn_classifier(widths=(4, 4, 8, 8))  # a speed-up against the first model would be meaningless
+    pl.Trainer(max_epochs=1, callbacks=[bench], limit_train_batches=2, **trainer_kwargs).fit(other, datamodule=digits)
+    assert [r["when"] for r in bench.records] == ["fit_start", "fit_end"]
+    assert bench.reference != reference
+    assert bench.records[0]["speedup"] == {"1": 1.0}

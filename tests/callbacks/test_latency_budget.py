@@ -39,9 +39,9 @@ def mlp_classifier(hidden=(128, 128)):
         ({"budget_fraction": 0.0}, r"budget_fraction must be in \(0, 1\)"),
         ({"budget_fraction": 1.0}, r"budget_fraction must be in \(0, 1\)"),
         ({"budget_fraction": 1.5}, r"budget_fraction must be in \(0, 1\), got 1.5"),
-        ({"budget_fraction": None, "latency_budget_ms": 0.0}, "latency_budget_ms must be > 0, got 0.0"),
-        ({"budget_fraction": None, "latency_budget_ms": -2}, "latency_budget_ms must be > 0"),
-        ({"budget_fraction": None, "latency_budget_ms": -5.0}, "latency_budget_ms must be > 0, got -5.0"),
+        ({"budget_fraction": None, "latency_budget_ms": 0.0}, "latency_budget_ms must be a number > 0, got 0.0"),
+        ({"budget_fraction": None, "latency_budget_ms": -2}, "latency_budget_ms must be a number > 0"),
+        ({"budget_fraction": None, "latency_budget_ms": -5.0}, "latency_budget_ms must be a number > 0, got -5.0"),
         ({"num_steps": 0}, "num_steps must be an integer >= 1, got 0"),
         ({"finetune_epochs": -1}, "finetune_epochs must be an integer >= 0"),
         ({"round_to": 0}, "round_to must be an integer >= 1"),
@@ -50,13 +50,25 @@ def mlp_classifier(hidden=(128, 128)):
         ({"rounds": 0}, "rounds must be an integer >= 1"),
         ({"repeats": 2}, "repeats must be an integer >= 3"),
         ({"lut_repeats": 1}, "repeats must be an integer >= 3"),
-        ({"threads": 0}, "threads must be None or an integer >= 1"),
+        ({"threads": 0}, "threads must be an integer >= 1 or None, got 0"),
         ({"amp_dtype": "fp16"}, "amp_dtype must be None or one of"),
         ({"tolerance": 1.0}, r"tolerance must be in \[0, 1\)"),
         ({"max_corrections": -1}, "max_corrections must be an integer >= 0"),
         ({"resolution": 5}, "resolution must be an integer >= 10"),
         ({"device": "tpu"}, "device must be None, 'cpu' or 'cuda"),
         ({"exclude_names": ["("]}, "is not a valid regular expression"),
+        # numbers as strings (from YAML or a command line) and booleans for counts, refused naming the argument
+        ({"budget_fraction": "0.5"}, r"budget_fraction must be in \(0, 1\), got '0.5'"),
+        ({"budget_fraction": None, "latency_budget_ms": "3.0"}, "latency_budget_ms must be a number > 0, got '3.0'"),
+        ({"num_steps": "2"}, "num_steps must be an integer >= 1, got '2'"),
+        ({"tolerance": "0.1"}, r"tolerance must be in \[0, 1\), got '0.1'"),
+        ({"resolution": "100"}, "resolution must be an integer >= 10, got '100'"),
+        ({"repeats": "10"}, "repeats must be an integer >= 3, got '10'"),
+        ({"lut_repeats": "5"}, "lut_repeats must be an integer >= 3, got '5'"),
+        ({"threads": "1"}, "threads must be an integer >= 1 or None, got '1'"),
+        ({"threads": True}, "threads must be an integer >= 1 or None, got True"),
+        ({"stop_when_done": "no"}, "stop_when_done must be true or false, got 'no'"),
+        ({"channels_last": 1}, "channels_last must be true or false, got 1"),
     ],
 )
 def test_latency_budget_bad_arguments(kwargs, message):
@@ -103,7 +115,7 @@ def test_a_pessimistic_table_does_not_refuse_a_budget_the_smallest_network_meets
 
 def test_too_few_epochs_and_missing_cuda_fail_at_setup(digits, trainer_kwargs):
     trainer = pl.Trainer(max_epochs=3, callbacks=[LatencyBudgetPruning(num_steps=3, warmup_epochs=1)], **trainer_kwargs)
-    with pytest.raises(ValueError, match=r"needs Trainer\(max_epochs >= 4\) .* got max_epochs=3"):
+    with pytest.raises(ValueError, match=r"needs 4 training epochs \(warmup_epochs=1 \+ num_steps=3 x .*max_epochs=3"):
         trainer.fit(mlp_classifier(), datamodule=digits)
     if not torch.cuda.is_available():
         trainer = pl.Trainer(max_epochs=3, callbacks=[LatencyBudgetPruning(device="cuda")], **trainer_kwargs)

@@ -56,6 +56,15 @@ def cancer() -> TabularDataModule:
         ({"include_names": "("}, "include_names: .* is not a valid regular expression"),
         ({"carry_optimizer_state": "no"}, "carry_optimizer_state must be true or false, got 'no'"),
         ({"restore_best": 1}, "restore_best must be true or false, got 1"),
+        # numbers as strings (from YAML or a command line), refused naming the argument
+        ({"wide_epochs": "3"}, "wide_epochs must be an integer >= 0 or None, got '3'"),
+        ({"patience": "2"}, "patience must be an integer >= 1 or None, got '2'"),
+        ({"retrain_epochs": "2"}, "retrain_epochs must be an integer >= 1 or None, got '2'"),
+        ({"min_units": "1"}, "min_units must be an integer >= 1, got '1'"),
+        ({"min_delta": "0.1"}, "min_delta must be a number >= 0, got '0.1'"),
+        ({"retrain_lr_scale": "0.5"}, r"retrain_lr_scale must be in \(0, 1\], got '0.5'"),
+        ({"reference_quantile": "1"}, r"reference_quantile must be in \(0, 1\], got '1'"),
+        ({"export_dir": 3}, "export_dir must be a path"),
     ],
 )
 def test_dense_unit_pruning_bad_arguments(kwargs: dict, match: str) -> None:
@@ -286,4 +295,6 @@ def test_dense_unit_pruning_ddp(tmp_path) -> None:
     assert len(widths) == 1  # the same architecture on both ranks
     summary = json.loads((tmp_path / "summary.json").read_text())["odf2nna"]
     assert summary["params_after"] < summary["params_before"]
+    assert summary["finished"] is True
+    assert summary["measured"]["params"] == summary["params_after"]
     assert widths == {" ".join(str(w) for w in summary["widths_after"].values())}

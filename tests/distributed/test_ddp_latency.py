@@ -1,5 +1,7 @@
 """LatencyBudgetPruning under two CPU processes: rank 0 decides (timing, table, knapsack), all ranks agree."""
 
+import json
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -45,3 +47,6 @@ def test_ddp_ranks_apply_rank0_plan(tmp_path, digits, trainer_kwargs):
     assert rank0["architecture"] == rank1["architecture"]
     torch.testing.assert_close(rank0["weights"], rank1["weights"])
     assert repr(architecture_spec(model)) == rank0["architecture"]  # the parent got the shrunk model back
+    summary = json.loads((tmp_path / "summary.json").read_text())["latency_budget"]
+    assert summary["finished"] is True  # checked on every rank before rank 0 exported
+    assert summary["measured"]["params"] == summary["params"] == sum(p.numel() for p in model.parameters())

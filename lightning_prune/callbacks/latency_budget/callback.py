@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
+from lightning_prune.callbacks._contract import check_refit, count_epochs_on, refuse_nonfinite, refuse_other_pruners
 from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.callbacks._trainer import (
     broadcast,
@@ -18,17 +19,16 @@ from lightning_prune.callbacks._trainer import (
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks.latency_budget.checks import check_arguments, check_budget, check_trainer
-from lightning_prune.callbacks.latency_budget.report import final_check, summary
+from lightning_prune.callbacks.latency_budget.checks import check_arguments, check_budget, check_paths, check_trainer
+from lightning_prune.callbacks.latency_budget.report import REQUESTER, check_at_fit_end, export, final_check, log_state
 from lightning_prune.callbacks.latency_budget.state import BudgetState
 from lightning_prune.callbacks.protocol import PruningState
-from lightning_prune.core.export import export_pruned, write_summary
-from lightning_prune.core.latency_budget.measure import FINAL_CHECK_CALLS, LatencyMeter, frozen_copy, rescaled
+from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled
 from lightning_prune.core.latency_budget.network import weight_count
 from lightning_prune.core.latency_budget.planner import BudgetPlanner, step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
-from lightning_prune.core.structured import architecture_spec, remove_out_channels
+from lightning_prune.core.structured import architecture_spec, count_parameters, remove_out_channels
 from lightning_prune.core.timing import device_name, resolve_device
 from lightning_prune.progress import progress
 
@@ -50,12 +50,11 @@ class LatencyBudgetPruning(StepwisePruning):
     dense latency, or one the smallest allowed network (built on a copy and timed) cannot reach, is
     refused before training.
 
-    Every measurement after the first is a ratio to an untouched copy of the model as ``fit`` received
-    it (rank 0 only), timed side by side, times the dense latency of fit start: a shared machine's speed
-    drifts within seconds (:mod:`lightning_prune.core.latency_budget.measure`). Steps run at epoch
-    start, after ``warmup_epochs`` dense epochs and then every ``finetune_epochs`` epochs. Decisions are
-    taken on rank 0 and broadcast. Checkpoints hold the architecture, and the fresh model is resized on
-    load, so a resumed run or an export loads with ``weights_only=True``.
+    Every measurement after the first is a ratio to an untouched copy of the model as ``fit`` received it
+    (rank 0 only), timed side by side, times the dense latency of fit start: a shared machine's speed drifts
+    within seconds (:mod:`lightning_prune.core.latency_budget.measure`). Steps run at epoch start, after
+    ``warmup_epochs`` dense epochs, then every ``finetune_epochs`` epochs; rank 0 decides, all ranks apply.
+    Checkpoints hold the architecture, and the fresh model is resized on load (``weights_only=True``).
 
     Requires from your LightningModule: an ``example_input_array`` (or an ``(x, y)`` validation batch)
     to trace the graph and shape timing inputs; a model torch-pruning can trace; ``configure_optimizers``
@@ -90,9 +89,14 @@ class LatencyBudgetPruning(StepwisePruning):
         monitor: metric recorded in the history before each step.
         export_dir: where ``pruned_model.pt``, ``summary.json`` (and the default table) go.
 
+    A second ``fit`` on the same model keeps the pruned net, calibration and steps (no re-plan); at fit end,
+    before the export, the weights must be finite and the sparsity and parameters it reports the model's.
+
     Raises:
-        ValueError: for arguments out of range, a Trainer whose ``max_epochs`` cannot fit the steps, a
-            budget not below the dense latency, or one the smallest allowed network cannot reach.
+        ValueError: for arguments out of range or paths that cannot be written; at setup, another pruner,
+            a model pruned by an earlier fit, a Trainer that cannot train the steps, a budget not below the
+            dense latency, or one the smallest allowed network cannot reach.
+        FloatingPointError: for non-finite weights after a step or at fit end (nothing exported).
 
     Example::
 
@@ -147,6 +151,7 @@ class LatencyBudgetPruning(StepwisePruning):
         self.exclude_names, self.monitor, self.export_dir = list(exclude_names), monitor, export_dir
         self.stop_when_done = stop_when_done
         check_arguments(self)
+        check_paths(self)
         self._meter = LatencyMeter(batch_size, device, threads, repeats, rounds, amp_dtype, channels_last)
         self._meter.settings(lut_repeats, warmup=3)
         self.pruning_state = PruningState(num_steps=num_steps)
@@ -154,6 +159,7 @@ class LatencyBudgetPruning(StepwisePruning):
         self._final: dict[str, Any] | None = None
         self._reference: nn.Module | None = None
         self._planner: BudgetPlanner | None = None
+        self._epochs_seen = 0  # training epochs of the latest fit (a second fit's epochs count on from them)
 
     @property
     def state_key(self) -> str:
@@ -161,11 +167,12 @@ class LatencyBudgetPruning(StepwisePruning):
             budget_fraction=self.budget_fraction, latency_budget_ms=self.latency_budget_ms, num_steps=self.num_steps
         )
 
-    # ---------------------------------------------------------------- setup and calibration
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_other_pruners(trainer, self)
+        if check_refit(self, pl_module):  # a second fit: keep everything, count its epochs on
+            count_epochs_on(self.pruning_state, self._epochs_seen, trainer)
         self._collect_listeners(trainer)
         check_trainer(self, trainer, pl_module)
         resize_on_load(pl_module)
@@ -187,8 +194,8 @@ class LatencyBudgetPruning(StepwisePruning):
         where = f"on {device_name(resolve_device(self.device, pl_module))} at batch {self.batch_size}"
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
-        weights, architecture = weight_count(pl_module), architecture_spec(pl_module)
-        self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, weights, architecture)
+        shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
+        self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape)
         info(log, f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}")
 
     def _budget_for(self, dense_ms: float) -> float:
@@ -203,8 +210,6 @@ class LatencyBudgetPruning(StepwisePruning):
             rules = (self.round_to, self.min_channels, self.resolution, self.exclude_names)
             self._planner = BudgetPlanner(self._reference, table, self._meter, *rules)
         return self._planner
-
-    # ---------------------------------------------------------------- the loop
 
     def _ready(self) -> bool:
         return self._budget.dense_ms is not None
@@ -227,8 +232,9 @@ class LatencyBudgetPruning(StepwisePruning):
             state.step += 1
             state.last_step_epoch = trainer.current_epoch
             state.sparsity = 1.0 - weight_count(pl_module) / self._budget.original_weights
-        record["sparsity"] = state.sparsity
+        record.update(sparsity=state.sparsity, params=count_parameters(pl_module))
         state.history.append(record)
+        refuse_nonfinite(pl_module, REQUESTER, f"after step {state.step}")
         info(
             log,
             f"latency step {state.step}/{state.num_steps}: target {target:.3f} ms, predicted "
@@ -266,28 +272,22 @@ class LatencyBudgetPruning(StepwisePruning):
             return planner.decide(pl_module, example, target_ms, self._budget.scale, on_timed=advance)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
-        state = self.pruning_state
-        pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
-        pl_module.log("prune/step", float(state.step), on_step=False, on_epoch=True)
-        if self._budget.budget_ms is not None:
-            pl_module.log("latency/budget_ms", self._budget.budget_ms, on_step=False, on_epoch=True)
-            latest = state.history[-1] if state.history else {"measured_ms": self._budget.dense_ms}
-            pl_module.log("latency/measured_ms", latest["measured_ms"], on_step=False, on_epoch=True)
+        log_state(self, pl_module)
 
-    # ---------------------------------------------------------------- final check, export and state
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._epochs_seen = trainer.current_epoch + 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.fast_dev_run and self._budget.budget_ms is not None:
-            example = example_input(trainer, pl_module)
-            planner = self._rank_zero(trainer, pl_module)
-            taken = planner.measure(pl_module, example, self._budget.dense_ms, FINAL_CHECK_CALLS)
-            self._final = final_check(self, taken)
+            self._final = final_check(self, trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.fast_dev_run and self._final is not None:
-            directory = output_dir(trainer, self.export_dir)
-            model_path = export_pruned(pl_module, directory / "pruned_model.pt")
-            write_summary(directory / "summary.json", "latency_budget", summary(self, trainer, model_path))
+        if trainer.fast_dev_run or self._budget.budget_ms is None:
+            return
+        checked = check_at_fit_end(self, trainer, pl_module)  # every rank: a refusal stops them all
+        if trainer.is_global_zero and self._final is not None:
+            export(self, trainer, pl_module, checked)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruning_state": self.pruning_state.to_dict(), **self._budget.to_dict()}

@@ -6,10 +6,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_prune.callbacks._contract import check_training_budget
 from lightning_prune.callbacks._trainer import check_spawn_reload
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.timing import check_device, resolve_device
-from lightning_prune.core.validate import check_fraction, check_int
+from lightning_prune.core.validate import check_fraction, check_int, check_output_dir, check_output_file, is_number
 
 
 def check_arguments(cb: Any) -> None:
@@ -26,16 +27,27 @@ def check_arguments(cb: Any) -> None:
         )
     if fraction is not None:
         check_fraction("budget_fraction", fraction)
-    if budget_ms is not None and not budget_ms > 0:
-        raise ValueError(f"latency_budget_ms must be > 0, got {budget_ms}")
+    if budget_ms is not None and not (is_number(budget_ms) and budget_ms > 0):
+        raise ValueError(f"latency_budget_ms must be a number > 0, got {budget_ms!r}")
     for name, low in [("num_steps", 1), ("finetune_epochs", 0), ("warmup_epochs", 0), ("round_to", 1)]:
         check_int(name, getattr(cb, name), low)
     for name, low in [("min_channels", 1), ("batch_size", 1), ("rounds", 1), ("max_corrections", 0)]:
         check_int(name, getattr(cb, name), low)
-    check_int("resolution", cb.resolution, 10)
+    for name, low in [("resolution", 10), ("repeats", 3), ("lut_repeats", 3)]:
+        check_int(name, getattr(cb, name), low)
+    check_int("threads", cb.threads, 1, optional=True)
+    for name in ("channels_last", "stop_when_done"):
+        if not isinstance(getattr(cb, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(cb, name)!r}")
     check_fraction("tolerance", cb.tolerance, closed_low=True)
     check_device(cb.device)
     validate_selector(DEFAULT_TYPES, None, cb.exclude_names)
+
+
+def check_paths(cb: Any) -> None:
+    """``export_dir`` and ``lut_path`` refused now when they cannot be written, stored with ``~`` expanded."""
+    cb.export_dir = check_output_dir("export_dir", cb.export_dir)
+    cb.lut_path = check_output_file("lut_path", cb.lut_path)
 
 
 def check_trainer(cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -43,17 +55,31 @@ def check_trainer(cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -
 
     Raises:
         ValueError: under a spawn launcher without ``resize_on_load``, for a CUDA ``device`` torch cannot
-            see, or when ``max_epochs`` cannot hold the warm-up and every step's fine-tune.
+            see, or a Trainer that cannot train the warm-up and every step's fine-tune (or has no batches).
     """
     check_spawn_reload(trainer, pl_module, "LatencyBudgetPruning")
     resolve_device(cb.device, pl_module)
-    needed = cb.warmup_epochs + max(1, cb.num_steps * cb.finetune_epochs)
-    max_epochs = trainer.max_epochs
-    if not trainer.fast_dev_run and max_epochs is not None and 0 <= max_epochs < needed:
-        raise ValueError(
-            f"LatencyBudgetPruning needs Trainer(max_epochs >= {needed}) (warmup_epochs={cb.warmup_epochs} + "
-            f"num_steps={cb.num_steps} x finetune_epochs={cb.finetune_epochs}), got max_epochs={max_epochs}"
+    check_training_budget(trainer, "LatencyBudgetPruning", *epochs_needed(cb, trainer))
+
+
+def epochs_needed(cb: Any, trainer: pl.Trainer) -> tuple[int, str]:
+    """Training epochs this fit needs to finish the schedule (what is left of it in a second fit), and why.
+
+    ``warmup_epochs`` + ``num_steps`` x ``finetune_epochs`` (at least one epoch); after a step, the rest of
+    its fine-tune and the steps left; once done, one (the pruned model trains on).
+    """
+    state, finetune = cb.pruning_state, cb.finetune_epochs
+    if state.phase == "done":
+        return 1, "the schedule finished in an earlier fit; training goes on"
+    if state.step == 0:
+        return cb.warmup_epochs + max(1, cb.num_steps * finetune), (
+            f"warmup_epochs={cb.warmup_epochs} + num_steps={cb.num_steps} x finetune_epochs={finetune}"
         )
+    left = cb.num_steps - state.step
+    until_next = max(0, state.last_step_epoch + finetune - trainer.current_epoch)
+    return max(1, until_next + left * finetune), (
+        f"{until_next} fine-tune epochs of step {state.step} left + {left} steps x finetune_epochs={finetune}"
+    )
 
 
 def check_budget(cb: Any, budget_ms: float, dense_ms: float, smallest_ms: float, where: str) -> None:

@@ -17,6 +17,7 @@ class BudgetState:
         budgets: every step's target on HALP's exponential schedule.
         original_weights: conv/linear weights of the dense model (the sparsity's denominator).
         architecture: the pruned layers' shapes, so a fresh model is resized on load.
+        original_params: parameters of the dense model (``None`` in checkpoints older than this field).
     """
 
     dense_ms: float | None = None
@@ -25,6 +26,7 @@ class BudgetState:
     budgets: list[float] = field(default_factory=list)
     original_weights: int = 0
     architecture: dict[str, Any] | None = None
+    original_params: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,22 +9,20 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_prune.callbacks._trainer import (
-    broadcast,
-    check_spawn_reload,
-    example_input,
-    final_metrics,
-    info,
-    output_dir,
-    resize_on_load,
+from lightning_prune.callbacks._contract import (
+    check_refit,
+    check_training_budget,
+    count_epochs_on,
+    refuse_nonfinite,
+    refuse_other_pruners,
 )
+from lightning_prune.callbacks._trainer import broadcast, check_spawn_reload, example_input, info, resize_on_load
 from lightning_prune.callbacks.odf2nna.carry import carried_optimizer, scale_learning_rates
+from lightning_prune.callbacks.odf2nna.report import REQUESTER, check_at_fit_end, epochs_needed, export
 from lightning_prune.callbacks.odf2nna.scoring import training_moments
 from lightning_prune.callbacks.odf2nna.trigger import RebuildTrigger
 from lightning_prune.callbacks.protocol import PruningCallback, PruningState
-from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.odf2nna import (
     COMPENSATIONS,
     UNIT_STATISTICS,
@@ -37,7 +35,7 @@ from lightning_prune.core.odf2nna import (
 )
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, count_parameters
-from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_output_dir
 
 log = logging.getLogger(__name__)
 # Sizes before and after the rebuild, saved in checkpoints (the summary and a resumed run need them).
@@ -91,9 +89,16 @@ class DenseUnitPruning(PruningCallback):
             the rates and the schedulers' positions (one float64 copy of the module during the rebuild), so
             training continues rather than restarts; ``False``: a fresh optimizer from ``configure_optimizers``.
 
+    A second ``fit`` with the same instance on the same model keeps the rebuilt net (no second rebuild) and
+    retrains on; on another model it is refused. At fit end, before the export, the weights must be finite
+    and the parameter count it reports must be the model's; the summary carries the measured figures and
+    whether the schedule finished (a warning says why when not).
+
     Raises:
-        ValueError: for arguments out of range or unknown names; in ``setup``, when the model has no plain
-            Linear stack, or ``wide_epochs`` is not below ``max_epochs``.
+        ValueError: for arguments out of range or unknown names, an ``export_dir`` that cannot be a directory;
+            in ``setup``, another pruner in the Trainer, a model pruned by an earlier fit, no plain Linear
+            stack, or a Trainer that cannot train ``wide_epochs + retrain_epochs`` (or has no batches).
+        FloatingPointError: when the weights are not finite after the rebuild or at fit end (nothing exported).
 
     Example::
 
@@ -136,7 +141,8 @@ class DenseUnitPruning(PruningCallback):
         self.retrain_lr_scale, self.restore_best = retrain_lr_scale, restore_best
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
         self.compensation, self.min_units, self.include_names = compensation, min_units, include_names
-        self.export_dir, self.carry_optimizer_state = export_dir, carry_optimizer_state
+        self.export_dir = check_output_dir("export_dir", export_dir)
+        self.carry_optimizer_state = carry_optimizer_state
         self._trigger = RebuildTrigger(wide_epochs, patience, monitor, mode, min_delta, restore_best)  # checks those
         self._validate()
         self.pruning_state = PruningState(num_steps=1)
@@ -146,6 +152,7 @@ class DenseUnitPruning(PruningCallback):
         self._architecture: dict[str, Any] | None = None
         self._layers: list[HiddenLayer] = []
         self._epoch_started = 0.0
+        self._epochs_seen = 0  # training epochs of the latest fit (a second fit's epochs count on from them)
 
     def _validate(self) -> None:
         check_fraction("epsilon", self.epsilon, closed_low=True)
@@ -176,7 +183,10 @@ class DenseUnitPruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._trigger.check_budget(trainer)
+        refuse_other_pruners(trainer, self)
+        if check_refit(self, pl_module):  # a second fit: keep everything, count its epochs on
+            count_epochs_on(self.pruning_state, self._epochs_seen, trainer)
+        check_training_budget(trainer, REQUESTER, *epochs_needed(self, trainer))
         self._layers = find_hidden_layers(pl_module, example_input(trainer, pl_module), self.include_names)
         if not self.rebuilt:
             self.widths_before = layer_widths(pl_module, self._layers)
@@ -213,6 +223,7 @@ class DenseUnitPruning(PruningCallback):
         self.widths_after = layer_widths(pl_module, self._layers)
         self.params_after = count_parameters(pl_module)
         self._architecture = architecture_spec(pl_module)
+        refuse_nonfinite(pl_module, REQUESTER, f"after the rebuild at epoch {trainer.current_epoch}")
         state.step, state.last_step_epoch, state.phase = 1, trainer.current_epoch, "finetune"
         state.sparsity = 1.0 - self.params_after / self.params_before
         record.update(sparsity=state.sparsity, params=self.params_after, widths=dict(self.widths_after))
@@ -241,8 +252,10 @@ class DenseUnitPruning(PruningCallback):
         state = self.pruning_state
         state.time_s["finetune" if self.rebuilt else "dense"] += time.perf_counter() - self._epoch_started
         self._log_state(pl_module)
+        self._epochs_seen = trainer.current_epoch + 1
         retrained = trainer.current_epoch - state.last_step_epoch + 1
-        if self.rebuilt and self.retrain_epochs is not None and retrained >= self.retrain_epochs:
+        finishing = self.rebuilt and state.phase != "done" and self.retrain_epochs is not None
+        if finishing and retrained >= self.retrain_epochs:  # once: a finished schedule trains on in a later fit
             state.phase = "done"
             trainer.should_stop = True
 
@@ -255,34 +268,11 @@ class DenseUnitPruning(PruningCallback):
             pl_module.log(f"odf2nna/width/{name}", float(width), on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.rebuilt:
-            rank_zero_warn(
-                f"DenseUnitPruning never rebuilt the model (wide_epochs={self.wide_epochs}, patience={self.patience})"
-            )
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._export(trainer, pl_module)
-
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
-        model_path = export_pruned(pl_module, directory / "pruned_model.pt")
-        params = count_parameters(pl_module)
-        summary = {
-            "epsilon": self.epsilon,
-            "statistic": self.statistic,
-            "rebuilt": self.rebuilt,
-            "rebuild_epoch": state.last_step_epoch if self.rebuilt else None,
-            "params_before": self.params_before,
-            "params_after": params,
-            "param_reduction": 1.0 - params / self.params_before,
-            "widths_before": self.widths_before,
-            "widths_after": layer_widths(pl_module, self._layers),
-            "time_s": state.time_s,
-            "history": state.history,
-            "metrics": final_metrics(trainer, "odf2nna/width"),
-            "exported_model": str(model_path),
-        }
-        write_summary(directory / "summary.json", "odf2nna", summary)
-        info(log, f"exported {model_path} ({params} parameters)")
+        if trainer.fast_dev_run:
+            return
+        checked = check_at_fit_end(self, trainer, pl_module)  # every rank: a refusal stops them all
+        if trainer.is_global_zero:
+            export(self, trainer, pl_module, checked)
 
     def state_dict(self) -> dict[str, Any]:
         sizes = {name: copy.copy(getattr(self, name)) for name in _SIZES}

@@ -60,16 +60,20 @@ class RebuildTrigger:
         self.last: float | None = None
         self.wait = 0
 
-    def check_budget(self, trainer: pl.Trainer) -> None:
-        """Refuse a ``wide_epochs`` the Trainer never reaches."""
-        max_epochs = trainer.max_epochs
-        if self.wide_epochs is None or trainer.fast_dev_run or max_epochs is None or max_epochs < 0:
-            return
-        if self.wide_epochs >= max_epochs:
-            raise ValueError(
-                f"DenseUnitPruning(wide_epochs={self.wide_epochs}) never rebuilds within "
-                f"Trainer(max_epochs={max_epochs}): wide_epochs must be < max_epochs"
-            )
+    def epochs_before_rebuild(self, trainer: pl.Trainer) -> tuple[int, str]:
+        """Training epochs from now until the rebuild at the latest (``wide_epochs``), or at the soonest on a plateau.
+
+        A plateau needs a first value (unless one was seen) and ``patience`` validations without improvement,
+        counted in epochs at one validation every ``check_val_every_n_epoch``; validating several times an
+        epoch, or by steps, it can come within an epoch. Returns the epochs and how they add up.
+        """
+        if self.wide_epochs is not None:
+            return self.wide_epochs, f"wide_epochs={self.wide_epochs}"
+        validations = (1 if self.best is None else 0) + max(0, self.patience - self.wait)
+        every = trainer.check_val_every_n_epoch
+        if every is None or trainer.val_check_interval != 1.0:
+            return min(1, validations), f"a plateau of patience={self.patience} (several validations an epoch)"
+        return validations * every, f"a plateau of patience={self.patience}: {validations} validations at the soonest"
 
     def due(self, epoch: int) -> bool:
         """Whether the rebuild happens at the start of ``epoch``."""

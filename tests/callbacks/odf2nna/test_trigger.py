@@ -69,11 +69,12 @@ def test_restore_best_without_the_monitor_warns_and_prunes_the_last_weights(canc
 def test_dense_unit_pruning_needs_the_monitor(cancer, trainer_kwargs) -> None:
     pruning = DenseUnitPruning(wide_epochs=None, patience=1, monitor="val/nothing")
     with pytest.raises(ValueError, match="monitor='val/nothing'"):
-        pl.Trainer(max_epochs=2, callbacks=[pruning], **trainer_kwargs).fit(mlp_classifier(cancer), datamodule=cancer)
+        pl.Trainer(max_epochs=3, callbacks=[pruning], **trainer_kwargs).fit(mlp_classifier(cancer), datamodule=cancer)
 
 
 def test_dense_unit_pruning_checks_epoch_budget(cancer, trainer_kwargs) -> None:
-    with pytest.raises(ValueError, match="wide_epochs must be < max_epochs"):
+    message = r"needs 4 training epochs \(wide_epochs=3 \+ at least 1 retraining epoch\).*max_epochs=3"
+    with pytest.raises(ValueError, match=message):
         pl.Trainer(max_epochs=3, callbacks=[DenseUnitPruning(wide_epochs=3)], **trainer_kwargs).fit(
             mlp_classifier(cancer), datamodule=cancer
         )

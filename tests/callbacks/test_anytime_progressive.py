@@ -97,7 +97,12 @@ def test_anytime_progressive_state_key() -> None:
             r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=Digits",
         ),
         (lambda: _data(2), 6, (), "num_megabatches=3 differs from the data module's num_megabatches=2"),
-        (lambda: _data(3), 5, (), r"needs Trainer\(max_epochs >= 6\)"),
+        (
+            lambda: _data(3),
+            5,
+            (),
+            r"needs 6 training epochs \(num_megabatches=3 x epochs_per_megabatch=2\).*Trainer\(max_epochs=5",
+        ),
         (lambda: _data(3), 6, (AccuracyGate,), r"does not work with Trainer\(callbacks=\[\.\.\., AccuracyGate\]\)"),
     ],
     ids=["not megabatch data", "other number of megabatches", "too few epochs", "with an ICE callback"],

@@ -67,8 +67,29 @@ def check_refit(me: PruningCallback, pl_module: nn.Module) -> bool:
             f"this {type(me).__name__} instance already pruned another model in an earlier fit (its masks and "
             "steps belong to that model); create a new callback for each model you prune"
         )
-    me._fitted_module = weakref.ref(pl_module)
+    me._fitted_module = _FittedModel(pl_module)
     return model is pl_module
+
+
+class _FittedModel:
+    """A weak reference to the model a pruner fitted that pickles as none at all.
+
+    The Trainer (``ddp_spawn``), a data module's ``trainer`` attribute or ``copy.deepcopy`` copy a callback; a
+    copy on another process cannot hold the same model, so it starts as a callback that has not fitted yet.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.ref = weakref.ref(module)
+
+    def __call__(self) -> nn.Module | None:
+        return self.ref()
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return _no_model, ()
+
+
+def _no_model() -> None:
+    return None
 
 
 def check_training_budget(trainer: pl.Trainer, requester: str, epochs_needed: int, what: str) -> None:

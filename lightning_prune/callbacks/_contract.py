@@ -67,7 +67,7 @@ def check_refit(me: PruningCallback, pl_module: nn.Module) -> bool:
             f"this {type(me).__name__} instance already pruned another model in an earlier fit (its masks and "
             "steps belong to that model); create a new callback for each model you prune"
         )
-    me._fitted_module = weakref.ref(pl_module)
+    me._fitted_module = _FittedModel(pl_module)
     return model is pl_module
 
 
@@ -83,6 +83,27 @@ def count_epochs_on(state: PruningState, epochs_seen: int, trainer: pl.Trainer) 
         state.last_step_epoch -= shift
 
 
+class _FittedModel:
+    """A weak reference to the model a pruner fitted that pickles as none at all.
+
+    The Trainer (``ddp_spawn``), a data module's ``trainer`` attribute or ``copy.deepcopy`` copy a callback; a
+    copy on another process cannot hold the same model, so it starts as a callback that has not fitted yet.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.ref = weakref.ref(module)
+
+    def __call__(self) -> nn.Module | None:
+        return self.ref()
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return _no_model, ()
+
+
+def _no_model() -> None:
+    return None
+
+
 def check_training_budget(trainer: pl.Trainer, requester: str, epochs_needed: int, what: str) -> None:
     """Refuse a Trainer that cannot run the schedule: no training batches, or fewer steps than its epochs need.
 
@@ -94,8 +115,10 @@ def check_training_budget(trainer: pl.Trainer, requester: str, epochs_needed: in
     """
     if trainer.fast_dev_run or trainer.sanity_checking:
         return
-    if trainer.limit_train_batches != 0:
-        load_train_data(trainer)  # at setup it is not loaded yet
+    if trainer.limit_train_batches != 0 and trainer.train_dataloader is None:
+        # At setup nothing is loaded, and estimated_stepping_batches loads nothing when max_epochs is -1
+        # (Trainer(max_steps=N) alone) nor with limit_train_batches=0 (then the loop skips training).
+        load_train_data(trainer)
     total = trainer.estimated_stepping_batches
     batches = trainer.num_training_batches
     if trainer.limit_train_batches == 0 or not batches or total == 0:

@@ -11,47 +11,17 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_prune import AccuracyGate, AnytimeProgressivePruning
+from lightning_prune import AccuracyGate, AnytimeProgressivePruning, InstantSoupPruning
 from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, batch_limit, count_errors
 from lightning_prune.core.masks import keep_count
 from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app
-from lightning_prune.data import DigitsDataModule, MegabatchDataModule
+from lightning_prune.data import DigitsDataModule
+from tests.callbacks.anytime_progressive.helpers import fit_app, megabatches, zeros
 from tests.helpers import cnn_classifier
-
-
-def _data(num: int) -> MegabatchDataModule:
-    return MegabatchDataModule(DigitsDataModule(batch_size=64), num_megabatches=num)
-
-
-class Recorder(Callback):
-    """What each epoch trained on, the masks after it, and the labels of its first batch."""
-
-    def __init__(self, pruner: AnytimeProgressivePruning) -> None:
-        self.pruner, self.seen, self.masks, self.first = pruner, {}, {}, {}
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
-        epoch = trainer.current_epoch
-        self.seen[epoch] = self.seen.get(epoch, 0) + len(batch[1])
-        if batch_idx == 0:
-            self.first[epoch] = batch[1].clone()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
-        self.masks[trainer.current_epoch] = {k: v.clone() for k, v in self.pruner._masks.masks.items()}
-
-
-def _fit(
-    trainer_kwargs: dict, num: int = 3, epochs: int = 1, ckpt: str | None = None, extra: tuple = (), **app_kwargs: Any
-) -> tuple[AnytimeProgressivePruning, Recorder, pl.Trainer, MegabatchDataModule]:
-    pl.seed_everything(0, verbose=False)
-    pruner = AnytimeProgressivePruning(num_megabatches=num, epochs_per_megabatch=epochs, **app_kwargs)
-    recorder, data = Recorder(pruner), _data(num)
-    trainer = pl.Trainer(max_epochs=num * epochs + 2, callbacks=[pruner, recorder, *extra], **trainer_kwargs)
-    trainer.fit(cnn_classifier(widths=(8, 8)), datamodule=data, ckpt_path=ckpt)
-    return pruner, recorder, trainer, data
 
 
 @pytest.mark.parametrize(
@@ -73,6 +43,11 @@ def _fit(
         ({"replay": "buffer"}, r"replay must be one of \['full', 'partial', 'none'\], got 'buffer'"),
         ({"replay": "partial", "replay_fraction": 1.0}, r"replay_fraction must be in \(0, 1\) .*got 1.0"),
         ({"include_types": ["Dense"]}, "unknown module type"),
+        ({"target_sparsity": "0.5"}, r"target_sparsity must be in \[0, 1\), got '0.5'"),
+        ({"num_megabatches": "4"}, "num_megabatches must be an integer >= 1, got '4'"),
+        ({"epochs_per_megabatch": "2"}, "epochs_per_megabatch must be an integer >= 1, got '2'"),
+        ({"replay": "partial", "replay_fraction": "0.1"}, r"replay_fraction must be in \(0, 1\) .*got '0.1'"),
+        ({"export_dir": 3}, r"export_dir must be a path \(str\) or None, got 3"),
     ],
 )
 def test_anytime_progressive_bad_arguments(kwargs: dict, match: str) -> None:
@@ -96,11 +71,27 @@ def test_anytime_progressive_state_key() -> None:
             (),
             r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=Digits",
         ),
-        (lambda: _data(2), 6, (), "num_megabatches=3 differs from the data module's num_megabatches=2"),
-        (lambda: _data(3), 5, (), r"needs Trainer\(max_epochs >= 6\)"),
-        (lambda: _data(3), 6, (AccuracyGate,), r"does not work with Trainer\(callbacks=\[\.\.\., AccuracyGate\]\)"),
+        (lambda: megabatches(2), 6, (), "num_megabatches=3 differs from the data module's num_megabatches=2"),
+        (
+            lambda: megabatches(3),
+            5,
+            (),
+            r"needs 6 training epochs \(num_megabatches=3 x epochs_per_megabatch=2\).*Trainer\(max_epochs=5",
+        ),
+        (
+            lambda: megabatches(3),
+            6,
+            (AccuracyGate,),
+            r"does not work with Trainer\(callbacks=\[\.\.\., AccuracyGate\]\)",
+        ),
+        (
+            lambda: megabatches(3),
+            6,
+            (lambda: InstantSoupPruning(target_sparsity=0.5),),
+            r"more than one pruning callback: AnytimeProgressivePruning .*InstantSoupPruning",
+        ),
     ],
-    ids=["not megabatch data", "other number of megabatches", "too few epochs", "with an ICE callback"],
+    ids=["not megabatch data", "other number of megabatches", "too few epochs", "with an ICE callback", "two pruners"],
 )
 def test_anytime_progressive_refuses_at_fit_start(
     trainer_kwargs: dict, data: Any, max_epochs: int, extra: tuple, match: str
@@ -116,7 +107,7 @@ def test_anytime_progressive_refuses_at_fit_start(
 def test_anytime_progressive_reaches_the_schedule_exactly_with_nested_masks(
     trainer_kwargs: dict, tmp_path: Path
 ) -> None:
-    pruner, recorder, trainer, data = _fit(trainer_kwargs, num=4, epochs=1, log_layers=True)
+    pruner, recorder, trainer, data = fit_app(trainer_kwargs, num=4, epochs=1, log_layers=True)
     history, schedule = pruner.pruning_state.history, app(APP_TARGET_SPARSITY, 4)
     total = pruner._masks.total()
     assert trainer.current_epoch == 4  # stopped after the last megabatch although max_epochs is 6
@@ -150,11 +141,16 @@ def test_anytime_progressive_reaches_the_schedule_exactly_with_nested_masks(
     assert summary["tau"] == pytest.approx(4.5)
     assert summary["cer"] == history[-1]["cer"]
     assert summary["kept_params"] < summary["params"]
+    # the end-of-run contract: the summary's sparsity is the one measured on the weights, the schedule finished
+    assert summary["sparsity"] == summary["measured"]["sparsity"] == pytest.approx(zeros(pruner, model))
+    assert summary["sparsity"] == pytest.approx(history[-1]["sparsity"], abs=1e-3)
+    assert summary["finished"] is True
+    assert "shortfall" not in summary
 
 
 @pytest.mark.parametrize("replay", ["full", "partial", "none"])
 def test_anytime_progressive_trains_each_megabatch_on_its_replay_set(trainer_kwargs: dict, replay: str) -> None:
-    pruner, recorder, _, data = _fit(trainer_kwargs, num=3, epochs=1, replay=replay, replay_fraction=0.2)
+    pruner, recorder, _, data = fit_app(trainer_kwargs, num=3, epochs=1, replay=replay, replay_fraction=0.2)
     expected = [len(data.train_indices(t, replay, 0.2)) for t in range(3)]
     assert [recorder.seen[t] for t in range(3)] == expected
     assert [r["train_samples"] for r in pruner.pruning_state.history] == expected
@@ -165,7 +161,7 @@ def test_anytime_progressive_trains_each_megabatch_on_its_replay_set(trainer_kwa
 
 @pytest.mark.parametrize(("kwargs", "expected"), [({"schedule": "oneshot"}, "target"), ({"target_sparsity": 0.0}, 0)])
 def test_anytime_progressive_oneshot_and_dense_baselines(trainer_kwargs: dict, kwargs: dict, expected: Any) -> None:
-    pruner, recorder, *_ = _fit(trainer_kwargs, num=3, epochs=1, **kwargs)
+    pruner, recorder, *_ = fit_app(trainer_kwargs, num=3, epochs=1, **kwargs)
     sparsities = [r["sparsity"] for r in pruner.pruning_state.history]
     target = APP_TARGET_SPARSITY if expected == "target" else 0.0
     assert sparsities == [pytest.approx(target, abs=2e-3)] * 3
@@ -179,12 +175,12 @@ def test_anytime_progressive_resume_matches_uninterrupted(
 ) -> None:
     trainer_kwargs = {**trainer_kwargs, "enable_checkpointing": True}
     every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    full, full_rec, full_trainer, _ = _fit(trainer_kwargs, num=3, epochs=2, extra=(every_epoch,))
+    full, full_rec, full_trainer, _ = fit_app(trainer_kwargs, num=3, epochs=2, extra=(every_epoch,))
     # epoch 2 is megabatch 2's first epoch; after epoch 3 (megabatch 2's last) megabatch 3 starts
     ckpt = tmp_path / "ckpt" / f"epoch={resume_epoch}.ckpt"
     assert torch.load(ckpt, weights_only=True)  # callback state loads without pickled code
     trainer_kwargs["default_root_dir"] = str(tmp_path / "resumed")
-    resumed, rec, trainer, data = _fit(trainer_kwargs, num=3, epochs=2, ckpt=str(ckpt))
+    resumed, rec, trainer, data = fit_app(trainer_kwargs, num=3, epochs=2, ckpt=str(ckpt))
     assert data.megabatch == 2
     assert sorted(rec.first) == list(range(resume_epoch + 1, 6))
     for epoch, labels in rec.first.items():  # same data, same order

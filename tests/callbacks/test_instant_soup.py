@@ -13,9 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 import lightning_prune.run  # noqa: F401  (registers recipes/ as the config group `recipe`)
 from lightning_prune import InstantSoupPruning, IterativePruning
 from lightning_prune.callbacks.instant_soup.ingredients import DataSource, forked_rng
+from tests.callbacks.instant_soup.helpers import FAST, fit_soup
 from tests.helpers import REPO, cnn_classifier
-
-FAST = {"num_ingredients": 2, "lookahead_steps": 3, "calibration_steps": 3, "export_dir": None}
 
 
 @pytest.mark.parametrize(
@@ -42,6 +41,17 @@ FAST = {"num_ingredients": 2, "lookahead_steps": 3, "calibration_steps": 3, "exp
         ({"copy_sparsities": [1.0]}, r"copy_sparsities must be a non-empty list of fractions in \[0, 1\)"),
         ({"variant": "ims"}, "target_sparsity must be None for variant='ims'"),
         ({"include_types": "Linear"}, "include_types must be a non-empty list"),
+        ({"target_sparsity": "0.8"}, r"target_sparsity must be in \(0, 1\), got '0.8'"),
+        ({"step_ratio": "0.2"}, r"step_ratio must be in \(0, 1\), got '0.2'"),
+        ({"num_ingredients": "3"}, "num_ingredients must be an integer >= 1, got '3'"),
+        ({"lookahead_steps": "10"}, "lookahead_steps must be an integer >= 0, got '10'"),
+        ({"calibration_steps": "5"}, "calibration_steps must be an integer >= 1 or None, got '5'"),
+        ({"warmup_steps": "0"}, "warmup_steps must be an integer >= 0, got '0'"),
+        ({"seed": "1"}, "seed must be an integer >= 0, got '1'"),
+        ({"lr_multipliers": ["1.0"]}, "lr_multipliers must be a non-empty list of finite numbers > 0"),
+        ({"weight_decay_multipliers": "1.0"}, "weight_decay_multipliers must be a non-empty list"),
+        ({"copy_sparsities": ["0.5"]}, r"copy_sparsities must be a non-empty list of fractions in \[0, 1\)"),
+        ({"export_dir": 3}, r"export_dir must be a path \(str\) or None, got 3"),
     ],
 )
 def test_instant_soup_bad_arguments(kwargs, match):
@@ -56,17 +66,10 @@ def test_instant_soup_state_key():
     assert key != InstantSoupPruning(target_sparsity=0.5).state_key
 
 
-def _fit(digits, trainer_kwargs, max_epochs=2, callbacks=(), ckpt_path=None, **kwargs):
-    pl.seed_everything(0, verbose=False)
-    model = cnn_classifier(widths=(8, 8, 16, 16))
-    soup = InstantSoupPruning(**{**FAST, **kwargs})
-    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[soup, *callbacks], **trainer_kwargs)
-    trainer.fit(model, datamodule=digits, ckpt_path=ckpt_path)
-    return soup, model, trainer
-
-
 def test_instant_soup_reaches_exact_target_and_logs_ingredient_cost(digits, trainer_kwargs, tmp_path: Path):
-    soup, model, trainer = _fit(digits, trainer_kwargs, target_sparsity=0.8, step_ratio=0.4, export_dir=str(tmp_path))
+    soup, model, trainer = fit_soup(
+        digits, trainer_kwargs, target_sparsity=0.8, step_ratio=0.4, export_dir=str(tmp_path)
+    )
     state = soup.pruning_state
     assert state.step == state.num_steps == 4  # 0.4, 0.64, 0.784, 0.8
     names = list(soup._masks.masks)
@@ -86,12 +89,16 @@ def test_instant_soup_reaches_exact_target_and_logs_ingredient_cost(digits, trai
     assert len(summary["history"]) == 4
     assert all(r["superposed_sparsity"] <= r["sparsity"] + 1e-9 for r in summary["history"])  # a union is denser
     assert (tmp_path / "pruned_model.pt").exists()
+    # the end-of-run contract: the summary's sparsity is the one measured on the weights, the schedule finished
+    assert summary["sparsity"] == summary["measured"]["sparsity"] == pytest.approx(zeros / total)
+    assert summary["finished"] is True
+    assert "shortfall" not in summary
 
 
 def test_ingredients_are_deterministic_per_seed(digits, trainer_kwargs):
     masks = {}
     for run, seed in [("a", 0), ("b", 0), ("c", 1)]:
-        soup, _, _ = _fit(digits, trainer_kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3, seed=seed)
+        soup, _, _ = fit_soup(digits, trainer_kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3, seed=seed)
         masks[run] = soup._masks.state_dict()
     for name in masks["a"]:
         assert torch.equal(masks["a"][name], masks["b"][name])
@@ -125,13 +132,14 @@ class _StopAfter(Callback):
 def test_instant_soup_resume_mid_soup_equals_uninterrupted(digits, trainer_kwargs, tmp_path: Path):
     kwargs = {**trainer_kwargs, "enable_checkpointing": True}
     options = {"target_sparsity": 0.8, "step_ratio": 0.4, "calibration_steps": 4}
-    full, full_model, full_trainer = _fit(digits, kwargs, max_epochs=4, **options)
+    full, full_model, full_trainer = fit_soup(digits, kwargs, max_epochs=4, **options)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    half, _, _ = _fit(digits, kwargs, max_epochs=4, callbacks=[checkpoint, _StopAfter(1)], **options)
+    with pytest.warns(UserWarning, match="ended before its schedule finished"):
+        half, _, _ = fit_soup(digits, kwargs, max_epochs=4, callbacks=[checkpoint, _StopAfter(1)], **options)
     assert 0 < half.pruning_state.step < half.pruning_state.num_steps  # stopped mid-soup
     loaded = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert any(key.startswith("InstantSoupPruning") for key in loaded["callbacks"])
-    resumed, resumed_model, resumed_trainer = _fit(
+    resumed, resumed_model, resumed_trainer = fit_soup(
         digits, kwargs, max_epochs=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), **options
     )
     assert resumed.pruning_state.step == full.pruning_state.step == 4
@@ -144,7 +152,7 @@ def test_instant_soup_resume_mid_soup_equals_uninterrupted(digits, trainer_kwarg
 
 
 def test_instant_model_soup_mixes_on_validation_and_stays_dense(digits, trainer_kwargs):
-    soup, _, _ = _fit(
+    soup, _, _ = fit_soup(
         digits, trainer_kwargs, max_epochs=1, variant="ims", target_sparsity=None, warmup_steps=5, num_ingredients=3
     )
     (record,) = soup.pruning_state.history
@@ -154,11 +162,14 @@ def test_instant_model_soup_mixes_on_validation_and_stays_dense(digits, trainer_
     assert record["val_loss_after"] <= record["val_loss_before"]  # alpha = 0 is always a candidate
     assert soup.pruning_state.sparsity == 0.0
     assert soup.ingredient_steps == 9
+    summary = json.loads((Path(trainer_kwargs["default_root_dir"]) / "summary.json").read_text())["instant_soup"]
+    assert summary["finished"] is True  # dense: no sparsity reported, the measured one exported
+    assert summary["sparsity"] == summary["measured"]["sparsity"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_instant_soup_refuses_a_trainer_too_short_for_its_rounds(digits, trainer_kwargs):
     with pytest.raises(ValueError, match="last round runs at optimizer step 30"):
-        _fit(digits, trainer_kwargs, max_epochs=1, target_sparsity=0.8, step_ratio=0.4)
+        fit_soup(digits, trainer_kwargs, max_epochs=1, target_sparsity=0.8, step_ratio=0.4)
 
 
 @pytest.mark.parametrize(
@@ -215,8 +226,8 @@ def test_instant_soup_decides_on_rank_zero_under_ddp(digits, trainer_kwargs, tmp
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_instant_soup_on_cuda_reaches_target_and_is_deterministic(digits, trainer_kwargs):
     kwargs = {**trainer_kwargs, "accelerator": "gpu", "devices": 1}
-    first, model, _ = _fit(digits, kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3)
-    second, _, _ = _fit(digits, kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3)
+    first, model, _ = fit_soup(digits, kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3)
+    second, _, _ = fit_soup(digits, kwargs, max_epochs=1, target_sparsity=0.5, step_ratio=0.3)
     assert first.pruning_state.sparsity == pytest.approx(0.5, abs=1e-3)
     assert all(torch.equal(first._masks.masks[n], second._masks.masks[n]) for n in first._masks.masks)
     assert all(model.get_parameter(n).is_cuda for n in first._masks.masks)
@@ -232,7 +243,7 @@ def test_ingredients_run_under_a_progress_bar(digits, trainer_kwargs, monkeypatc
         return original(items, description, **kwargs)
 
     monkeypatch.setattr(rounds_module, "track", recording_track)
-    soup, _, _ = _fit(digits, trainer_kwargs, target_sparsity=0.6, step_ratio=0.4)
+    soup, _, _ = fit_soup(digits, trainer_kwargs, target_sparsity=0.6, step_ratio=0.4)
     assert seen
     assert all("ingredients" in description for description in seen)
     assert len(seen) == soup.pruning_state.num_steps  # one bar per round

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -51,6 +52,9 @@ def _run(directory: Path, trainer_kwargs: dict, devices: int, strategy: str = "a
 @pytest.mark.slow  # ~17 s on 2 loaded cores: spawning two workers, then the single-process run
 def test_anytime_progressive_ddp_ranks_agree_and_match_single_process(tmp_path: Path, trainer_kwargs: dict) -> None:
     rank0, rank1 = _run(tmp_path / "ddp", trainer_kwargs, devices=2, strategy="ddp_spawn")
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())["anytime_progressive"]
+    assert summary["finished"] is True  # rank 0 wrote what every rank verified against the weights
+    assert summary["sparsity"] == summary["measured"]["sparsity"] == pytest.approx(rank0["sparsity"], abs=1e-3)
     assert rank0["step"] == rank1["step"] == MEGABATCHES
     torch.testing.assert_close(rank0["masks"], rank1["masks"], rtol=0, atol=0)
     torch.testing.assert_close(rank0["weights"], rank1["weights"])  # masks held, DDP kept the weights in sync

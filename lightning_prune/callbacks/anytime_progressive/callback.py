@@ -10,16 +10,19 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
+from lightning_prune.callbacks._contract import check_refit, refuse_nonfinite, refuse_other_pruners
 from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data
-from lightning_prune.callbacks.anytime_progressive.checks import check_max_epochs, megabatch_data, refuse_listeners
+from lightning_prune.callbacks.anytime_progressive.checks import NAME, check_budget, megabatch_data, refuse_listeners
+from lightning_prune.callbacks.anytime_progressive.continuation import continue_schedule, remaining_epochs
 from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, log_anytime_metrics, split_errors
+from lightning_prune.callbacks.anytime_progressive.report import log_state, summary, verified_report
 from lightning_prune.callbacks.anytime_progressive.snip import snip_masks, snip_subset
 from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.masks import SCOPES, MaskSet
-from lightning_prune.core.schedules import APP_TARGET_SPARSITY, MEGABATCH_SCHEDULES, app_exponent, megabatch_sparsities
+from lightning_prune.core.schedules import APP_TARGET_SPARSITY, MEGABATCH_SCHEDULES, megabatch_sparsities
 from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters, validate_selector
-from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_output_dir
 from lightning_prune.data.megabatch import MegabatchDataModule, check_replay
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,16 @@ class AnytimeProgressivePruning(PruningCallback):
         log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
+    A second ``fit`` of this instance on the same model continues (masks, megabatch, history kept; nothing
+    regrows). At fit end the reported sparsity is checked against the weights; the summary has the measured.
+
     Raises:
-        ValueError: for arguments out of range or unknown names (at construction); at ``setup``, for a
-            data module that is not a :class:`MegabatchDataModule` with ``num_megabatches`` parts, or a
-            ``max_epochs`` below ``num_megabatches * epochs_per_megabatch``, or an ICE callback (a pruning
-            listener, which APP never calls) among the Trainer's callbacks.
+        ValueError: at construction, for arguments out of range, unknown names or an ``export_dir`` that
+            cannot be a directory; at ``setup``, for data that is not a :class:`MegabatchDataModule` of
+            ``num_megabatches`` parts, a Trainer stopping before the schedule's epochs (``max_epochs``,
+            ``max_steps``, no batches), another pruner or an ICE listener beside it, or another model than
+            the one an earlier ``fit`` of this instance pruned.
+        FloatingPointError: when the weights are not finite at a step or at fit end (nothing is exported).
 
     Example::
 
@@ -112,14 +120,16 @@ class AnytimeProgressivePruning(PruningCallback):
         self.snip_fraction, self.replay, self.replay_fraction = snip_fraction, replay, replay_fraction
         self.include_types, self.include_names = list(include_types), include_names
         self.exclude_names, self.prune_head, self.include_biases = list(exclude_names), prune_head, include_biases
-        self.stop_when_done, self.log_layers, self.export_dir = stop_when_done, log_layers, export_dir
+        self.stop_when_done, self.log_layers = stop_when_done, log_layers
         self.sparsities = self._validate()
+        self.export_dir = check_output_dir("export_dir", export_dir)
         self.pruning_state = PruningState(target_sparsity=target_sparsity, num_steps=num_megabatches)
         self._names: list[str] = []
         self._masks: MaskSet | None = None
         self._data: MegabatchDataModule | None = None
         self._epoch_started = 0.0
-        self._restored = False
+        # A later fit continues (check_refit) unless a checkpoint is loaded; _epochs_seen: the last fit's epochs.
+        self._refit, self._loaded, self._epochs_seen = False, False, 0
 
     def _validate(self) -> list[float]:
         """Check every argument; return the per-megabatch sparsities."""
@@ -144,18 +154,33 @@ class AnytimeProgressivePruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_other_pruners(trainer, self)
+        self._refit, self._loaded = check_refit(self, pl_module), False
         self._data = megabatch_data(trainer, self.num_megabatches)
         refuse_listeners(trainer)
-        check_max_epochs(trainer, self.num_megabatches, self.epochs_per_megabatch)
+        self._data.set_megabatch(max(self.pruning_state.step - 1, 0), self.replay, self.replay_fraction)
+        continued = self._refit and trainer.ckpt_path is None  # else the whole schedule, as for a resume
+        schedule = self.pruning_state, self.num_megabatches, self.epochs_per_megabatch
+        remaining = remaining_epochs(*schedule, continued, self._epochs_seen)
+        check_budget(trainer, self._data, *remaining, self.replay, self.replay_fraction)
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )
-        if not self._restored:
+        if self._masks is None:  # kept by a later fit; replaced by a checkpoint's when one is loaded
             self._masks = MaskSet.dense(pl_module, self._names)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after a checkpoint's callback state is loaded and before the first train_dataloader() call.
-        self._data.set_megabatch(max(self.pruning_state.step - 1, 0), self.replay, self.replay_fraction)
+        # Runs after a checkpoint's callback state is loaded; setup loaded the data of the megabatch it knew.
+        if self._refit and not self._loaded:
+            continue_schedule(self.pruning_state, trainer.current_epoch, self._epochs_seen, self.epochs_per_megabatch)
+        self._epochs_seen = trainer.current_epoch
+        self._serve(trainer, max(self.pruning_state.step - 1, 0))
+
+    def _serve(self, trainer: pl.Trainer, megabatch: int) -> None:
+        """Train on ``megabatch``'s data from now on (reloaded at once unless it is already served)."""
+        if self._data.megabatch != megabatch:
+            self._data.set_megabatch(megabatch, self.replay, self.replay_fraction)
+            reload_train_data(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._masks.bind(pl_module).apply()
@@ -181,10 +206,9 @@ class AnytimeProgressivePruning(PruningCallback):
 
     def _start_megabatch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int) -> None:
         state, data = self.pruning_state, self._data
-        if data.megabatch != megabatch:
-            data.set_megabatch(megabatch, self.replay, self.replay_fraction)
-            reload_train_data(trainer)
+        self._serve(trainer, megabatch)
         record: dict[str, Any] = {"step": megabatch + 1, "epoch": trainer.current_epoch}
+        refuse_nonfinite(pl_module, NAME, f"before step {megabatch + 1}")  # on every rank, before rank 0 scores
         with state.timed("prune"):
             started = time.perf_counter()
             sparsity = self.sparsities[megabatch]
@@ -194,6 +218,7 @@ class AnytimeProgressivePruning(PruningCallback):
                 self._masks.apply()
             state.step, state.last_step_epoch, state.phase = megabatch + 1, trainer.current_epoch, "finetune"
             state.sparsity = self._masks.sparsity()
+        refuse_nonfinite(pl_module, NAME, f"after step {megabatch + 1}")
         record.update(
             sparsity=state.sparsity,
             density=1.0 - state.sparsity,
@@ -217,8 +242,8 @@ class AnytimeProgressivePruning(PruningCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
         state.time_s["finetune"] += time.perf_counter() - self._epoch_started
-        self._log_state(pl_module)
-        epochs_done = trainer.current_epoch + 1
+        log_state(self, pl_module)
+        epochs_done = self._epochs_seen = trainer.current_epoch + 1
         if epochs_done - state.last_step_epoch == self.epochs_per_megabatch and not self._recorded():
             self._record_megabatch(trainer, pl_module, epochs_done)
             if state.step >= self.num_megabatches:
@@ -241,50 +266,24 @@ class AnytimeProgressivePruning(PruningCallback):
         if log:
             log_anytime_metrics(pl_module, record)
 
-    def _log_state(self, pl_module: pl.LightningModule) -> None:
-        state = self.pruning_state
-        pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
-        pl_module.log("prune/step", float(state.step), on_step=False, on_epoch=True)
-        pl_module.log("prune/target_sparsity", float(self.target_sparsity), on_step=False, on_epoch=True)
-        if self.log_layers:
-            for name, value in self._masks.layer_sparsity().items():
-                pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
-
     # ---------------------------------------------------------------- export and state
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._recorded():  # stopped early, or resumed from the very last epoch's checkpoint
             self._record_megabatch(trainer, pl_module, trainer.current_epoch, log=False)
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._export(trainer, pl_module)
+        refuse_nonfinite(pl_module, NAME, "at fit end")
+        if trainer.fast_dev_run:
+            return
+        verified = verified_report(self, trainer, pl_module)
+        if trainer.is_global_zero:
+            self._export(trainer, pl_module, verified)
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, verified: dict[str, Any]) -> None:
+        directory = output_dir(trainer, self.export_dir)
         model_path = export_pruned(pl_module, directory / "pruned_model.pt")
-        last = state.history[-1] if state.history else {}
-        write_summary(
-            directory / "summary.json",
-            "anytime_progressive",
-            {
-                "schedule": self.schedule,
-                "target_sparsity": self.target_sparsity,
-                "tau": app_exponent(self.target_sparsity) if self.schedule == "app" and self.target_sparsity else None,
-                "planned_sparsities": self.sparsities,
-                "sparsity": state.sparsity,
-                "num_megabatches": self.num_megabatches,
-                "megabatches_done": state.step,
-                "epochs_per_megabatch": self.epochs_per_megabatch,
-                "replay": self.replay,
-                **{key: last.get(key) for key in ("train_acc", "val_acc", "test_acc", "gen_gap", "cer")},
-                "params": sum(p.numel() for p in pl_module.parameters()),
-                "kept_params": sum(int((p != 0).sum()) for p in pl_module.parameters()),
-                "layer_sparsity": self._masks.layer_sparsity(),
-                "time_s": state.time_s,
-                "history": state.history,
-                "exported_model": str(model_path),
-            },
-        )
-        info(log, f"APP done: sparsity {state.sparsity:.4f} after {state.step} megabatches; exported {model_path}")
+        write_summary(directory / "summary.json", "anytime_progressive", summary(self, pl_module, model_path, verified))
+        sparsity, done = verified["measured"]["sparsity"], self.pruning_state.step
+        info(log, f"APP done: sparsity {sparsity:.4f} (measured) after {done} megabatches; exported {model_path}")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -297,4 +296,4 @@ class AnytimeProgressivePruning(PruningCallback):
         masks = state_dict.get("masks")
         if masks is not None:
             self._masks = MaskSet(masks)
-        self._restored = True
+        self._loaded = True

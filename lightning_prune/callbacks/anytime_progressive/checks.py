@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 
+from lightning_prune.callbacks._contract import check_training_budget
+from lightning_prune.callbacks.anytime_progressive.metrics import batch_limit
 from lightning_prune.callbacks.protocol import pruning_listeners
 from lightning_prune.data.megabatch import MegabatchDataModule
+
+NAME = "AnytimeProgressivePruning"
 
 
 def megabatch_data(trainer: pl.Trainer, num_megabatches: int) -> MegabatchDataModule:
@@ -27,16 +33,6 @@ def megabatch_data(trainer: pl.Trainer, num_megabatches: int) -> MegabatchDataMo
     return data
 
 
-def check_max_epochs(trainer: pl.Trainer, num_megabatches: int, epochs_per_megabatch: int) -> None:
-    """Raise ``ValueError`` when ``max_epochs`` cannot hold every megabatch's epochs (``fast_dev_run`` aside)."""
-    needed, max_epochs = num_megabatches * epochs_per_megabatch, trainer.max_epochs
-    if not trainer.fast_dev_run and max_epochs is not None and 0 <= max_epochs < needed:
-        raise ValueError(
-            f"AnytimeProgressivePruning needs Trainer(max_epochs >= {needed}) (num_megabatches="
-            f"{num_megabatches} x epochs_per_megabatch={epochs_per_megabatch}), got {max_epochs}"
-        )
-
-
 def refuse_listeners(trainer: pl.Trainer) -> None:
     """APP has no fine-tune phase: an ICE callback beside it would silently do nothing, so refuse it."""
     listeners = [type(cb).__name__ for cb in pruning_listeners(trainer)]
@@ -46,3 +42,43 @@ def refuse_listeners(trainer: pl.Trainer) -> None:
             "every epoch and has no fine-tune for a pruning listener to skip, freeze or set a rate for; remove them, "
             "or use them with a step-wise pruner such as IterativePruning"
         )
+
+
+def check_budget(
+    trainer: pl.Trainer,
+    data: MegabatchDataModule,
+    remaining: list[tuple[int, int]],
+    what: str,
+    replay: str,
+    fraction: float,
+) -> None:
+    """Refuse a Trainer that stops before the ``remaining`` megabatch epochs (``what``, in words) are trained.
+
+    Epochs are checked by :func:`check_training_budget` (empty data too); ``max_steps`` here, per megabatch:
+    with replay a later megabatch takes more optimizer steps per epoch than the first.
+
+    Raises:
+        ValueError: naming the Trainer's limits and what the schedule needs.
+    """
+    epochs = sum(count for _, count in remaining)
+    check_training_budget(trainer, NAME, trainer.current_epoch + epochs, what)
+    if trainer.fast_dev_run or trainer.max_steps in (None, -1):
+        return
+    needed = trainer.global_step + sum(
+        count * megabatch_steps(trainer, data, t, replay, fraction) for t, count in remaining
+    )
+    if trainer.max_steps < needed:
+        raise ValueError(
+            f"{NAME} needs {needed} optimizer steps ({what}; each megabatch's epochs take as many steps as its data, "
+            f"replay included, holds batches), but Trainer(max_steps={trainer.max_steps}) stops before; raise "
+            "max_steps or shorten the schedule"
+        )
+
+
+def megabatch_steps(
+    trainer: pl.Trainer, data: MegabatchDataModule, megabatch: int, replay: str, fraction: float
+) -> int:
+    """Optimizer steps of one epoch on ``megabatch``'s training data on each rank, under ``limit_train_batches``."""
+    samples = math.ceil(len(data.train_indices(megabatch, replay, fraction)) / trainer.world_size)
+    batches = batch_limit(trainer.limit_train_batches, math.ceil(samples / data.batch_size))
+    return math.ceil(batches / trainer.accumulate_grad_batches)

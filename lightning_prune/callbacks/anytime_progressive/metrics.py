@@ -15,6 +15,8 @@ from lightning_prune.callbacks._trainer import eval_mode
 from lightning_prune.data.megabatch import MegabatchDataModule
 
 EVAL_BATCH_SIZE = 256  # no gradients: larger batches than training's, less overhead per sample
+# What a megabatch's record gains once its epochs are trained (anytime_metrics, plus the epochs counted).
+ANYTIME_KEYS = ("train_acc", "val_acc", "test_acc", "gen_gap", "errors", "cer", "cer_split", "epochs_trained")
 
 
 def batch_limit(limit: int | float, num_batches: int) -> int:

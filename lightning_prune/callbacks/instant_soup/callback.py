@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_prune.callbacks._contract import check_refit, refuse_nonfinite, refuse_other_pruners
 from lightning_prune.callbacks._trainer import broadcast, info, output_dir
-from lightning_prune.callbacks.instant_soup.checks import check_arguments, check_step_budget, check_trainer, listed
-from lightning_prune.callbacks.instant_soup.ingredients import (
-    LOSSES,
-    Kitchen,
-    train_source,
-    val_source,
-    validation_loss,
+from lightning_prune.callbacks.instant_soup.checks import (
+    NAME,
+    check_arguments,
+    check_rounds,
+    check_trainer,
+    default_calibration,
+    listed,
 )
-from lightning_prune.callbacks.instant_soup.report import epoch_metrics, summary
-from lightning_prune.callbacks.instant_soup.rounds import denoised_prune, model_soup
+from lightning_prune.callbacks.instant_soup.ingredients import Kitchen, train_source, val_source
+from lightning_prune.callbacks.instant_soup.report import epoch_metrics, mask_steps, summary, verified_report
+from lightning_prune.callbacks.instant_soup.rounds import apply_plan, decide
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.core.export import export_pruned, write_summary
-from lightning_prune.core.instant_soup import load_state
 from lightning_prune.core.masks import MaskSet
 from lightning_prune.core.schedules import fixed_ratio
 from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters
+from lightning_prune.core.validate import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,16 @@ class InstantSoupPruning(PruningCallback):
         monitor: metric recorded in the history before each round.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
+    A second ``fit`` of this instance on the same model continues (masks, rounds, history kept; nothing
+    regrows). At fit end the reported sparsity is checked against the weights; the summary has the measured.
+
     Raises:
-        ValueError: for arguments out of range or unknown names (at construction); at the start of
-            training, for a selection matching nothing, a data loader or optimizer the ingredients cannot
-            use, or a Trainer whose step budget cannot hold the rounds (naming the numbers).
-        FloatingPointError: when an ingredient's loss diverges (naming its protocol).
+        ValueError: for arguments out of range, unknown names or an ``export_dir`` that cannot be a directory
+            (at construction); at fit start, for another pruner, another model than an earlier ``fit`` pruned,
+            a selection matching nothing, no training batches, a Trainer stopping before the last round (naming
+            the numbers), or a data loader or optimizer the ingredients cannot use.
+        FloatingPointError: when an ingredient diverges (naming its protocol), or the weights are not finite at
+            a round or at fit end (nothing is exported).
 
     Example::
 
@@ -145,8 +150,9 @@ class InstantSoupPruning(PruningCallback):
         self.include_types, self.include_names = listed(include_types), include_names
         self.exclude_names = listed(exclude_names)
         self.prune_head, self.include_biases, self.seed = prune_head, include_biases, seed
-        self.log_layers, self.monitor, self.export_dir = log_layers, monitor, export_dir
+        self.log_layers, self.monitor = log_layers, monitor
         check_arguments(self)
+        self.export_dir = check_output_dir("export_dir", export_dir)
         self.pruning_state = PruningState(target_sparsity=target_sparsity if variant == "isp" else None)
         self.ingredient_steps, self.ingredient_s = 0, 0.0
         self._names: list[str] = []
@@ -155,6 +161,8 @@ class InstantSoupPruning(PruningCallback):
         self._calibration: int | None = None
         self._listeners: list[PruningListener] = []
         self._epoch_started, self._prune_s_at_epoch_start = 0.0, 0.0
+        # A later fit without a checkpoint counts its own steps: rounds fall due _step_offset steps off the schedule.
+        self._step_offset, self._steps_seen = 0, 0
 
     @property
     def state_key(self) -> str:
@@ -165,6 +173,8 @@ class InstantSoupPruning(PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_other_pruners(trainer, self)
+        continued = check_refit(self, pl_module) and trainer.ckpt_path is None
         self._listeners = pruning_listeners(trainer)
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
@@ -172,23 +182,25 @@ class InstantSoupPruning(PruningCallback):
         isp = self.variant == "isp"
         self._sparsities = fixed_ratio(self.target_sparsity, self.step_ratio) if isp else [0.0]
         self.pruning_state.num_steps = len(self._sparsities)
-        if isp and self._masks is None:
+        if isp and self._masks is None:  # kept by a later fit; replaced by a checkpoint's when one is loaded
             self._masks = MaskSet.dense(pl_module, self._names)
+        if continued:
+            self._step_offset += trainer.global_step - self._steps_seen
+            self._steps_seen = trainer.global_step
+        check_rounds(self, trainer, continued)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         multipliers = self.lr_multipliers, self.weight_decay_multipliers
         self._kitchen = Kitchen(train_source(trainer), self.loss, self.lookahead_steps, *multipliers, self.seed)
         self._val = val_source(trainer) if self.variant == "ims" else None
         check_trainer(trainer)
-        if self._calibration is None:
-            per_epoch = trainer.num_training_batches // trainer.accumulate_grad_batches
-            self._calibration = self.calibration_steps or max(1, math.ceil(0.1 * per_epoch))
-        check_step_budget(trainer, self._due_step(self.pruning_state.num_steps - 1), self._due_step(0))
+        self._calibration = self._calibration or self.calibration_steps or default_calibration(trainer)
+        self._steps_seen = trainer.global_step
         if self._masks is not None:
             self._masks.bind(pl_module).apply()
 
     def _due_step(self, round_index: int) -> int:
-        """Optimizer step at which round ``round_index`` runs: warm-up plus t + 2t + ... + (i+1)t."""
+        """Optimizer step of the schedule at which round ``round_index`` runs: warm-up plus t + 2t + ... + (i+1)t."""
         if self.variant == "ims":
             return self.warmup_steps
         return self.warmup_steps + self._calibration * (round_index + 1) * (round_index + 2) // 2
@@ -198,7 +210,7 @@ class InstantSoupPruning(PruningCallback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         state = self.pruning_state
-        while state.step < state.num_steps and trainer.global_step >= self._due_step(state.step):
+        while state.step < state.num_steps and trainer.global_step - self._step_offset >= self._due_step(state.step):
             self._run_round(trainer, pl_module)
 
     def _run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -206,16 +218,18 @@ class InstantSoupPruning(PruningCallback):
         for listener in self._listeners:
             listener.on_prune_step_start(trainer, pl_module, state)
         record: dict[str, Any] = {"step": state.step + 1, "epoch": trainer.current_epoch}
-        record["global_step"] = trainer.global_step
+        record["global_step"] = trainer.global_step - self._step_offset
+        refuse_nonfinite(pl_module, NAME, f"before step {state.step + 1}")  # on every rank, before rank 0 decides
         if self.monitor in trainer.callback_metrics:
             record[f"{self.monitor}_before"] = float(trainer.callback_metrics[self.monitor])
         with state.timed("prune"):
-            plan = self._decide(pl_module, trainer.optimizers[0]) if trainer.is_global_zero else None
+            plan = decide(self, pl_module, trainer.optimizers[0]) if trainer.is_global_zero else None
             plan = broadcast(trainer, plan)
-            self._apply(pl_module, plan.pop("masks", None), plan.pop("weights", None))
+            apply_plan(pl_module, self._masks, plan.pop("masks", None), plan.pop("weights", None))
         state.step += 1
         state.last_step_epoch, state.phase = trainer.current_epoch, "finetune"
         state.sparsity = self._masks.sparsity() if self._masks is not None else 0.0
+        refuse_nonfinite(pl_module, NAME, f"after step {state.step}")
         self.ingredient_steps += plan["ingredient_steps"]
         self.ingredient_s += plan["ingredient_s"]
         record.update(sparsity=state.sparsity, finetune="ran", **plan)
@@ -223,26 +237,6 @@ class InstantSoupPruning(PruningCallback):
         for listener in self._listeners:
             listener.on_prune_step_end(trainer, pl_module, state)
         info(log, f"soup round {state.step}/{state.num_steps}: sparsity {state.sparsity:.3f}")
-
-    def _apply(self, pl_module: pl.LightningModule, masks: dict | None, weights: dict | None) -> None:
-        if masks is not None:
-            self._masks.update(masks)
-            self._masks.apply()
-        if weights is not None:
-            load_state(pl_module, weights)
-
-    def _decide(self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The current round's masks (ISP) or mixed weights (IMS), decided on rank 0."""
-        round_index = self.pruning_state.step
-        cook = partial(self._cook, pl_module, optimizer, round_index)
-        settings = {"num_ingredients": self.num_ingredients, "importance": self.importance, "scope": self.scope}
-        if self.variant == "ims":
-            val_loss = partial(validation_loss, pl_module, self._val, LOSSES[self.loss])
-            return model_soup(pl_module, self._names, cook, val_loss, copy_sparsities=self.copy_sparsities, **settings)
-        sparsity, current = self._sparsities[round_index], self._masks.masks
-        return denoised_prune(
-            pl_module, self._names, current, sparsity, round_index, cook, combine=self.combine, **settings
-        )
 
     def _cook(
         self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer, round_index: int, index: int, mask: dict
@@ -253,13 +247,12 @@ class InstantSoupPruning(PruningCallback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._masks is not None and self.pruning_state.step > 0:
             self._masks.apply()
+        self._steps_seen = trainer.global_step
 
     @property
     def mask_steps(self) -> int:
         """Optimizer steps spent finding the mask: calibration up to the last round, plus all ingredients'."""
-        history = self.pruning_state.history
-        calibration = history[-1]["global_step"] - self.warmup_steps if history else 0
-        return calibration + self.ingredient_steps
+        return mask_steps(self)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
@@ -270,15 +263,20 @@ class InstantSoupPruning(PruningCallback):
             pl_module.log(name, value, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.pruning_state.phase = "done"
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._export(trainer, pl_module)
+        refuse_nonfinite(pl_module, NAME, "at fit end")
+        if trainer.fast_dev_run:
+            return
+        verified = verified_report(self, trainer, pl_module)
+        if trainer.is_global_zero:
+            self._export(trainer, pl_module, verified)
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, verified: dict[str, Any]) -> None:
+        directory = output_dir(trainer, self.export_dir)
         model_path = export_pruned(pl_module, directory / "pruned_model.pt")
-        write_summary(directory / "summary.json", "instant_soup", summary(self, trainer, pl_module, model_path))
-        info(log, f"instant soup: sparsity {state.sparsity:.3f} after {state.step} rounds; exported {model_path}")
+        section = summary(self, trainer, pl_module, model_path, verified)
+        write_summary(directory / "summary.json", "instant_soup", section)
+        sparsity, rounds = section["sparsity"], self.pruning_state.step
+        info(log, f"instant soup: sparsity {sparsity:.3f} (measured) after {rounds} rounds; exported {model_path}")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -287,6 +285,7 @@ class InstantSoupPruning(PruningCallback):
             "calibration_steps": self._calibration,
             "ingredient_steps": self.ingredient_steps,
             "ingredient_s": self.ingredient_s,
+            "step_offset": self._step_offset,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -296,3 +295,4 @@ class InstantSoupPruning(PruningCallback):
         self._calibration = state_dict.get("calibration_steps")
         self.ingredient_steps = state_dict.get("ingredient_steps", 0)
         self.ingredient_s = state_dict.get("ingredient_s", 0.0)
+        self._step_offset = state_dict.get("step_offset", 0)

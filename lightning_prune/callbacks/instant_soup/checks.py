@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_prune.callbacks._contract import check_training_budget
 from lightning_prune.callbacks.instant_soup.ingredients import LOSSES
 from lightning_prune.core.instant_soup import COMBINE_RULES
 from lightning_prune.core.masks import SCOPES
@@ -15,6 +16,7 @@ from lightning_prune.core.scores import SCORES
 from lightning_prune.core.selection import validate_selector
 from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_positive_list, is_number
 
+NAME = "InstantSoupPruning"
 VARIANTS = ("isp", "ims")
 
 
@@ -78,17 +80,41 @@ def check_trainer(trainer: pl.Trainer) -> None:
         raise ValueError(f"InstantSoupPruning needs exactly one optimizer, got {len(trainer.optimizers)}")
 
 
+def check_rounds(cb: Any, trainer: pl.Trainer, continued: bool) -> None:
+    """At setup: refuse training data without batches, fix ``t`` from the data, and refuse a Trainer too short.
+
+    :func:`check_training_budget` loads the data and refuses an empty one (no whole epochs are required: the
+    rounds run at optimizer steps, checked by :func:`check_step_budget` to the step). A ``continued`` fit
+    needs only the rounds left, ``cb._step_offset`` steps off the schedule.
+    """
+    check_training_budget(trainer, NAME, 0, "its rounds run at optimizer steps, checked next")
+    cb._calibration = cb._calibration or cb.calibration_steps or default_calibration(trainer)
+    state, offset = cb.pruning_state, cb._step_offset if continued else 0
+    first = state.step if continued else 0
+    if first < state.num_steps and cb._calibration is not None and not trainer.fast_dev_run:
+        check_step_budget(trainer, cb._due_step(state.num_steps - 1) + offset, cb._due_step(first) + offset)
+
+
 def check_step_budget(trainer: pl.Trainer, last_round_step: int, first_round_step: int) -> None:
     """Refuse a Trainer that stops before the last round (the target would silently not be reached).
 
     Raises:
-        ValueError: naming the step the last round needs and the steps the Trainer will run.
+        ValueError: naming the step the last round needs and the Trainer's limits.
     """
     total = trainer.estimated_stepping_batches
-    if trainer.fast_dev_run or not math.isfinite(total) or last_round_step < total:
+    if not math.isfinite(total) or last_round_step < total:
         return
     raise ValueError(
-        f"InstantSoupPruning's last round runs at optimizer step {last_round_step} (first at {first_round_step}), "
-        f"but the Trainer runs only {int(total)} steps; raise max_epochs/max_steps or lower calibration_steps, "
-        "warmup_steps or the number of rounds (step_ratio, target_sparsity)"
+        f"{NAME}'s last round runs at optimizer step {last_round_step} (first at {first_round_step}), but "
+        f"Trainer(max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}) runs only {int(total)} optimizer "
+        "steps; raise max_epochs/max_steps or lower calibration_steps, warmup_steps or the number of rounds "
+        "(step_ratio, target_sparsity)"
     )
+
+
+def default_calibration(trainer: pl.Trainer) -> int | None:
+    """The paper's t: 10 % of an epoch's optimizer steps (at least 1); ``None`` while the data is not loaded."""
+    batches = trainer.num_training_batches
+    if not batches or not math.isfinite(batches):
+        return None
+    return max(1, math.ceil(0.1 * (batches // trainer.accumulate_grad_batches)))

@@ -2,20 +2,23 @@
 
 Each function takes the model, the round's settings and ``cook(index, mask)``, which trains ingredient
 ``index`` from the current weights under ``mask`` (see :class:`~.ingredients.Kitchen`), and returns the
-round's decision (``masks`` or ``weights``) with what it cost, ready to be broadcast.
+round's decision (``masks`` or ``weights``) with what it cost, ready to be broadcast; :func:`decide` picks
+the round's kind for a callback and :func:`apply_plan` applies the broadcast decision on every rank.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from lightning_prune.callbacks.instant_soup.ingredients import cycled
-from lightning_prune.core.instant_soup import MaskSoup, best_mix, clone_state
-from lightning_prune.core.masks import masks_from_scores
+from lightning_prune.callbacks.instant_soup.ingredients import LOSSES, cycled, validation_loss
+from lightning_prune.core.instant_soup import MaskSoup, best_mix, clone_state, load_state
+from lightning_prune.core.masks import MaskSet, masks_from_scores
 from lightning_prune.core.scores import SCORES
 from lightning_prune.progress import track
 
@@ -88,3 +91,24 @@ def model_soup(
         "val_loss_before": loss_before,
         "val_loss_after": loss,
     }
+
+
+def decide(cb: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``cb``'s current round: denoised masks (ISP) or mixed weights (IMS), decided on rank 0."""
+    round_index = cb.pruning_state.step
+    cook = partial(cb._cook, model, optimizer, round_index)
+    settings = {"num_ingredients": cb.num_ingredients, "importance": cb.importance, "scope": cb.scope}
+    if cb.variant == "ims":
+        val_loss = partial(validation_loss, model, cb._val, LOSSES[cb.loss])
+        return model_soup(model, cb._names, cook, val_loss, copy_sparsities=cb.copy_sparsities, **settings)
+    sparsity, current = cb._sparsities[round_index], cb._masks.masks
+    return denoised_prune(model, cb._names, current, sparsity, round_index, cook, combine=cb.combine, **settings)
+
+
+def apply_plan(model: nn.Module, masks: MaskSet | None, new_masks: dict | None, weights: dict | None) -> None:
+    """Apply a broadcast decision on every rank: ``new_masks`` into ``masks`` (held at once), or mixed ``weights``."""
+    if new_masks is not None:
+        masks.update(new_masks)
+        masks.apply()
+    if weights is not None:
+        load_state(model, weights)

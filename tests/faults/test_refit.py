@@ -85,7 +85,7 @@ def test_fit_with_ckpt_path_after_a_fit_keeps_the_pruning(name, tmp_path, traine
     _assert_kept(setup, pruner, model, before)
 
 
-@pytest.mark.parametrize("name", TWO_FITS)
+@pytest.mark.parametrize("name", pruner_params())
 def test_second_fit_on_another_model_is_refused(name, tmp_path, trainer_kwargs):
     setup = SETUPS[name]
     pruner, model = _first_fit(setup, tmp_path, trainer_kwargs)

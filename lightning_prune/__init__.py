@@ -24,6 +24,7 @@ from lightning_prune.callbacks import (
     PruningState,
 )
 from lightning_prune.callbacks._trainer import resize_on_load
+from lightning_prune.core import deploy as deploy
 from lightning_prune.core.export import load_model, load_pruned
 
 __all__ = [

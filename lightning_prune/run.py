@@ -3,7 +3,8 @@
 Composes ``conf/`` (data, model, trainer, callbacks, logger) with a recipe from ``recipes/``, trains
 and prunes, tests, writes ``summary.json`` in Hydra's run directory (with the data and model that ran and
 their dense and pruned sizes), writes beside a pruning callback's ``pruned_model.pt`` the record that
-rebuilds its model from this config (``lightning_prune.load_model``), and returns ``cfg.optimized_metric``
+rebuilds its model from this config (``lightning_prune.load_model``), and the deployable copies that
+``export.formats`` asks for (ONNX, safetensors, a ``torch.export`` program), and returns ``cfg.optimized_metric``
 so sweepers (Optuna, basic, joblib, submitit) can optimise it. Without a recipe it lists the recipes and
 exits (``dense=true`` trains without pruning on purpose).
 """
@@ -26,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.callbacks._trainer import final_metrics
+from lightning_prune.core.deploy import check_formats, export_for_deploy
 from lightning_prune.core.export import model_size, write_model_record, write_summary
 from lightning_prune.report.console import describe, print_summary, run_record
 
@@ -152,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (resuming from ``cfg.ckpt_path`` if set), test, and write the run's summary."""
     output_dir = Path(cfg.paths.output_dir)
     check_resume_checkpoint(cfg.get("ckpt_path"))
+    formats = check_formats(OmegaConf.select(cfg, "export.formats", default=None) or [], "export.formats")
     pl.seed_everything(cfg.seed, workers=True)
     started, started_at = time.perf_counter(), time.time()
     datamodule, module, trainer = build(cfg)
@@ -176,11 +179,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         summary.update({**run_record(module, datamodule, dense), **names(cfg, module, datamodule)})
         export = output_dir / EXPORT
-        if export.is_file() and export.stat().st_mtime >= started_at:  # a pruning callback exported this run
-            record = {"model": model_config_record(cfg, datamodule)}
+        record = {"model": model_config_record(cfg, datamodule)}
+        pruned = export.is_file() and export.stat().st_mtime >= started_at  # a pruning callback exported this run
+        if pruned:
             write_model_record(export, record, "hydra config", summary["size"]["pruned"])
         path = write_summary(output_dir / "summary.json", "run", summary)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        if formats:  # last, so a failed export loses nothing written above
+            stem = export.with_suffix("") if pruned else output_dir / "model"
+            written = export_for_deploy(module, stem, formats, example, record, "hydra config")
+            write_summary(path, "deploy", {fmt: file.name for fmt, file in written.items()})
+            log.info("deployable copies: %s", ", ".join(str(file) for file in written.values()))
         print_summary(path)
     return metrics
 

@@ -1,9 +1,7 @@
-"""What every benchmark shares: argument parsing, the default data set, quiet Trainers, JSON + table out."""
+"""What every benchmark shares: the default data set, quiet Trainers, timing, the environment and a console table."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import platform
@@ -18,26 +16,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lightning_prune.core.export import to_jsonable
 from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.data.arrays import ArrayDataModule
 from lightning_prune.data.mnist import FILES
 
 DEFAULT_MNIST = Path("../shared/data/mnist")
-
-
-def parser(name: str, description: str) -> argparse.ArgumentParser:
-    """``--out``, ``--data-dir``, ``--seed`` and ``--quick`` (a smoke-sized run), common to all benchmarks."""
-    p = argparse.ArgumentParser(prog=f"python -m lightning_prune.bench {name}", description=description)
-    p.add_argument("--out", default=f"{name}.json", help="where the JSON result goes")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help=f"MNIST IDX folder; default {DEFAULT_MNIST} when it exists, else scikit-learn's digits",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, not the claim")
-    return p
 
 
 def default_data(
@@ -113,13 +96,6 @@ def environment() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-
-
-def write_json(path: str | os.PathLike, result: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(result), indent=2))
-    return path
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -51,16 +51,21 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         ValueError: when the file's architecture does not match what ``model`` becomes after resizing.
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    resize_like(model, payload["state_dict"])
-    model.load_state_dict(payload["state_dict"])
+    return load_checked(model, payload["state_dict"], payload["architecture"], str(path))
+
+
+def load_checked(model: nn.Module, state: Mapping[str, Tensor], architecture: Any, where: str) -> nn.Module:
+    """Resize ``model``'s layers to ``state``'s shapes, load it strictly and check the layer spec matches.
+
+    Raises:
+        ValueError: naming the layers whose widths differ from ``architecture`` after loading.
+    """
+    resize_like(model, state)
+    model.load_state_dict(state)
     spec = architecture_spec(model)
-    if spec != payload["architecture"]:
-        differing = sorted(
-            k for k in set(spec) | set(payload["architecture"]) if spec.get(k) != payload["architecture"].get(k)
-        )
-        raise ValueError(
-            f"{path}: architecture does not match the model after loading; differing layers: {differing[:10]}"
-        )
+    if architecture is not None and spec != architecture:
+        differing = sorted(k for k in set(spec) | set(architecture) if spec.get(k) != architecture.get(k))
+        raise ValueError(f"{where}: architecture does not match the model after loading; differing: {differing[:10]}")
     return model
 
 
@@ -134,9 +139,13 @@ def _constructor(obj: nn.Module, where: str) -> dict[str, Any]:
     cls = type(obj)
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise _NotRebuildableError(f"{where} is {cls.__qualname__} from {cls.__module__}: not importable by name")
-    parameters = [
-        p for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.kind is not p.VAR_POSITIONAL
-    ]
+    signature = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in signature):
+        raise _NotRebuildableError(
+            f"{where} is a {cls.__qualname__}, built from positional *args that no record holds (wrap it in a "
+            "module whose constructor takes named arguments)"
+        )
+    parameters = signature
     hparams = getattr(obj, "hparams", None)
     if not isinstance(hparams, Mapping):
         if parameters:

@@ -148,3 +148,12 @@ def test_model_size_counts_zeros_and_shrinking():
     shrunk = model_size(model, EXAMPLE)
     assert shrunk["params"] < before["params"]
     assert shrunk["macs"] < before["macs"]
+
+
+def test_a_module_built_from_positional_args_is_not_recorded_as_empty(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    record = model_record(model)
+    assert record["model"] is None
+    assert "Sequential, built from positional *args" in record["reason"]
+    with pytest.raises(ValueError, match=r"cannot rebuild the model: .*positional \*args"):
+        load_model(export_pruned(model, tmp_path / "m.pt"))

@@ -44,8 +44,6 @@ KNOWN_GAPS = {
     ("LatencyBenchmark", "LatencyBenchmark"): "both write summary section 'latency_benchmark': the second overwrites "
     "the first (not in issue 17's table of fixed behaviours; the lead decides: per-filename sections or a refusal)"
 }
-# Pairs whose short fit takes over 2 s on a busy 2-core host (the latency table is timed with a listener acting).
-SLOW = {("LatencyBudgetPruning", other) for other in [*LISTENERS, "LatencyBenchmark"]}
 SECTION = {name: SETUPS[name].section for name in PRUNERS} | {
     "AccuracyGate": "ice_gate",
     "LayerFreezing": "ice_freezing",
@@ -93,9 +91,7 @@ def test_the_table_covers_every_pair_once_and_is_symmetric():
 
 
 def _marks(a: str, b: str) -> list[pytest.MarkDecorator]:
-    if (a, b) in KNOWN_GAPS:
-        return [pytest.mark.xfail(reason=KNOWN_GAPS[a, b])]
-    return [pytest.mark.slow] if (a, b) in SLOW else []
+    return [pytest.mark.xfail(reason=KNOWN_GAPS[a, b])] if (a, b) in KNOWN_GAPS else []
 
 
 def _refusal(outcome: str, a: str, b: str) -> str:

@@ -14,8 +14,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.faults.setups import SETUPS, Setup, measure, pruner_params, selected, shapes, trainer, zero_positions
 
-# Two fits, each timing a latency table: about 3 s on a busy 2-core host.
-TWO_FITS = pruner_params(slow=("LatencyBudgetPruning",))
+# A fit, evaluation and a second fit (or a checkpointed fit and a refused resume) of the latency pruner, which
+# times its latency table: over 2 s on a busy 2-core host.
+LONG = pruner_params(slow=("LatencyBudgetPruning",))
 
 
 def _first_fit(setup: Setup, root: Path, trainer_kwargs: dict, checkpoint: bool = False):
@@ -48,7 +49,7 @@ def _snapshot(setup: Setup, pruner, model) -> dict:
     }
 
 
-@pytest.mark.parametrize("name", TWO_FITS)
+@pytest.mark.parametrize("name", pruner_params())
 def test_second_fit_on_the_same_model_keeps_the_pruning(name, tmp_path, trainer_kwargs):
     setup = SETUPS[name]
     pruner, model = _first_fit(setup, tmp_path, trainer_kwargs)
@@ -58,7 +59,7 @@ def test_second_fit_on_the_same_model_keeps_the_pruning(name, tmp_path, trainer_
     _assert_kept(setup, pruner, model, before)
 
 
-@pytest.mark.parametrize("name", TWO_FITS)
+@pytest.mark.parametrize("name", LONG)
 def test_second_fit_after_validate_and_test_keeps_the_pruning(name, tmp_path, trainer_kwargs):
     setup = SETUPS[name]
     pruner, model = _first_fit(setup, tmp_path, trainer_kwargs)
@@ -72,7 +73,7 @@ def test_second_fit_after_validate_and_test_keeps_the_pruning(name, tmp_path, tr
     _assert_kept(setup, pruner, model, before)
 
 
-@pytest.mark.parametrize("name", TWO_FITS)
+@pytest.mark.parametrize("name", pruner_params())
 def test_fit_with_ckpt_path_after_a_fit_keeps_the_pruning(name, tmp_path, trainer_kwargs):
     setup = SETUPS[name]
     pruner, model = _first_fit(setup, tmp_path, trainer_kwargs, checkpoint=True)
@@ -98,7 +99,7 @@ def test_second_fit_on_another_model_is_refused(name, tmp_path, trainer_kwargs):
     torch.testing.assert_close(model.state_dict(), weights)  # the first model is left as it was
 
 
-@pytest.mark.parametrize("name", pruner_params())
+@pytest.mark.parametrize("name", LONG)
 def test_resume_from_another_configuration_is_refused(name, tmp_path, trainer_kwargs):
     """A checkpoint whose pruning state belongs to another configuration (Lightning alone would only warn and
     start this pruner afresh on an already pruned model)."""

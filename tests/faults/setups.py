@@ -62,18 +62,6 @@ def cancer_mlp() -> Classifier:
     return Classifier(MLP(data.input_shape, data.num_classes, hidden=(32, 32)), data.num_classes, data.input_shape)
 
 
-def latency_cnn() -> Classifier:
-    return cnn_classifier(widths=(16, 16, 32, 32))
-
-
-def small_cnn() -> Classifier:
-    return cnn_classifier(widths=(8, 8))
-
-
-def small_resnet() -> Classifier:
-    return resnet_classifier(blocks=(1, 1), widths=(8, 16))
-
-
 @dataclass(frozen=True)
 class Setup:
     """A pruner, the model and data it runs on, and where its schedule ends."""
@@ -105,7 +93,7 @@ SETUPS = {
         Setup(
             "IterativePruning",
             _with(IterativePruning, target_sparsity=0.5, step_ratio=0.3, finetune_epochs=1),  # steps 0.3, 0.5
-            small_cnn,
+            lambda: cnn_classifier(widths=(8, 8)),
             digits,
             "iterative",
             max_epochs=3,
@@ -117,7 +105,7 @@ SETUPS = {
         Setup(
             "BlockPruning",
             _with(BlockPruning, step_ratio=0.5, finetune_epochs=1),  # one step per block, two blocks
-            small_resnet,
+            lambda: resnet_classifier(blocks=(1, 1), widths=(8, 16)),
             digits,
             "block_pruning",
             max_epochs=3,
@@ -129,7 +117,7 @@ SETUPS = {
         Setup(
             "AnytimeProgressivePruning",
             _with(AnytimeProgressivePruning, num_megabatches=2, epochs_per_megabatch=1),
-            small_cnn,
+            lambda: cnn_classifier(widths=(8, 8)),
             megabatches,
             "anytime_progressive",
             max_epochs=2,
@@ -150,7 +138,7 @@ SETUPS = {
                 lookahead_steps=2,
                 calibration_steps=1,
             ),
-            small_cnn,
+            lambda: cnn_classifier(widths=(8, 8)),
             digits,
             "instant_soup",
             max_epochs=2,
@@ -174,7 +162,7 @@ SETUPS = {
         Setup(
             "LatencyBudgetPruning",  # steps at epochs 0 and 1; a budget the smallest network meets on a busy host
             _with(LatencyBudgetPruning, budget_fraction=0.8, num_steps=2, warmup_epochs=0, **LATENCY_FAST),
-            latency_cnn,
+            lambda: cnn_classifier(widths=(16, 16, 32, 32)),
             digits,
             "latency_budget",
             max_epochs=2,

@@ -86,6 +86,8 @@ class LatencyBenchmark(PruningListener, Callback):
         (['fit_start', 'fit_end'], ['1', '32'])
     """
 
+    acts_on_steps = False  # it measures at fit start and end whether or not a pruner reports steps
+
     def __init__(
         self,
         batch_sizes: Sequence[int] = (1, 64),

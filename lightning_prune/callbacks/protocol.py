@@ -79,6 +79,10 @@ class PruningListener:
     call these at the same points with identical state.
     """
 
+    # False for a listener that only observes (LatencyBenchmark also measures at fit start and end), so a pruner
+    # without steps to report has nothing to refuse it for.
+    acts_on_steps: bool = True
+
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         """Called before a pruning step."""
 

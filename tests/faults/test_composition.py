@@ -31,14 +31,14 @@ EXPECTED_TABLE = """
         It   Bl   APP  ISP  DU   LB   Gate Frz  LR   Bench
 It      2    2    2    2    2    2    W    W    W    W
 Bl      2    2    2    2    2    2    W    W    W    W
-APP     2    2    2    2    2    2    A    A    A    A
+APP     2    2    2    2    2    2    A    A    A    W
 ISP     2    2    2    2    2    2    W    W    W    W
 DU      2    2    2    2    2    2    S    S    S    W
 LB      2    2    2    2    2    2    W    W    W    W
 Gate    W    W    A    W    S    W    N    N    N    N
 Frz     W    W    A    W    S    W    N    N    N    N
 LR      W    W    A    W    S    W    N    N    N    N
-Bench   W    W    A    W    W    W    N    N    N    gap
+Bench   W    W    W    W    W    W    N    N    N    gap
 """
 KNOWN_GAPS = {
     ("LatencyBenchmark", "LatencyBenchmark"): "both write summary section 'latency_benchmark': the second overwrites "

@@ -35,7 +35,7 @@ def megabatch_data(trainer: pl.Trainer, num_megabatches: int) -> MegabatchDataMo
 
 def refuse_listeners(trainer: pl.Trainer) -> None:
     """APP has no fine-tune phase: an ICE callback beside it would silently do nothing, so refuse it."""
-    listeners = [type(cb).__name__ for cb in pruning_listeners(trainer)]
+    listeners = [type(cb).__name__ for cb in pruning_listeners(trainer) if cb.acts_on_steps]
     if listeners:
         raise ValueError(
             f"AnytimeProgressivePruning does not work with Trainer(callbacks=[..., {', '.join(listeners)}]): it trains "

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_prune.callbacks._trainer import reload_train_data
 from lightning_prune.callbacks.protocol import PruningCallback
 
 # Reported and measured sparsity may differ by rounding of per-layer keep counts, never by more.
@@ -81,13 +82,17 @@ def check_training_budget(trainer: pl.Trainer, requester: str, epochs_needed: in
     """
     if trainer.fast_dev_run or trainer.sanity_checking:
         return
-    total = trainer.estimated_stepping_batches  # loads the training data: at setup it is not loaded yet
+    if trainer.limit_train_batches != 0 and trainer.train_dataloader is None:
+        # At setup nothing is loaded, and estimated_stepping_batches loads nothing when max_epochs is -1
+        # (Trainer(max_steps=N) alone) nor with limit_train_batches=0 (then the loop skips training).
+        reload_train_data(trainer)
     batches = trainer.num_training_batches
-    if not batches or total == 0:
+    if trainer.limit_train_batches == 0 or not batches:
         raise ValueError(
             f"{requester}: the training data yields no batches (limit_train_batches={trainer.limit_train_batches}, "
             "or an empty training set), so nothing would be trained or pruned; give it at least one batch"
         )
+    total = trainer.estimated_stepping_batches
     if not math.isfinite(total) or not math.isfinite(batches):
         return
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)

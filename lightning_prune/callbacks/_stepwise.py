@@ -1,4 +1,4 @@
-"""The prune -> fine-tune loop shared by step-wise pruners (a thin private base, as STYLE allows one)."""
+"""The prune -> fine-tune loop of step-wise pruners and their end-of-run contract (one thin private base)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_prune.callbacks import _contract as contract
+from lightning_prune.callbacks._contract import refuse_nonfinite
 from lightning_prune.callbacks._trainer import broadcast, final_metrics, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
-from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_output_dir
 
 log = logging.getLogger(__name__)
 NONFINITE = ("raise", "skip")
@@ -29,6 +31,11 @@ class StepwisePruning(PruningCallback):
     step every :class:`PruningListener` may skip the fine-tune (the next step then runs at once); the
     run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``.
 
+    A second ``fit`` of the same instance on the same model continues: masks, steps and architecture are
+    kept, a fine-tune cut short goes on, a finished schedule trains on with its masks held (a warm-up before
+    the first step restarts). ``setup`` calls :meth:`_begin_fit` first, then :meth:`_check_budget`; fit end
+    calls :meth:`_verify_end` before any export.
+
     Subclasses set ``pruning_state``, ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done`` and
     implement :meth:`_prune_step` and :meth:`_log_state`, or take the weight-selecting pruner's parts
     below (decide on rank 0, apply on every rank, log, export, checkpoint): then they implement
@@ -42,6 +49,65 @@ class StepwisePruning(PruningCallback):
     stop_when_done: bool
     _listeners: list[PruningListener] = []
     _epoch_started: float = 0.0
+    _continuing: bool = False
+    # The Trainer epoch at which the state continues (its epochs are this fit's): a later fit rebases on it.
+    _next_epoch: int | None = None
+
+    # ---------------------------------------------------------------- the contract at setup and fit end
+
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """First in ``setup``: one pruner per Trainer, the listeners; whether this fit continues an earlier one.
+
+        A continuing fit keeps all state; its epochs restart, so the step epochs are rebased on them.
+        """
+        contract.refuse_other_pruners(trainer, self)
+        if self.pruning_state.step == 0:
+            self._fitted_module = None  # nothing pruned yet: the instance may start afresh on any model
+        self._continuing = contract.check_refit(self, pl_module)
+        if self._continuing and self._next_epoch is not None:
+            self.pruning_state.last_step_epoch += trainer.current_epoch - self._next_epoch
+        self._next_epoch = trainer.current_epoch
+        self._collect_listeners(trainer)
+        return self._continuing
+
+    def _check_budget(self, trainer: pl.Trainer) -> None:
+        """In ``setup``: refuse a Trainer that cannot run what is left of the schedule (or yields no batches)."""
+        state, finetune = self.pruning_state, self.finetune_epochs
+        steps_left = state.num_steps - state.step
+        if state.phase == "done":
+            needed, what = 0, "its schedule finished in an earlier fit"
+        elif state.step == 0:  # the warm-up restarts with each fit until the first step
+            needed = self.warmup_epochs + max(1, steps_left * finetune)
+            what = f"warmup_epochs={self.warmup_epochs} + {steps_left} steps x finetune_epochs={finetune}"
+        else:
+            rest = max(0, state.last_step_epoch + finetune - trainer.current_epoch)
+            needed = max(1, rest + steps_left * finetune)
+            what = f"{rest} fine-tune epochs left + {steps_left} more steps x finetune_epochs={finetune}"
+        contract.check_training_budget(trainer, type(self).__name__, needed, what)
+
+    def _verify_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """At fit end, on every rank, before any export: finite weights, and :meth:`_reported` == :meth:`_measured`.
+
+        Returns the summary's ``measured``/``finished``/``shortfall`` block.
+        """
+        name, state = type(self).__name__, self.pruning_state
+        refuse_nonfinite(pl_module, name, "at fit end")
+        steps = f"{state.step} of {state.num_steps} steps taken"
+        goal = (
+            f"all {state.num_steps} steps"
+            if state.target_sparsity is None
+            else f"target_sparsity={state.target_sparsity}"
+        )
+        target = f"{goal} ({steps})" if state.step < state.num_steps else f"the fine-tune after the last step ({steps})"
+        measured = self._measured(pl_module)
+        return contract.verify_report(trainer, name, self._reported(), measured, state.phase == "done", target)
+
+    def _reported(self) -> dict[str, float]:
+        return {"sparsity": self.pruning_state.sparsity}
+
+    def _measured(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """:meth:`_reported`'s figures measured on the weights: zeros, or removed against the dense sizes."""
+        return {"sparsity": contract.measured_sparsity(pl_module, self._names, self._original_numel)}
 
     def _ready(self) -> bool:
         """Whether steps may run at all (e.g. a dense reference has been measured)."""
@@ -57,6 +123,7 @@ class StepwisePruning(PruningCallback):
         self._listeners = pruning_listeners(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._next_epoch = trainer.current_epoch  # a checkpoint restored in this fit set the epochs
         if self._step_due(trainer.current_epoch):
             self._run_steps(trainer, pl_module)
         self._epoch_started = time.perf_counter()
@@ -77,6 +144,7 @@ class StepwisePruning(PruningCallback):
                 listener.on_prune_step_start(trainer, pl_module, state)
             if not self._prune_step(trainer, pl_module):
                 return
+            refuse_nonfinite(pl_module, type(self).__name__, f"after step {state.step}")
             for listener in self._listeners:
                 listener.on_prune_step_end(trainer, pl_module, state)
             if self.finetune_epochs == 0:
@@ -95,6 +163,7 @@ class StepwisePruning(PruningCallback):
         state = self.pruning_state
         phase = "finetune" if state.phase in ("finetune", "done") and state.step > 0 else "dense"
         state.time_s[phase] += time.perf_counter() - self._epoch_started
+        self._next_epoch = trainer.current_epoch + 1
         self._log_state(pl_module)
         epochs_into_finetune = trainer.current_epoch - state.last_step_epoch + 1
         if state.phase == "finetune" and epochs_into_finetune == self.finetune_epochs:
@@ -130,32 +199,32 @@ class StepwisePruning(PruningCallback):
         return self._generate_state_key(target_sparsity=self.target_sparsity, include_names=self.include_names)
 
     def _validate_shared(self) -> None:
-        """The checks of the arguments every weight-selecting pruner has."""
+        """The checks of the arguments every weight-selecting pruner has; ``export_dir`` stored expanded."""
         check_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
         validate_selector(self.include_types, self.include_names, self.exclude_names)
         if self.target_sparsity is not None:
             check_fraction("target_sparsity", self.target_sparsity)
         check_int("finetune_epochs", self.finetune_epochs, low=0)
         check_int("warmup_epochs", self.warmup_epochs, low=0)
+        for flag in ("prune_head", "include_biases", "stop_when_done", "log_layers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        self.export_dir = check_output_dir("export_dir", self.export_dir)
 
-    def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """In ``setup``: listeners, the selected weights and (unless restored) their dense sizes."""
-        self._collect_listeners(trainer)
+    def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """In ``setup``: the contract's checks, the selected weights, and on a fresh start a fresh state.
+
+        Returns whether the pruner's state is kept: a fit continuing an earlier one, or a loaded state.
+        """
+        keep = self._begin_fit(trainer, pl_module) or self._restored
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )
-        if not self._restored:
+        if not keep:
+            self.pruning_state = PruningState(target_sparsity=self.target_sparsity)
+        if not keep or not self._original_numel:
             self._original_numel = {name: pl_module.get_parameter(name).numel() for name in self._names}
-
-    def _check_epoch_budget(self, trainer: pl.Trainer, num_steps: int) -> None:
-        needed = self.warmup_epochs + max(1, num_steps * self.finetune_epochs)
-        max_epochs = trainer.max_epochs
-        if trainer.fast_dev_run or max_epochs is None or max_epochs < 0 or max_epochs >= needed:
-            return
-        raise ValueError(
-            f"{type(self).__name__} needs Trainer(max_epochs >= {needed}) (warmup_epochs={self.warmup_epochs} + "
-            f"{num_steps} steps x finetune_epochs={self.finetune_epochs}), got max_epochs={max_epochs}"
-        )
+        return keep
 
     def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Apply one step (rank 0 plans it); return False to postpone it (the loop retries after the next fine-tune)."""
@@ -211,12 +280,6 @@ class StepwisePruning(PruningCallback):
         info(log, f"pruning step skipped: {reason}")
         return False
 
-    def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
-        raise NotImplementedError
-
-    def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        raise NotImplementedError
-
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
         pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
@@ -228,16 +291,20 @@ class StepwisePruning(PruningCallback):
                 pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._export(trainer, pl_module)
+        if not trainer.fast_dev_run:
+            checked = self._verify_end(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._export(trainer, pl_module, checked)
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``pruned_model.pt`` and this pruner's section of ``summary.json``."""
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checked: dict[str, Any]) -> None:
+        """``pruned_model.pt`` and this pruner's section of ``summary.json``, with the measured sparsity."""
         state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
         model_path = export_pruned(pl_module, directory / "pruned_model.pt")
+        sparsity = checked["measured"]["sparsity"]
         summary = {
             "target_sparsity": state.target_sparsity,
-            "sparsity": state.sparsity,
+            "sparsity": sparsity,
+            **checked,
             "steps": state.step,
             "finetunes_run": sum(r.get("finetune") == "ran" for r in state.history),
             "finetunes_skipped": sum(r.get("finetune") == "skipped" for r in state.history),
@@ -251,7 +318,7 @@ class StepwisePruning(PruningCallback):
             "exported_model": str(model_path),
         }
         write_summary(directory / "summary.json", self.summary_section, summary)
-        info(log, f"pruned to sparsity {state.sparsity:.3f} in {state.step} steps; exported {model_path}")
+        info(log, f"pruned to sparsity {sparsity:.3f} in {state.step} steps; exported {model_path}")
 
     def _summary_fields(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         """What this pruner adds to its ``summary.json`` section."""

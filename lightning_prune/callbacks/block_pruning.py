@@ -117,15 +117,15 @@ class BlockPruning(StepwisePruning):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._select(trainer, pl_module)
+        keep = self._select(trainer, pl_module)
         self._blocks = [name for name, m in pl_module.named_modules() if type(m).__name__ in self.block_types]
         if not self._blocks:
             raise ValueError(f"block_types={self.block_types} matched no module of {type(pl_module).__name__}")
         check_spawn_reload(trainer, pl_module, "BlockPruning")
         resize_on_load(pl_module)
-        if not self._restored:
+        if not keep:
             self.pruning_state.num_steps = len(self._blocks)
-        self._check_epoch_budget(trainer, len(self._blocks))
+        self._check_budget(trainer)
 
     # ---------------------------------------------------------------- a step
 

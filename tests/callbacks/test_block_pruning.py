@@ -45,7 +45,7 @@ def test_block_pruning_state_key():
             {"step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2},
             resnet_classifier,
             5,
-            r"BlockPruning needs Trainer\(max_epochs >= 10\).*4 steps x finetune_epochs=2\), got max_epochs=5",
+            r"BlockPruning needs 10 training epochs \(warmup_epochs=2 \+ 4 steps x finetune_epochs=2\).*max_epochs=5",
         ),
     ],
     ids=["no such block", "too few epochs"],

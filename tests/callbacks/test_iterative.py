@@ -77,13 +77,13 @@ def _head_only_model() -> Classifier:
             {"target_sparsity": 0.9, "step_ratio": 0.5, "warmup_epochs": 2},
             cnn_classifier,
             3,
-            r"needs Trainer\(max_epochs >= 6\).*got max_epochs=3",
+            r"needs 6 training epochs .*Trainer\(max_epochs=3, max_steps=-1\)",
         ),
         (
             {"target_sparsity": 0.8, "step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2},
             cnn_classifier,
             5,
-            r"IterativePruning needs Trainer\(max_epochs >= 8\).*3 steps x finetune_epochs=2\), got max_epochs=5",
+            r"IterativePruning needs 8 training epochs \(warmup_epochs=2 \+ 3 steps x finetune_epochs=2\).*=5,",
         ),
     ],
     ids=["regex matching nothing", "model with no prunable layer", "too few epochs", "too few epochs, named"],
@@ -285,12 +285,14 @@ def test_nonfinite_weights_stop_the_step_with_a_clear_error(digits, trainer_kwar
     assert pruning.state_dict()["masks"]["net.features.0.weight"].all()  # no NaN mask was written
 
 
-def test_nonfinite_can_be_skipped_when_asked(digits, trainer_kwargs):
+def test_nonfinite_can_be_skipped_when_asked_but_is_never_exported(digits, trainer_kwargs, tmp_path):
     pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1, on_nonfinite="skip")
     trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, PoisonWeights()], limit_train_batches=2, **trainer_kwargs)
-    trainer.fit(cnn_classifier(), datamodule=digits)
+    with pytest.raises(FloatingPointError, match=r"not finite at fit end \(net\.features\.0\.weight"):
+        trainer.fit(cnn_classifier(), datamodule=digits)
     assert pruning.pruning_state.step == 0
     assert "non-finite" in pruning.pruning_state.history[0]["skipped"]
+    assert not (tmp_path / "pruned_model.pt").exists()
 
 
 def test_checkpoint_of_another_configuration_is_refused(digits, trainer_kwargs, tmp_path):

@@ -29,19 +29,17 @@ class StepwisePruning(PruningCallback):
     of validation, before ``on_train_epoch_end``: a step taken at epoch end would be missing from that
     epoch's checkpoint, while one taken at epoch start is simply redone by a resumed run. After each
     step every :class:`PruningListener` may skip the fine-tune (the next step then runs at once); the
-    run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``.
+    run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``. A second
+    ``fit`` on the same model continues: masks, steps and architecture kept, a cut fine-tune goes on, a
+    finished schedule trains on with its masks held (a warm-up before the first step restarts).
 
-    A second ``fit`` of the same instance on the same model continues: masks, steps and architecture are
-    kept, a fine-tune cut short goes on, a finished schedule trains on with its masks held (a warm-up before
-    the first step restarts). ``setup`` calls :meth:`_begin_fit` first, then :meth:`_check_budget`; fit end
-    calls :meth:`_verify_end` before any export.
-
-    Subclasses set ``pruning_state``, ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done`` and
-    implement :meth:`_prune_step` and :meth:`_log_state`, or take the weight-selecting pruner's parts
-    below (decide on rank 0, apply on every rank, log, export, checkpoint): then they implement
-    :meth:`_plan`, :meth:`_apply`, :meth:`_current_sparsity`, :meth:`_layer_sparsity` and
-    :meth:`_summary_fields` (as :class:`~lightning_prune.IterativePruning` and
-    :class:`~lightning_prune.BlockPruning` do).
+    Subclasses call :meth:`_begin_fit` and :meth:`_check_budget` in ``setup``, set ``pruning_state``,
+    ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done``, implement :meth:`_prune_step` and
+    :meth:`_log_state`, or take the weight-selecting pruner's parts below (plan on rank 0, apply, log,
+    verify, export, checkpoint) and implement ``_plan(trainer, pl_module) -> plan`` (rank 0: what the step
+    removes; ``FloatingPointError`` on non-finite scores), ``_apply(trainer, pl_module, plan, record)``
+    (every rank: carry it out, adding to the history ``record``), ``_current_sparsity(pl_module)``,
+    ``_layer_sparsity(pl_module)`` and :meth:`_summary_fields` (as IterativePruning and BlockPruning do).
     """
 
     finetune_epochs: int
@@ -49,65 +47,34 @@ class StepwisePruning(PruningCallback):
     stop_when_done: bool
     _listeners: list[PruningListener] = []
     _epoch_started: float = 0.0
-    _continuing: bool = False
     # The Trainer epoch at which the state continues (its epochs are this fit's): a later fit rebases on it.
     _next_epoch: int | None = None
 
-    # ---------------------------------------------------------------- the contract at setup and fit end
-
     def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """First in ``setup``: one pruner per Trainer, the listeners; whether this fit continues an earlier one.
-
-        A continuing fit keeps all state; its epochs restart, so the step epochs are rebased on them.
-        """
+        """First in ``setup``: one pruner per Trainer, the listeners; whether this fit continues an earlier one."""
         contract.refuse_other_pruners(trainer, self)
         if self.pruning_state.step == 0:
             self._fitted_module = None  # nothing pruned yet: the instance may start afresh on any model
-        self._continuing = contract.check_refit(self, pl_module)
-        if self._continuing and self._next_epoch is not None:
+        continuing = contract.check_refit(self, pl_module)
+        if continuing and self._next_epoch is not None:  # its epochs restart: rebase the step epochs
             self.pruning_state.last_step_epoch += trainer.current_epoch - self._next_epoch
         self._next_epoch = trainer.current_epoch
         self._collect_listeners(trainer)
-        return self._continuing
+        return continuing
 
     def _check_budget(self, trainer: pl.Trainer) -> None:
         """In ``setup``: refuse a Trainer that cannot run what is left of the schedule (or yields no batches)."""
         state, finetune = self.pruning_state, self.finetune_epochs
         steps_left = state.num_steps - state.step
-        if state.phase == "done":
-            needed, what = 0, "its schedule finished in an earlier fit"
-        elif state.step == 0:  # the warm-up restarts with each fit until the first step
+        needed, what = 0, "its schedule finished in an earlier fit"
+        if state.phase != "done" and state.step == 0:  # the warm-up restarts with each fit until the first step
             needed = self.warmup_epochs + max(1, steps_left * finetune)
             what = f"warmup_epochs={self.warmup_epochs} + {steps_left} steps x finetune_epochs={finetune}"
-        else:
+        elif state.phase != "done":
             rest = max(0, state.last_step_epoch + finetune - trainer.current_epoch)
             needed = max(1, rest + steps_left * finetune)
             what = f"{rest} fine-tune epochs left + {steps_left} more steps x finetune_epochs={finetune}"
         contract.check_training_budget(trainer, type(self).__name__, needed, what)
-
-    def _verify_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """At fit end, on every rank, before any export: finite weights, and :meth:`_reported` == :meth:`_measured`.
-
-        Returns the summary's ``measured``/``finished``/``shortfall`` block.
-        """
-        name, state = type(self).__name__, self.pruning_state
-        refuse_nonfinite(pl_module, name, "at fit end")
-        steps = f"{state.step} of {state.num_steps} steps taken"
-        goal = (
-            f"all {state.num_steps} steps"
-            if state.target_sparsity is None
-            else f"target_sparsity={state.target_sparsity}"
-        )
-        target = f"{goal} ({steps})" if state.step < state.num_steps else f"the fine-tune after the last step ({steps})"
-        measured = self._measured(pl_module)
-        return contract.verify_report(trainer, name, self._reported(), measured, state.phase == "done", target)
-
-    def _reported(self) -> dict[str, float]:
-        return {"sparsity": self.pruning_state.sparsity}
-
-    def _measured(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        """:meth:`_reported`'s figures measured on the weights: zeros, or removed against the dense sizes."""
-        return {"sparsity": contract.measured_sparsity(pl_module, self._names, self._original_numel)}
 
     def _ready(self) -> bool:
         """Whether steps may run at all (e.g. a dense reference has been measured)."""
@@ -190,9 +157,9 @@ class StepwisePruning(PruningCallback):
     monitor: str
     export_dir: str | None
     summary_section: str
-    _names: list[str] = []
-    _original_numel: dict[str, int] = {}
-    _restored: bool = False
+    _names: list[str]
+    _original_numel: dict[str, int]
+    _restored: bool  # a state was loaded (set False by the constructor)
 
     @property
     def state_key(self) -> str:
@@ -212,10 +179,7 @@ class StepwisePruning(PruningCallback):
         self.export_dir = check_output_dir("export_dir", self.export_dir)
 
     def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """In ``setup``: the contract's checks, the selected weights, and on a fresh start a fresh state.
-
-        Returns whether the pruner's state is kept: a fit continuing an earlier one, or a loaded state.
-        """
+        """In ``setup``: :meth:`_begin_fit`, the selected weights; whether the state is kept (else it starts afresh)."""
         keep = self._begin_fit(trainer, pl_module) or self._restored
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
@@ -256,16 +220,6 @@ class StepwisePruning(PruningCallback):
         except FloatingPointError as err:
             return {"nonfinite": str(err)}
 
-    def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """On rank 0: what this step removes (broadcast); raise ``FloatingPointError`` on non-finite scores."""
-        raise NotImplementedError
-
-    def _apply(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]
-    ) -> None:
-        """On every rank: carry out ``plan``, adding what the history should show to ``record``."""
-        raise NotImplementedError
-
     def _on_nonfinite(self, trainer: pl.Trainer, reason: str, record: dict[str, Any]) -> bool:
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
@@ -295,6 +249,17 @@ class StepwisePruning(PruningCallback):
             checked = self._verify_end(trainer, pl_module)
             if trainer.is_global_zero:
                 self._export(trainer, pl_module, checked)
+
+    def _verify_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """On every rank, before any export: finite weights, reported sparsity == measured (zero or removed)."""
+        name, state = type(self).__name__, self.pruning_state
+        refuse_nonfinite(pl_module, name, "at fit end")
+        steps = f"{state.step} of {state.num_steps} steps taken"
+        goal = f"target_sparsity={state.target_sparsity}" if state.target_sparsity else f"all {state.num_steps} steps"
+        target = f"{goal} ({steps})" if state.step < state.num_steps else f"the fine-tune after the last step ({steps})"
+        measured = {"sparsity": contract.measured_sparsity(pl_module, self._names, self._original_numel)}
+        reported = {"sparsity": state.sparsity}
+        return contract.verify_report(trainer, name, reported, measured, state.phase == "done", target)
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checked: dict[str, Any]) -> None:
         """``pruned_model.pt`` and this pruner's section of ``summary.json``, with the measured sparsity."""

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_prune import IterativePruning
 from lightning_prune.callbacks._contract import measured_sparsity
 from lightning_prune.models import MLP, Classifier
+from tests.callbacks.iterative.helpers import StopAt
 from tests.helpers import cnn_classifier
 
 
@@ -66,15 +67,6 @@ def test_second_fit_continues_an_unfinished_schedule(digits, trainer_kwargs):
     assert [r["sparsity"] for r in history] == pytest.approx([0.5, 0.75, 0.8], abs=1e-3)
     assert [r["epoch"] for r in history][2] == 1  # the second fine-tune's last epoch ran in the second fit
     assert measured(pruning, model) == pytest.approx(0.8, abs=1e-3)
-
-
-class StopAt(pl.Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            trainer.should_stop = True
 
 
 def test_second_fit_on_another_model_is_refused(digits, trainer_kwargs):
@@ -202,13 +194,5 @@ def test_two_pruners_in_one_trainer_are_refused(digits, trainer_kwargs):
     assert trainer.global_step == 0
 
 
-@pytest.mark.parametrize("where", ["file", "below a file"])
-def test_a_bad_export_dir_is_refused_at_construction(where, tmp_path):
-    (tmp_path / "taken").write_text("")
-    path = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "out"
-    with pytest.raises(ValueError, match="export_dir="):
-        pruner(export_dir=str(path))
-
-
-def test_export_dir_expands_the_home_directory():
+def test_export_dir_expands_the_home_directory():  # a bad one is refused: test_iterative_bad_arguments
     assert "~" not in pruner(export_dir="~/lp-out").export_dir

@@ -30,8 +30,8 @@ class StepwisePruning(PruningCallback):
     epoch's checkpoint, while one taken at epoch start is simply redone by a resumed run. After each
     step every :class:`PruningListener` may skip the fine-tune (the next step then runs at once); the
     run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``. A second
-    ``fit`` on the same model continues: masks, steps and architecture kept, a cut fine-tune goes on, a
-    finished schedule trains on with its masks held (a warm-up before the first step restarts).
+    ``fit`` on the same model continues: masks, steps, architecture kept, a cut fine-tune goes on, a done
+    schedule trains on with masks held (a warm-up restarts).
 
     Subclasses call :meth:`_begin_fit` and :meth:`_check_budget` in ``setup``, set ``pruning_state``,
     ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done``, implement :meth:`_prune_step` and
@@ -49,6 +49,10 @@ class StepwisePruning(PruningCallback):
     _epoch_started: float = 0.0
     # The Trainer epoch at which the state continues (its epochs are this fit's): a later fit rebases on it.
     _next_epoch: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # check_refit's weak reference does not pickle (ddp_spawn pickles the Trainer; a used datamodule reaches it)
+        return {k: v for k, v in self.__dict__.items() if k != "_fitted_module"}
 
     def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """First in ``setup``: one pruner per Trainer, the listeners; whether this fit continues an earlier one."""
@@ -144,8 +148,7 @@ class StepwisePruning(PruningCallback):
         if self.stop_when_done:
             trainer.should_stop = True
 
-    # ---------------------------------------------------------------- pruners of selected weights
-    # Arguments they share, stored under these names by their constructors.
+    # -------------------------------------------- pruners of selected weights: the arguments their constructors store
     target_sparsity: float | None
     include_types: list[str]
     include_names: str | None
@@ -159,7 +162,7 @@ class StepwisePruning(PruningCallback):
     summary_section: str
     _names: list[str]
     _original_numel: dict[str, int]
-    _restored: bool  # a state was loaded (set False by the constructor)
+    _restored: bool  # a state was loaded
 
     @property
     def state_key(self) -> str:

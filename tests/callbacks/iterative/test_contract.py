@@ -8,6 +8,7 @@ short silently, two pruners clashed, a bad export_dir failed after training and 
 from __future__ import annotations
 
 import json
+import pickle
 
 import lightning.pytorch as pl
 import pytest
@@ -75,6 +76,13 @@ def test_second_fit_on_another_model_is_refused(digits, trainer_kwargs):
     trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], limit_train_batches=2, **trainer_kwargs)
     with pytest.raises(ValueError, match="already pruned another model"):
         trainer.fit(mlp(), datamodule=digits)
+
+
+def test_a_used_pruner_still_pickles(digits, trainer_kwargs):  # ddp_spawn pickles the Trainer and its callbacks
+    pruning = pruner()
+    pl.Trainer(max_epochs=2, callbacks=[pruning], limit_train_batches=2, **trainer_kwargs).fit(mlp(), datamodule=digits)
+    copy = pickle.loads(pickle.dumps(pruning))
+    torch.testing.assert_close(copy.state_dict()["masks"], pruning.state_dict()["masks"])
 
 
 def test_fit_from_a_checkpoint_after_a_fit(digits, trainer_kwargs, tmp_path):

@@ -47,8 +47,7 @@ class StepwisePruning(PruningCallback):
     stop_when_done: bool
     _listeners: list[PruningListener] = []
     _epoch_started: float = 0.0
-    # The Trainer epoch at which the state continues (its epochs are this fit's): a later fit rebases on it.
-    _next_epoch: int | None = None
+    _next_epoch: int | None = None  # the Trainer epoch at which the state goes on: a later fit rebases on it
 
     def __getstate__(self) -> dict[str, Any]:
         # check_refit's weak reference does not pickle (ddp_spawn pickles the Trainer; a used datamodule reaches it)

@@ -55,8 +55,12 @@ class BlockPruning(StepwisePruning):
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
     Raises:
-        ValueError: for arguments out of range, ``block_types`` matching no module, a selection matching
-            nothing, or a Trainer whose ``max_epochs`` cannot fit one step per block (naming the numbers).
+        ValueError: for arguments out of range (numbers given as strings included), an ``export_dir`` that
+            cannot be a directory; at fit start for ``block_types`` matching no module, a selection matching
+            nothing, a Trainer whose ``max_epochs``/``max_steps`` cannot fit one step per block or whose
+            training data yields no batch, a second pruning callback, or a model other than the one pruned.
+        FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
+        RuntimeError: at fit end, when the weights' sparsity is not the reported one (nothing is exported).
 
     Example::
 

@@ -55,8 +55,12 @@ class IterativePruning(StepwisePruning):
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
     Raises:
-        ValueError: for arguments out of range, unknown names, a selection matching nothing, or a Trainer
-            whose ``max_epochs`` cannot fit the schedule (naming the numbers).
+        ValueError: for arguments out of range (numbers given as strings included), unknown names, an
+            ``export_dir`` that cannot be a directory; at fit start for a selection matching nothing, a Trainer
+            whose ``max_epochs``/``max_steps`` cannot fit the schedule or whose training data yields no batch
+            (naming the numbers), a second pruning callback, or a model other than the one already pruned.
+        FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
+        RuntimeError: at fit end, when the weights' sparsity is not the reported one (nothing is exported).
 
     Example::
 

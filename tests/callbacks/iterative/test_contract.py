@@ -47,6 +47,7 @@ def test_second_fit_keeps_the_masks(digits, trainer_kwargs, tmp_path):
     pl.Trainer(max_epochs=2, callbacks=[pruning], limit_train_batches=4, **trainer_kwargs).fit(model, datamodule=digits)
     first = measured(pruning, model)
     assert first == pytest.approx(0.6, abs=1e-3)
+    pl.Trainer(callbacks=[pruning], limit_val_batches=2, **trainer_kwargs).validate(model, datamodule=digits)
     trainer = pl.Trainer(max_epochs=3, callbacks=[pruning], limit_train_batches=4, **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
     assert trainer.current_epoch == 3  # a finished schedule trains on; it does not stop at once

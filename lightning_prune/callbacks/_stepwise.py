@@ -1,4 +1,4 @@
-"""The prune -> fine-tune loop shared by step-wise pruners (a thin private base, as STYLE allows one)."""
+"""The prune -> fine-tune loop of step-wise pruners and their end-of-run contract (one thin private base)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_prune.callbacks import _contract as contract
+from lightning_prune.callbacks._contract import refuse_nonfinite
 from lightning_prune.callbacks._trainer import broadcast, final_metrics, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
-from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_output_dir
 
 log = logging.getLogger(__name__)
 NONFINITE = ("raise", "skip")
@@ -27,14 +29,17 @@ class StepwisePruning(PruningCallback):
     of validation, before ``on_train_epoch_end``: a step taken at epoch end would be missing from that
     epoch's checkpoint, while one taken at epoch start is simply redone by a resumed run. After each
     step every :class:`PruningListener` may skip the fine-tune (the next step then runs at once); the
-    run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``.
+    run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``. A second
+    ``fit`` on the same model continues: masks, steps, architecture kept, a cut fine-tune goes on, a done
+    schedule trains on with masks held (a warm-up restarts).
 
-    Subclasses set ``pruning_state``, ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done`` and
-    implement :meth:`_prune_step` and :meth:`_log_state`, or take the weight-selecting pruner's parts
-    below (decide on rank 0, apply on every rank, log, export, checkpoint): then they implement
-    :meth:`_plan`, :meth:`_apply`, :meth:`_current_sparsity`, :meth:`_layer_sparsity` and
-    :meth:`_summary_fields` (as :class:`~lightning_prune.IterativePruning` and
-    :class:`~lightning_prune.BlockPruning` do).
+    Subclasses call :meth:`_begin_fit` and :meth:`_check_budget` in ``setup``, set ``pruning_state``,
+    ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done``, implement :meth:`_prune_step` and
+    :meth:`_log_state`, or take the weight-selecting pruner's parts below (plan on rank 0, apply, log,
+    verify, export, checkpoint) and implement ``_plan(trainer, pl_module) -> plan`` (rank 0: what the step
+    removes; ``FloatingPointError`` on non-finite scores), ``_apply(trainer, pl_module, plan, record)``
+    (every rank: carry it out, adding to the history ``record``), ``_current_sparsity(pl_module)``,
+    ``_layer_sparsity(pl_module)`` and :meth:`_summary_fields` (as IterativePruning and BlockPruning do).
     """
 
     finetune_epochs: int
@@ -42,6 +47,33 @@ class StepwisePruning(PruningCallback):
     stop_when_done: bool
     _listeners: list[PruningListener] = []
     _epoch_started: float = 0.0
+    _next_epoch: int | None = None  # the Trainer epoch at which the state goes on: a later fit rebases on it
+
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """First in ``setup``: one pruner per Trainer, the listeners; whether this fit continues an earlier one."""
+        contract.refuse_other_pruners(trainer, self)
+        if self.pruning_state.step == 0:
+            self._fitted_module = None  # nothing pruned yet: the instance may start afresh on any model
+        continuing = contract.check_refit(self, pl_module)
+        if continuing and self._next_epoch is not None:  # its epochs restart: rebase the step epochs
+            self.pruning_state.last_step_epoch += trainer.current_epoch - self._next_epoch
+        self._next_epoch = trainer.current_epoch
+        self._collect_listeners(trainer)
+        return continuing
+
+    def _check_budget(self, trainer: pl.Trainer) -> None:
+        """In ``setup``: refuse a Trainer that cannot run what is left of the schedule (or yields no batches)."""
+        state, finetune = self.pruning_state, self.finetune_epochs
+        steps_left = state.num_steps - state.step
+        needed, what = 0, "its schedule finished in an earlier fit"
+        if state.phase != "done" and state.step == 0:  # the warm-up restarts with each fit until the first step
+            needed = self.warmup_epochs + max(1, steps_left * finetune)
+            what = f"warmup_epochs={self.warmup_epochs} + {steps_left} steps x finetune_epochs={finetune}"
+        elif state.phase != "done":
+            rest = max(0, state.last_step_epoch + finetune - trainer.current_epoch)
+            needed = max(1, rest + steps_left * finetune)
+            what = f"{rest} fine-tune epochs left + {steps_left} more steps x finetune_epochs={finetune}"
+        contract.check_training_budget(trainer, type(self).__name__, needed, what)
 
     def _ready(self) -> bool:
         """Whether steps may run at all (e.g. a dense reference has been measured)."""
@@ -57,6 +89,7 @@ class StepwisePruning(PruningCallback):
         self._listeners = pruning_listeners(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._next_epoch = trainer.current_epoch  # a checkpoint restored in this fit set the epochs
         if self._step_due(trainer.current_epoch):
             self._run_steps(trainer, pl_module)
         self._epoch_started = time.perf_counter()
@@ -77,6 +110,7 @@ class StepwisePruning(PruningCallback):
                 listener.on_prune_step_start(trainer, pl_module, state)
             if not self._prune_step(trainer, pl_module):
                 return
+            refuse_nonfinite(pl_module, type(self).__name__, f"after step {state.step}")
             for listener in self._listeners:
                 listener.on_prune_step_end(trainer, pl_module, state)
             if self.finetune_epochs == 0:
@@ -95,6 +129,7 @@ class StepwisePruning(PruningCallback):
         state = self.pruning_state
         phase = "finetune" if state.phase in ("finetune", "done") and state.step > 0 else "dense"
         state.time_s[phase] += time.perf_counter() - self._epoch_started
+        self._next_epoch = trainer.current_epoch + 1
         self._log_state(pl_module)
         epochs_into_finetune = trainer.current_epoch - state.last_step_epoch + 1
         if state.phase == "finetune" and epochs_into_finetune == self.finetune_epochs:
@@ -108,8 +143,7 @@ class StepwisePruning(PruningCallback):
         if self.stop_when_done:
             trainer.should_stop = True
 
-    # ---------------------------------------------------------------- pruners of selected weights
-    # Arguments they share, stored under these names by their constructors.
+    # -------------------------------------------- pruners of selected weights: the arguments their constructors store
     target_sparsity: float | None
     include_types: list[str]
     include_names: str | None
@@ -121,41 +155,38 @@ class StepwisePruning(PruningCallback):
     monitor: str
     export_dir: str | None
     summary_section: str
-    _names: list[str] = []
-    _original_numel: dict[str, int] = {}
-    _restored: bool = False
+    _names: list[str]
+    _original_numel: dict[str, int]
+    _restored: bool  # a state was loaded
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(target_sparsity=self.target_sparsity, include_names=self.include_names)
 
     def _validate_shared(self) -> None:
-        """The checks of the arguments every weight-selecting pruner has."""
+        """The checks of the arguments every weight-selecting pruner has; ``export_dir`` stored expanded."""
         check_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
         validate_selector(self.include_types, self.include_names, self.exclude_names)
         if self.target_sparsity is not None:
             check_fraction("target_sparsity", self.target_sparsity)
         check_int("finetune_epochs", self.finetune_epochs, low=0)
         check_int("warmup_epochs", self.warmup_epochs, low=0)
+        for flag in ("prune_head", "include_biases", "stop_when_done", "log_layers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        self.export_dir = check_output_dir("export_dir", self.export_dir)
 
-    def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """In ``setup``: listeners, the selected weights and (unless restored) their dense sizes."""
-        self._collect_listeners(trainer)
+    def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """In ``setup``: :meth:`_begin_fit`, the selected weights; whether the state is kept (else it starts afresh)."""
+        keep = self._begin_fit(trainer, pl_module) or self._restored
         self._names = select_parameters(
             pl_module, self.include_types, self.include_names, self.exclude_names, self.prune_head, self.include_biases
         )
-        if not self._restored:
+        if not keep:
+            self.pruning_state = PruningState(target_sparsity=self.target_sparsity)
+        if not keep or not self._original_numel:
             self._original_numel = {name: pl_module.get_parameter(name).numel() for name in self._names}
-
-    def _check_epoch_budget(self, trainer: pl.Trainer, num_steps: int) -> None:
-        needed = self.warmup_epochs + max(1, num_steps * self.finetune_epochs)
-        max_epochs = trainer.max_epochs
-        if trainer.fast_dev_run or max_epochs is None or max_epochs < 0 or max_epochs >= needed:
-            return
-        raise ValueError(
-            f"{type(self).__name__} needs Trainer(max_epochs >= {needed}) (warmup_epochs={self.warmup_epochs} + "
-            f"{num_steps} steps x finetune_epochs={self.finetune_epochs}), got max_epochs={max_epochs}"
-        )
+        return keep
 
     def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Apply one step (rank 0 plans it); return False to postpone it (the loop retries after the next fine-tune)."""
@@ -187,16 +218,6 @@ class StepwisePruning(PruningCallback):
         except FloatingPointError as err:
             return {"nonfinite": str(err)}
 
-    def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """On rank 0: what this step removes (broadcast); raise ``FloatingPointError`` on non-finite scores."""
-        raise NotImplementedError
-
-    def _apply(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]
-    ) -> None:
-        """On every rank: carry out ``plan``, adding what the history should show to ``record``."""
-        raise NotImplementedError
-
     def _on_nonfinite(self, trainer: pl.Trainer, reason: str, record: dict[str, Any]) -> bool:
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
@@ -211,12 +232,6 @@ class StepwisePruning(PruningCallback):
         info(log, f"pruning step skipped: {reason}")
         return False
 
-    def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
-        raise NotImplementedError
-
-    def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        raise NotImplementedError
-
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
         pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
@@ -228,16 +243,31 @@ class StepwisePruning(PruningCallback):
                 pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._export(trainer, pl_module)
+        if not trainer.fast_dev_run:
+            checked = self._verify_end(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._export(trainer, pl_module, checked)
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``pruned_model.pt`` and this pruner's section of ``summary.json``."""
+    def _verify_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """On every rank, before any export: finite weights, reported sparsity == measured (zero or removed)."""
+        name, state = type(self).__name__, self.pruning_state
+        refuse_nonfinite(pl_module, name, "at fit end")
+        steps = f"{state.step} of {state.num_steps} steps taken"
+        goal = f"target_sparsity={state.target_sparsity}" if state.target_sparsity else f"all {state.num_steps} steps"
+        target = f"{goal} ({steps})" if state.step < state.num_steps else f"the fine-tune after the last step ({steps})"
+        measured = {"sparsity": contract.measured_sparsity(pl_module, self._names, self._original_numel)}
+        reported = {"sparsity": state.sparsity}
+        return contract.verify_report(trainer, name, reported, measured, state.phase == "done", target)
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checked: dict[str, Any]) -> None:
+        """``pruned_model.pt`` and this pruner's section of ``summary.json``, with the measured sparsity."""
         state, directory = self.pruning_state, output_dir(trainer, self.export_dir)
         model_path = export_pruned(pl_module, directory / "pruned_model.pt")
+        sparsity = checked["measured"]["sparsity"]
         summary = {
             "target_sparsity": state.target_sparsity,
-            "sparsity": state.sparsity,
+            "sparsity": sparsity,
+            **checked,
             "steps": state.step,
             "finetunes_run": sum(r.get("finetune") == "ran" for r in state.history),
             "finetunes_skipped": sum(r.get("finetune") == "skipped" for r in state.history),
@@ -251,7 +281,7 @@ class StepwisePruning(PruningCallback):
             "exported_model": str(model_path),
         }
         write_summary(directory / "summary.json", self.summary_section, summary)
-        info(log, f"pruned to sparsity {state.sparsity:.3f} in {state.step} steps; exported {model_path}")
+        info(log, f"pruned to sparsity {sparsity:.3f} in {state.step} steps; exported {model_path}")
 
     def _summary_fields(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         """What this pruner adds to its ``summary.json`` section."""

@@ -55,8 +55,12 @@ class BlockPruning(StepwisePruning):
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
     Raises:
-        ValueError: for arguments out of range, ``block_types`` matching no module, a selection matching
-            nothing, or a Trainer whose ``max_epochs`` cannot fit one step per block (naming the numbers).
+        ValueError: for arguments out of range (numbers given as strings included), an ``export_dir`` that
+            cannot be a directory; at fit start for ``block_types`` matching no module, a selection matching
+            nothing, a Trainer whose ``max_epochs``/``max_steps`` cannot fit one step per block or whose
+            training data yields no batch, a second pruning callback, or a model other than the one pruned.
+        FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
+        RuntimeError: at fit end, when the weights' sparsity is not the reported one (nothing is exported).
 
     Example::
 
@@ -117,15 +121,15 @@ class BlockPruning(StepwisePruning):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._select(trainer, pl_module)
+        keep = self._select(trainer, pl_module)
         self._blocks = [name for name, m in pl_module.named_modules() if type(m).__name__ in self.block_types]
         if not self._blocks:
             raise ValueError(f"block_types={self.block_types} matched no module of {type(pl_module).__name__}")
         check_spawn_reload(trainer, pl_module, "BlockPruning")
         resize_on_load(pl_module)
-        if not self._restored:
+        if not keep:
             self.pruning_state.num_steps = len(self._blocks)
-        self._check_epoch_budget(trainer, len(self._blocks))
+        self._check_budget(trainer)
 
     # ---------------------------------------------------------------- a step
 

@@ -15,7 +15,7 @@ from lightning_prune.core.masks import SCOPES, MaskSet, masks_from_scores
 from lightning_prune.core.schedules import SCHEDULES, sparsity_schedule
 from lightning_prune.core.scores import SCORES
 from lightning_prune.core.selection import DEFAULT_TYPES
-from lightning_prune.core.validate import check_choice
+from lightning_prune.core.validate import check_choice, check_fraction, check_int, is_int
 
 
 class IterativePruning(StepwisePruning):
@@ -55,8 +55,12 @@ class IterativePruning(StepwisePruning):
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
     Raises:
-        ValueError: for arguments out of range, unknown names, a selection matching nothing, or a Trainer
-            whose ``max_epochs`` cannot fit the schedule (naming the numbers).
+        ValueError: for arguments out of range (numbers given as strings included), unknown names, an
+            ``export_dir`` that cannot be a directory; at fit start for a selection matching nothing, a Trainer
+            whose ``max_epochs``/``max_steps`` cannot fit the schedule or whose training data yields no batch
+            (naming the numbers), a second pruning callback, or a model other than the one already pruned.
+        FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
+        RuntimeError: at fit end, when the weights' sparsity is not the reported one (nothing is exported).
 
     Example::
 
@@ -130,11 +134,15 @@ class IterativePruning(StepwisePruning):
         if self.target_sparsity is None:
             raise ValueError("target_sparsity is required: a fraction in (0, 1)")
         self._validate_shared()
-        if self.schedule == "fixed" and not (self.step_ratio is not None and 0 < self.step_ratio < 1):
-            raise ValueError(f"step_ratio must be in (0, 1) for schedule='fixed', got {self.step_ratio}")
-        if self.schedule != "fixed" and (self.num_steps is None or self.num_steps < 1):
-            raise ValueError(f"num_steps must be an integer >= 1 for schedule={self.schedule!r}, got {self.num_steps}")
-        if self.rewind_epoch is not None and not 0 <= self.rewind_epoch <= self.warmup_epochs:
+        if self.schedule == "fixed" or self.step_ratio is not None:
+            check_fraction("step_ratio", self.step_ratio)
+        if self.schedule == "fixed":
+            check_int("num_steps", self.num_steps, low=1, optional=True)
+        elif not (is_int(self.num_steps) and self.num_steps >= 1):
+            steps = self.num_steps
+            raise ValueError(f"num_steps must be an integer >= 1 for schedule={self.schedule!r}, got {steps!r}")
+        rewind = self.rewind_epoch
+        if rewind is not None and not (is_int(rewind) and 0 <= rewind <= self.warmup_epochs):
             raise ValueError(
                 f"rewind_epoch must be an integer in [0, warmup_epochs={self.warmup_epochs}], "
                 f"got rewind_epoch={self.rewind_epoch!r}"
@@ -145,15 +153,15 @@ class IterativePruning(StepwisePruning):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._select(trainer, pl_module)
+        keep = self._select(trainer, pl_module)
         self._sparsities = sparsity_schedule(self.schedule, self.target_sparsity, self.step_ratio, self.num_steps)
-        if not self._restored:
-            self._masks = MaskSet.dense(pl_module, self._names)
+        if not keep or self._masks is None:
+            self._masks, self._rewind_state = MaskSet.dense(pl_module, self._names), None
             self.pruning_state.num_steps = len(self._sparsities)
-        self._check_epoch_budget(trainer, len(self._sparsities))
+        self._check_budget(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._masks.bind(pl_module).apply()
+        self._masks.bind(pl_module).apply()  # after a resume or in a fit continuing an earlier one
 
     # ---------------------------------------------------------------- the loop
 

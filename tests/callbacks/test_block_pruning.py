@@ -6,7 +6,7 @@ import torch
 
 from lightning_prune import BlockPruning, load_pruned
 from lightning_prune.core.structured import architecture_spec
-from tests.callbacks.test_iterative import fit_with_checkpoints
+from tests.callbacks.iterative.helpers import StopAt, fit_with_checkpoints
 from tests.helpers import cnn_classifier, resnet_classifier
 
 
@@ -24,6 +24,10 @@ from tests.helpers import cnn_classifier, resnet_classifier
         ({"warmup_epochs": True}, "warmup_epochs must be an integer >= 0, got True"),
         ({"on_nonfinite": "ignore"}, r"on_nonfinite must be one of \['raise', 'skip'\]"),
         ({"include_names": "("}, r"include_names: '\(' is not a valid regular expression"),
+        ({"target_sparsity": "0.5"}, r"target_sparsity must be in \(0, 1\), got '0.5'"),
+        ({"finetune_epochs": "1"}, "finetune_epochs must be an integer >= 0, got '1'"),
+        ({"log_layers": "no"}, "log_layers must be true or false, got 'no'"),
+        ({"export_dir": __file__}, r"export_dir='.*test_block_pruning.py' is an existing file"),
     ],
 )
 def test_block_pruning_bad_arguments(kwargs, message):
@@ -45,7 +49,7 @@ def test_block_pruning_state_key():
             {"step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2},
             resnet_classifier,
             5,
-            r"BlockPruning needs Trainer\(max_epochs >= 10\).*4 steps x finetune_epochs=2\), got max_epochs=5",
+            r"BlockPruning needs 10 training epochs \(warmup_epochs=2 \+ 4 steps x finetune_epochs=2\).*max_epochs=5",
         ),
     ],
     ids=["no such block", "too few epochs"],
@@ -110,3 +114,27 @@ def test_resume_after_physical_shrink_loads_into_fresh_model(digits, trainer_kwa
     assert architecture_spec(resumed_model) == architecture_spec(full_model)
     torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
     assert resumed.pruning_state.sparsity == full.pruning_state.sparsity
+
+
+def test_second_fit_keeps_the_architecture_and_reports_against_the_dense_sizes(digits, trainer_kwargs, tmp_path):
+    pruning, model = BlockPruning(step_ratio=0.5, finetune_epochs=1), resnet_classifier()
+    pl.Trainer(max_epochs=4, callbacks=[pruning], limit_train_batches=2, **trainer_kwargs).fit(model, datamodule=digits)
+    architecture, sparsity = architecture_spec(model), pruning.pruning_state.sparsity
+    trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    assert trainer.current_epoch == 2
+    assert architecture_spec(model) == architecture
+    summary = json.loads((tmp_path / "summary.json").read_text())["block_pruning"]
+    assert summary["sparsity"] == summary["measured"]["sparsity"] == pytest.approx(sparsity)
+    assert summary["layer_sparsity"]["net.stages.0.0.conv1.weight"] == pytest.approx(0.5)  # against the dense size
+    assert summary["finished"] is True
+
+
+def test_block_pruning_cut_short_warns_naming_the_blocks_left(digits, trainer_kwargs, tmp_path):
+    pruning = BlockPruning(step_ratio=0.5, finetune_epochs=1)
+    trainer = pl.Trainer(max_epochs=4, callbacks=[pruning, StopAt(1)], limit_train_batches=2, **trainer_kwargs)
+    with pytest.warns(UserWarning, match=r"BlockPruning ended before .*all 4 steps \(2 of 4 steps taken\) not reached"):
+        trainer.fit(resnet_classifier(), datamodule=digits)
+    summary = json.loads((tmp_path / "summary.json").read_text())["block_pruning"]
+    assert summary["finished"] is False
+    assert summary["sparsity"] == pytest.approx(pruning.pruning_state.sparsity)

@@ -23,7 +23,7 @@ from lightning_prune.callbacks.protocol import PruningListener, PruningState, fi
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.structured import dependency_graph
-from lightning_prune.core.validate import check_fraction
+from lightning_prune.core.validate import check_fraction, check_output_dir
 
 log = logging.getLogger(__name__)
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
@@ -87,7 +87,7 @@ class LayerFreezing(Callback, PruningListener):
         check_fraction("fraction", fraction, closed_low=True, closed_high=True)
         validate_selector(CONV_TYPES, include_names, exclude_names)
         self.fraction, self.include_names, self.exclude_names = fraction, include_names, list(exclude_names)
-        self.export_dir = export_dir
+        self.export_dir = check_output_dir("export_dir", export_dir)
         self.candidates: list[str] = []
         self.frozen: list[str] | None = None
         self.scores: dict[str, float] = {}
@@ -137,8 +137,10 @@ class LayerFreezing(Callback, PruningListener):
         self._release(pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Resumed inside a fine-tune: parameters come back trainable, so freeze them again.
-        if self._frozen_params and find_pruner(trainer, "LayerFreezing").pruning_state.phase == "finetune":
+        # Resumed, or a fit continuing an earlier one, inside a fine-tune: the layers come back trainable (from a
+        # checkpoint, or released when the earlier fit ended), so freeze them again.
+        frozen = self._frozen_params or self._frozen_count
+        if frozen and find_pruner(trainer, "LayerFreezing").pruning_state.phase == "finetune":
             self._frozen_params, self._eval_norms = [], []
             self._freeze(pl_module)
 

@@ -22,7 +22,7 @@ from lightning_prune.callbacks._trainer import (
 )
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
-from lightning_prune.core.validate import check_int, is_number
+from lightning_prune.core.validate import check_int, check_output_dir, is_number
 
 log = logging.getLogger(__name__)
 MetricFn = Callable[[pl.LightningModule, Any], tuple[Any, Any]]
@@ -107,12 +107,8 @@ class AccuracyGate(Callback, PruningListener):
         if not is_number(threshold) or threshold < 0:
             raise ValueError(f"threshold must be a number of accuracy points >= 0, got {threshold!r}")
         check_int("val_batches", val_batches, low=1, optional=True)
-        self.threshold, self.val_batches, self.metric_fn, self.export_dir = (
-            threshold,
-            val_batches,
-            metric_fn,
-            export_dir,
-        )
+        self.threshold, self.val_batches, self.metric_fn = threshold, val_batches, metric_fn
+        self.export_dir = check_output_dir("export_dir", export_dir)
         if not isinstance(finetune_last, bool):
             raise ValueError(f"finetune_last must be true or false, got {finetune_last!r}")
         self.finetune_last = finetune_last

@@ -14,7 +14,7 @@ from lightning_prune.callbacks._trainer import info, output_dir
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.schedules import pruning_aware_lr
-from lightning_prune.core.validate import is_number
+from lightning_prune.core.validate import check_output_dir, is_number
 
 log = logging.getLogger(__name__)
 # A scheduler whose frequency is this large is never stepped by Lightning: that is how it is paused.
@@ -84,7 +84,8 @@ class PruningAwareLR(Callback, PruningListener):
             raise ValueError(f"p must be in [0, 0.5) (pruned fraction where the rate steps down), got {p}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0 (steepness of the step), got {beta}")
-        self.base_lr, self.delta, self.p, self.beta, self.export_dir = base_lr, delta, p, beta, export_dir
+        self.base_lr, self.delta, self.p, self.beta = base_lr, delta, p, beta
+        self.export_dir = check_output_dir("export_dir", export_dir)
         self.history: list[dict[str, float]] = []
         self._in_finetune = False
         self._paused: list[tuple[Any, int]] = []

@@ -23,6 +23,8 @@ from tests.helpers import cnn_classifier, resnet_classifier
         ({"fraction": True}, "fraction must be in"),
         ({"include_names": "("}, "not a valid regular expression"),
         ({"exclude_names": "conv"}, "exclude_names must be a list"),
+        ({"fraction": "0.3"}, r"fraction must be in \[0, 1\], got '0.3'"),
+        ({"export_dir": __file__}, r"export_dir='.*test_freezing.py' is an existing file"),
     ],
 )
 def test_layer_freezing_bad_arguments(kwargs: dict, match: str) -> None:

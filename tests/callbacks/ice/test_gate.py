@@ -34,6 +34,9 @@ from tests.helpers import cnn_classifier, resnet_classifier
             r"metric_fn='no_such_module.f1' cannot be imported .*give the dotted import path of a callable",
         ),
         ({"metric_fn": "lightning_prune.callbacks.ice.gate.log"}, "dotted path of a callable"),
+        ({"val_batches": "2"}, "val_batches must be an integer >= 1 or None, got '2'"),
+        ({"export_dir": __file__}, r"export_dir='.*test_gate.py' is an existing file"),
+        ({"export_dir": f"{__file__}/out"}, r"export_dir='.*/out' lies below"),
     ],
 )
 def test_accuracy_gate_bad_arguments(kwargs: dict, match: str) -> None:

@@ -27,6 +27,8 @@ from tests.helpers import cnn_classifier, resnet_classifier
         ({"p": -0.1}, r"p must be in \[0, 0.5\) .*got -0.1"),
         ({"beta": 0}, r"beta must be > 0 \(steepness of the step\), got 0"),
         ({"beta": "50"}, "beta must be a finite number, got '50'"),
+        ({"base_lr": "0.01"}, "base_lr must be a finite number, got '0.01'"),
+        ({"export_dir": __file__}, r"export_dir='.*test_lr.py' is an existing file"),
     ],
 )
 def test_pruning_aware_lr_bad_arguments(kwargs: dict, match: str) -> None:

@@ -1,7 +1,9 @@
-"""The three ICE callbacks together around BlockPruning: a resumed run decides as the uninterrupted one."""
+"""The three ICE callbacks together around BlockPruning: a resumed run decides as the uninterrupted one, and a
+second ``fit`` with the same instances goes on where the first stopped."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -53,3 +55,65 @@ def test_ice_resume_gives_the_same_decisions(stop_epoch: int, digits, trainer_kw
     torch.testing.assert_close(resumed.callback_metrics["val/acc"], full.callback_metrics["val/acc"])
     for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+class FirstBatchProbe(pl.Callback):
+    """Per epoch, at the first batch: how many parameters are frozen and the learning rate in use."""
+
+    def __init__(self) -> None:
+        self.frozen: dict[int, int] = {}
+        self.lr: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.frozen[trainer.current_epoch] = sum(not p.requires_grad for p in pl_module.parameters())
+            self.lr[trainer.current_epoch] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_ice_second_fit_goes_on_inside_a_fine_tune(digits, trainer_kwargs: dict, tmp_path: Path) -> None:
+    gate = AccuracyGate(threshold=0.0, val_batches=2, finetune_last=True)  # every step fine-tunes
+    freezing, lr = LayerFreezing(fraction=0.5), PruningAwareLR(base_lr=0.02)
+    pruner, model = block_pruner(finetune_epochs=2), resnet_classifier(widths=(8, 16))
+
+    def fit(extra: list) -> FirstBatchProbe:
+        probe = FirstBatchProbe()
+        callbacks = [pruner, gate, freezing, lr, probe, *extra]
+        trainer = pl.Trainer(max_epochs=WARMUP + 8, callbacks=callbacks, limit_train_batches=3, **trainer_kwargs)
+        trainer.fit(model, datamodule=digits)
+        return probe
+
+    with pytest.warns(UserWarning, match="BlockPruning ended before its schedule finished"):
+        first = fit([StopAfter(WARMUP + 2)])  # in the second fine-tune, the first one with frozen layers
+    assert first.frozen[WARMUP + 2] > 0
+    reference, frozen, finetune_lr = gate.reference_acc, list(freezing.frozen), first.lr[WARMUP + 2]
+    second = fit([])
+    assert second.frozen[0] == first.frozen[WARMUP + 2]  # that fine-tune goes on with its layers frozen
+    assert second.lr[0] == finetune_lr  # and at its pruning-aware rate
+    assert gate.reference_acc == reference  # A0 stays the unpruned model's
+    assert freezing.frozen == frozen
+    history = pruner.pruning_state.history
+    assert [r["epoch"] for r in history] == [WARMUP, WARMUP + 2, 1, 3]  # steps 3 and 4 in the second fit's epochs
+    assert [r["lr"] for r in history] == [h["lr"] for h in lr.history]
+    section = json.loads((tmp_path / "summary.json").read_text())["block_pruning"]
+    assert section["finished"] is True
+    assert section["sparsity"] == pytest.approx(pruner.pruning_state.sparsity)
+
+
+def test_ice_second_fit_after_a_finished_run_trains_on(digits, trainer_kwargs: dict, tmp_path: Path) -> None:
+    gate, freezing, lr = AccuracyGate(threshold=25.0, val_batches=2), LayerFreezing(fraction=0.5), PruningAwareLR()
+    pruner, model = block_pruner(), resnet_classifier(widths=(8, 16))
+    callbacks = [pruner, gate, freezing, lr]
+    pl.Trainer(max_epochs=WARMUP + 4, callbacks=callbacks, limit_train_batches=3, **trainer_kwargs).fit(
+        model, datamodule=digits
+    )
+    decisions, sparsity = list(gate.decisions), pruner.pruning_state.sparsity
+    probe = FirstBatchProbe()
+    trainer = pl.Trainer(max_epochs=2, callbacks=[*callbacks, probe], limit_train_batches=3, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    assert trainer.current_epoch == 2  # no step, no stop
+    assert gate.decisions == decisions
+    assert probe.frozen == {0: 0, 1: 0}
+    assert probe.lr[0] == model.hparams.lr  # the user's schedule: no fine-tune to set a rate for
+    assert pruner.pruning_state.sparsity == sparsity
+    section = json.loads((tmp_path / "summary.json").read_text())["block_pruning"]
+    assert section["measured"]["sparsity"] == pytest.approx(sparsity)

@@ -11,6 +11,7 @@ with their constructor arguments as ``init_args``. Each method has a documented 
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
@@ -22,7 +23,8 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 def main(args: ArgsType = None, run: bool = True) -> LightningCLI:
     """Parse ``args`` (``sys.argv`` when ``None``), build model, data and Trainer, and run the subcommand.
 
-    A bad ``class_path`` or ``init_args`` value fails while parsing, before anything is built or trained.
+    A bad ``class_path``, a misspelled or mistyped ``init_args`` key, or a value a constructor refuses fails
+    before training, naming it (jsonargparse's usage error, or the constructor's ``ValueError``).
     """
     return LightningCLI(
         subclass_mode_model=True,
@@ -34,4 +36,7 @@ def main(args: ArgsType = None, run: bool = True) -> LightningCLI:
 
 
 if __name__ == "__main__":
+    # The callbacks' progress lines (pruning steps, gate verdicts, exports), as the Hydra app shows them.
+    logging.basicConfig(format="[%(name)s] %(message)s")
+    logging.getLogger("lightning_prune").setLevel(logging.INFO)
     main()

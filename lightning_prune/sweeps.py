@@ -32,7 +32,7 @@ from omegaconf import DictConfig, ListConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,14 @@ def _create_rdb_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStora
 
     Optuna's first open of a database creates its tables and stamps their schema version without a lock, so
     workers started together on a new database collide ("table ... already exists", a duplicate version
-    stamp, "database is locked"); a later try finds the schema in place. Other failures repeat and are raised.
+    stamp, "database is locked"); a later try finds the schema in place. Other failures are raised at once.
     """
     for attempt in range(1, attempts + 1):
         try:
             return optuna.storages.RDBStorage(url)
-        except DBAPIError:
-            if attempt == attempts:
+        except DBAPIError as err:
+            racing = isinstance(err, IntegrityError) or any(sign in str(err) for sign in ("already exists", "locked"))
+            if not racing or attempt == attempts:
                 raise
             time.sleep(0.1 * attempt * (1 + random.random()))  # jitter: racing workers should not meet again
     raise AssertionError(attempts)  # attempts < 1

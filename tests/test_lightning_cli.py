@@ -158,10 +158,10 @@ def tiny_config(method: str, root: Path, edits: dict[str, Any]) -> Path:
     trainer = config["trainer"]
     trainer.update({**QUIET, **edits["trainer"], "default_root_dir": str(root)})
     assert len(trainer["callbacks"]) == len(edits["callbacks"])
-    for callback, changes in zip(trainer["callbacks"], edits["callbacks"]):
-        callback["init_args"].update(changes)
-        if "lut_path" in callback["init_args"]:
-            callback["init_args"]["lut_path"] = str(root / "latency_lut.json")
+    for entry, changes in zip(trainer["callbacks"], edits["callbacks"]):
+        entry["init_args"].update(changes)
+        if "lut_path" in entry["init_args"]:
+            entry["init_args"]["lut_path"] = str(root / "latency_lut.json")
     config["model"]["init_args"]["net"]["init_args"].update(edits["net"])
     config["data"]["init_args"].update(edits.get("data", {}))
     path = root / f"{method}.yaml"
@@ -214,7 +214,7 @@ ITERATIVE = "--trainer.callbacks+=lightning_prune.IterativePruning"
 def test_lightning_cli_bad_input_fails_before_training(
     args: list[str] | str, match: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """A bad class path, a value a constructor refuses, a wrong type or a misspelled key: refused while parsing."""
+    """A bad class path, a value a constructor refuses, a wrong type or a misspelled key: refused before training."""
     config, extra = (typo_config(tmp_path), []) if args == "typo" else (EXAMPLES / "iterative.yaml", args)
     # jsonargparse exits (usage on stderr) for what it checks itself; a constructor's refusal comes as its ValueError.
     with pytest.raises((SystemExit, ValueError)) as raised:

@@ -24,6 +24,18 @@ def arm_row(name: str, arm: dict[str, Any]) -> list[Any]:
     ]
 
 
+def runtime_row(name: str, arm: dict[str, Any]) -> list[Any]:
+    """An arm in both runtimes: eager and ONNX Runtime ms, paired speed-ups over dense, ONNX Runtime over eager."""
+    return [
+        name,
+        arm["measured_ms"],
+        arm["ort_ms"],
+        arm.get("speedup_paired", 1.0),
+        arm.get("ort_speedup_paired", 1.0),
+        arm["ort_over_eager"],
+    ]
+
+
 def setup_table() -> str:
     """What the committed run ran: data, device, timing and schedule settings."""
     result = load_result(MAIN)
@@ -42,8 +54,19 @@ def setup_table() -> str:
         ("final timing: round-robin rounds x calls", f"{cfg['rounds']} x {cfg['repeats']}"),
         ("uniform ratios swept", f"{min(cfg['ratios'])} to {max(cfg['ratios'])}, {len(cfg['ratios'])} ratios"),
         ("seeds", seeds),
+        ("runtimes timed side by side", _runtimes(result, cfg)),
     ]
     return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def _runtimes(result: dict[str, Any], cfg: dict[str, Any]) -> str:
+    if "ort_ms" not in result["dense"]:
+        return "eager PyTorch"
+    ort = result["onnxruntime"]
+    return (
+        f"eager PyTorch and ONNX Runtime {ort['version']} ({ort['provider']}, {cfg['threads']} intra-op thread(s)), "
+        "each final model exported by `torch.onnx.export(dynamo=True)`"
+    )
 
 
 def arms_table() -> str:
@@ -64,6 +87,26 @@ def arms_table() -> str:
         _, ms, acc, macs, params, speedup, cut, ratio = arm_row(name, result[name])
         figures = f"{ms:.2f} | {acc:.3f} | {macs:.2f} | {params:,} | {speedup:.2f} | {cut:.1f} | {ratio:.2f}"
         lines.append(f"| {names[name]} | {figures} |")
+    return "\n".join(lines)
+
+
+def runtimes_table() -> str:
+    """Dense vs pruned speed-up in eager PyTorch and ONNX Runtime, per seed and in the mean, timed side by side."""
+    result = load_result(MAIN)
+    runs = [(f"seed {run['seed']}", run) for run in result["per_seed"]]
+    lines = [
+        "| seed | dense ms eager / ORT | ours speed-up eager | ours speed-up ORT | uniform speed-up eager "
+        "| uniform speed-up ORT | ORT / eager (dense, ours, uniform) | ORT max abs diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, arms in [*runs, (f"mean of {len(runs)}", result)]:
+        dense, ours, uniform = (runtime_row(name, arms[name]) for name in ARMS)
+        over_eager = ", ".join(f"{row[5]:.2f}" for row in (dense, ours, uniform))
+        largest = max(arms[name]["ort_max_abs_diff"] for name in ARMS)
+        lines.append(
+            f"| {label} | {dense[1]:.2f} / {dense[2]:.2f} | {ours[3]:.2f} | {ours[4]:.2f} | {uniform[3]:.2f} "
+            f"| {uniform[4]:.2f} | {over_eager} | {largest:.1e} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,6 +158,14 @@ def checks_table() -> str:
         ("largest round-to-round spread of the final timing", f"{checks['noise_max_spread']:.2f}"),
         ("table r, predicted vs measured (median over seeds)", f"{result['lut_r']:.2f}"),
     ]
+    if "ort_max_abs_diff" in checks:
+        rows += [
+            (
+                "ONNX Runtime vs eager outputs, largest abs difference (1e-4 allowed)",
+                f"{checks['ort_max_abs_diff']:.1e}",
+            ),
+            ("largest round-to-round spread of the ONNX Runtime timing", f"{checks['ort_noise_max_spread']:.2f}"),
+        ]
     return "\n".join(["| check | measured |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
@@ -129,10 +180,27 @@ def headline() -> dict[str, str]:
             f"budget met in {sum(checks['ours_within_budget_per_seed'])}/{seeds} seeds (ours at "
             f"{checks['ours_fraction_of_dense']:.2f} of dense for {result['budget_fraction']:.2f}); "
             f"{100 * checks['ours_acc_minus_uniform']:+.1f} pt vs uniform (ahead in "
-            f"{checks['ours_acc_ge_uniform_seeds']}/{seeds} seeds)"
+            f"{checks['ours_acc_ge_uniform_seeds']}/{seeds} seeds)" + _speedups(result)
         ),
         "evidence": "[docs/latency_budget.md](docs/latency_budget.md)",
     }
 
 
-TABLES = {"setup": setup_table, "arms": arms_table, "seeds": seeds_table, "sweep": sweep_table, "checks": checks_table}
+def _speedups(result: dict[str, Any]) -> str:
+    if "ort_speedup_paired" not in result["ours"]:
+        return ""
+    ours = result["ours"]
+    return (
+        f"; ours {ours['speedup_paired']:.2f}x faster than dense in PyTorch eager, "
+        f"{ours['ort_speedup_paired']:.2f}x in ONNX Runtime"
+    )
+
+
+TABLES = {
+    "setup": setup_table,
+    "arms": arms_table,
+    "runtimes": runtimes_table,
+    "seeds": seeds_table,
+    "sweep": sweep_table,
+    "checks": checks_table,
+}

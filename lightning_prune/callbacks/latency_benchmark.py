@@ -147,7 +147,8 @@ class LatencyBenchmark(PruningListener, Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(batch_sizes=self.batch_sizes, device=self.device)
+        other = {"backend": self.backends} if self.backends != ["eager"] else {}  # eager: the key of old checkpoints
+        return self._generate_state_key(batch_sizes=self.batch_sizes, device=self.device, **other)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":

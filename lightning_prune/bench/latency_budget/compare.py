@@ -293,6 +293,6 @@ def _print(result: dict[str, Any], cfg: DictConfig) -> None:
     if "ort_ms" in result["dense"]:
         print_table(
             "dense vs pruned in both runtimes, timed side by side (paired speed-ups: median per-round ratios)",
-            ["arm", "eager ms", "ONNX Runtime ms", "eager speed-up", "ONNX Runtime speed-up", "ORT / eager"],
-            [runtime_row(name, result[name]) for name in ARMS],
+            ["arm", "eager ms", "ORT ms", "eager speed-up", "ORT speed-up", "(lowest medians)", "", "ORT / eager"],
+            [runtime_row(name, result[name], result["dense"]) for name in ARMS],
         )

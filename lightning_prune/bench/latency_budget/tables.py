@@ -24,14 +24,20 @@ def arm_row(name: str, arm: dict[str, Any]) -> list[Any]:
     ]
 
 
-def runtime_row(name: str, arm: dict[str, Any]) -> list[Any]:
-    """An arm in both runtimes: eager and ONNX Runtime ms, paired speed-ups over dense, ONNX Runtime over eager."""
+def runtime_row(name: str, arm: dict[str, Any], dense: dict[str, Any]) -> list[Any]:
+    """An arm in both runtimes: eager and ONNX Runtime ms, then its speed-up over ``dense`` in each.
+
+    Speed-ups paired (median of per-round ratios), then from the lowest round medians; last, ONNX Runtime
+    over eager for the arm itself (paired).
+    """
     return [
         name,
         arm["measured_ms"],
         arm["ort_ms"],
         arm.get("speedup_paired", 1.0),
         arm.get("ort_speedup_paired", 1.0),
+        dense["measured_ms"] / arm["measured_ms"],
+        dense["ort_ms"] / arm["ort_ms"],
         arm["ort_over_eager"],
     ]
 
@@ -56,6 +62,9 @@ def setup_table() -> str:
         ("seeds", seeds),
         ("runtimes timed side by side", _runtimes(result, cfg)),
     ]
+    host = result["provenance"].get("host_load") or {}
+    if host.get("at_start"):
+        rows.append(("host load average (1, 5, 15 min) at start; CPUs", f"{host['at_start']}; {host['cpus']}"))
     return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
@@ -93,20 +102,19 @@ def arms_table() -> str:
 def runtimes_table() -> str:
     """Dense vs pruned speed-up in eager PyTorch and ONNX Runtime, per seed and in the mean, timed side by side."""
     result = load_result(MAIN)
-    runs = [(f"seed {run['seed']}", run) for run in result["per_seed"]]
     lines = [
-        "| seed | dense ms eager / ORT | ours speed-up eager | ours speed-up ORT | uniform speed-up eager "
-        "| uniform speed-up ORT | ORT / eager (dense, ours, uniform) | ORT max abs diff |",
+        "| seed | dense ms, eager / ORT | ours, eager | ours, ORT | uniform, eager | uniform, ORT "
+        "| ORT / eager (dense, ours, uniform) | ORT max abs diff |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    runs = [(f"seed {run['seed']}", run) for run in result["per_seed"]]
     for label, arms in [*runs, (f"mean of {len(runs)}", result)]:
-        dense, ours, uniform = (runtime_row(name, arms[name]) for name in ARMS)
-        over_eager = ", ".join(f"{row[5]:.2f}" for row in (dense, ours, uniform))
+        dense, ours, uniform = (runtime_row(name, arms[name], arms["dense"]) for name in ARMS)
+        cells = [f"{row[3 + runtime]:.2f} ({row[5 + runtime]:.2f})" for row in (ours, uniform) for runtime in (0, 1)]
+        over_eager = ", ".join(f"{row[7]:.2f}" for row in (dense, ours, uniform))
         largest = max(arms[name]["ort_max_abs_diff"] for name in ARMS)
-        lines.append(
-            f"| {label} | {dense[1]:.2f} / {dense[2]:.2f} | {ours[3]:.2f} | {ours[4]:.2f} | {uniform[3]:.2f} "
-            f"| {uniform[4]:.2f} | {over_eager} | {largest:.1e} |"
-        )
+        figures = " | ".join([f"{dense[1]:.2f} / {dense[2]:.2f}", *cells, over_eager, f"{largest:.1e}"])
+        lines.append(f"| {label} | {figures} |")
     return "\n".join(lines)
 
 
@@ -189,10 +197,15 @@ def headline() -> dict[str, str]:
 def _speedups(result: dict[str, Any]) -> str:
     if "ort_speedup_paired" not in result["ours"]:
         return ""
-    ours = result["ours"]
+    runs = result["per_seed"]
+
+    def spread(key: str) -> str:
+        values = [run["ours"][key] for run in runs]
+        return f"{min(values):.1f}-{max(values):.1f}x" if len(values) > 1 else f"{values[0]:.2f}x"
+
     return (
-        f"; ours {ours['speedup_paired']:.2f}x faster than dense in PyTorch eager, "
-        f"{ours['ort_speedup_paired']:.2f}x in ONNX Runtime"
+        f"; ours vs dense, timed side by side: {spread('speedup_paired')} faster in PyTorch eager, "
+        f"{spread('ort_speedup_paired')} in ONNX Runtime (per seed)"
     )
 
 

@@ -62,3 +62,10 @@ def test_a_model_onnx_cannot_export_names_it_and_the_exporters_reason():
 
 def test_export_reason_without_a_summary_is_the_first_line():
     assert export_reason(ValueError("no example input\nmore")) == "ValueError: no example input"
+
+
+def test_unfolded_torch_prune_masks_are_refused_naming_the_layer_and_the_fix():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with pytest.raises(OrtExportError, match=r"ONNX export of Sequential failed.*layer '0' carries an unfolded"):
+        OrtModel(model, torch.zeros(3, 4))

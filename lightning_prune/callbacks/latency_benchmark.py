@@ -12,16 +12,25 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.export import to_jsonable, write_summary
+from lightning_prune.core.ort_timing import (
+    PARITY_TOLERANCE,
+    OrtExportError,
+    OrtModel,
+    check_backends,
+    parity,
+    runtime_info,
+)
 from lightning_prune.core.timing import (
     TimingSettings,
     batch_of,
     check_device,
     device_name,
-    measure_latency,
+    interleaved_latency,
     resolve_device,
 )
 from lightning_prune.core.validate import check_int, check_output_dir, check_output_file, is_int
@@ -46,6 +55,15 @@ class LatencyBenchmark(PruningListener, Callback):
     torch version, settings, every measurement) goes to ``<export_dir>/<filename>`` and a section of
     ``summary.json``.
 
+    With ``backend="onnxruntime"`` each measurement exports the model as it is (pruned weights already zero,
+    structured shrinks physical) to ONNX (:func:`~lightning_prune.core.deploy.export_onnx`, a temporary
+    file) and times an ONNX Runtime session on the CPU (``intra_op_num_threads=threads``, one inter-op
+    thread) with the same protocol; logged as ``latency/ort/<b>/p50_ms``, ..., ``speedup`` (against the
+    first ONNX Runtime measurement). With ``backend=["eager", "onnxruntime"]`` both are timed side by side
+    in alternating rounds, and ``latency/ort/<b>/vs_eager`` is eager p50 / ONNX Runtime p50. At the first
+    ONNX Runtime measurement the callback checks that the session's outputs match eager's (largest
+    absolute difference, warned above ``1e-4``) and records the figure.
+
     A second ``fit`` of the same model goes on with the same reference (the first fit's dense model) and
     measures the model again at its start; a ``fit`` of another model starts a new series with that
     model as the reference (a speed-up is only meaningful against the model it was pruned from).
@@ -63,13 +81,16 @@ class LatencyBenchmark(PruningListener, Callback):
         channels_last: time a channels-last copy of the model.
         compile: time a ``torch.compile``'d copy of the model.
         every_prune_step: also measure after each step of a pruning callback.
+        backend: ``"eager"`` (PyTorch), ``"onnxruntime"``, or a list of both to time them side by side.
         export_dir: where the JSON record and ``summary.json`` go (default: the Trainer's root dir).
         filename: name of the JSON record.
 
     Raises:
         ValueError: for arguments out of range or of the wrong type (a number given as a string), an
-            ``export_dir`` that cannot be a directory, a ``filename`` that is not a plain file name; at setup, a
-            CUDA ``device`` where none is available or a record path that is a directory.
+            ``export_dir`` that cannot be a directory, a ``filename`` that is not a plain file name, an unknown
+            ``backend``; at setup, a CUDA ``device`` where none is available or a record path that is a directory.
+        ImportError: for ``backend="onnxruntime"`` without ONNX Runtime (``pip install 'lightning-prune[deploy]'``).
+        OrtExportError: at fit start, naming the model and the exporter's reason, when it cannot be exported.
 
     Example::
 
@@ -102,7 +123,10 @@ class LatencyBenchmark(PruningListener, Callback):
         every_prune_step: bool = True,
         export_dir: str | None = None,
         filename: str = "latency.json",
+        backend: str | Sequence[str] = "eager",
     ) -> None:
+        self.backends = check_backends(backend)
+        self.backend = backend if isinstance(backend, str) else list(backend)
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
         self.amp_dtype, self.channels_last, self.compile = amp_dtype, channels_last, compile
         self.every_prune_step, self.filename = every_prune_step, filename
@@ -125,7 +149,8 @@ class LatencyBenchmark(PruningListener, Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(batch_sizes=self.batch_sizes, device=self.device)
+        other = {"backend": self.backends} if self.backends != ["eager"] else {}  # eager: the key of old checkpoints
+        return self._generate_state_key(batch_sizes=self.batch_sizes, device=self.device, **other)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -134,8 +159,17 @@ class LatencyBenchmark(PruningListener, Callback):
 
     @property
     def reference(self) -> dict[str, Any] | None:
-        """The fit-start measurement every speed-up is relative to."""
-        return self.records[0]["results"] if self.records else None
+        """The fit-start measurement every eager speed-up is relative to."""
+        return self._reference("results")
+
+    @property
+    def ort_reference(self) -> dict[str, Any] | None:
+        """The first ONNX Runtime measurement (fit start) every ONNX Runtime speed-up is relative to."""
+        return self._reference("ort")
+
+    def _reference(self, key: str) -> dict[str, Any] | None:
+        first = next((record[key] for record in self.records if key in record), None)
+        return first["results"] if key == "ort" and first is not None else first
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         measured = self._model() if self._model is not None else None
@@ -172,61 +206,104 @@ class LatencyBenchmark(PruningListener, Callback):
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str, step: int) -> dict[str, Any]:
         """Measure every batch size on rank 0, broadcast, and append the record."""
         example = example_input(trainer, pl_module)
-        results = None
+        measured, failure = None, None
         if trainer.is_global_zero:
-            results = {
-                str(b): measure_latency(pl_module, batch_of(example, b), self.settings, self.device, self.rounds)
-                for b in self.batch_sizes
-            }
-            results = {b: latency.to_dict() for b, latency in results.items()}
-        results = broadcast(trainer, results)
-        reference = self.reference or results
-        record = {
-            "when": when,
-            "step": step,
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "results": results,
-            "speedup": {b: reference[b]["p50_ms"] / results[b]["p50_ms"] for b in results},
-        }
+            try:
+                measured = self._measure(pl_module, example)
+            except OrtExportError as err:
+                failure = str(err)
+        measured, failure = broadcast(trainer, (measured, failure))
+        if failure is not None:  # every rank stops, not only the one that exported
+            raise OrtExportError(failure)
+        record = {"when": when, "step": step, "epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        if "eager" in measured:
+            record["results"] = measured["eager"]
+            record["speedup"] = _speedup(self.reference or measured["eager"], measured["eager"])
+        if "onnxruntime" in measured:
+            ort = measured["onnxruntime"]
+            record["ort"] = {"results": ort, "speedup": _speedup(self.ort_reference or ort, ort)}
+            if "eager" in measured:
+                record["ort"]["vs_eager"] = _speedup(measured["eager"], ort)
+            if "parity" in measured:
+                record["ort"]["parity"] = measured["parity"]
         self.records.append(record)
-        summary = ", ".join(f"batch {b}: {r['p50_ms']:.3f} ms" for b, r in results.items())
+        summary = "; ".join(
+            f"{runtime}: " + ", ".join(f"batch {b}: {r['p50_ms']:.3f} ms" for b, r in results.items())
+            for runtime, results in measured.items()
+            if runtime != "parity"
+        )
         info(log, f"latency at {when} (step {step}): {summary}")
         return record
+
+    def _measure(self, pl_module: pl.LightningModule, example: torch.Tensor) -> dict[str, Any]:
+        """``{runtime: {batch: latency}}``, both runtimes in alternating rounds; the parity check once per series."""
+        runtimes: dict[str, Any] = {"eager": pl_module} if "eager" in self.backends else {}
+        measured: dict[str, Any] = {}
+        if "onnxruntime" in self.backends:
+            session = OrtModel(pl_module, example, self.threads)
+            runtimes["onnxruntime"] = session
+            if self.ort_reference is None:
+                measured["parity"] = self._parity(pl_module, session, example)
+        for runtime in runtimes:
+            measured[runtime] = {}
+        for b in self.batch_sizes:
+            timed = interleaved_latency(runtimes, batch_of(example, b), self.settings, self.rounds, self.device)
+            for runtime, latency in timed.items():
+                measured[runtime][str(b)] = latency.to_dict()
+        return measured
+
+    @staticmethod
+    def _parity(pl_module: pl.LightningModule, session: OrtModel, example: torch.Tensor) -> dict[str, Any]:
+        difference = parity(pl_module, session, example)
+        checked = {"max_abs_diff": difference, "tolerance": PARITY_TOLERANCE, "ok": difference <= PARITY_TOLERANCE}
+        info(log, f"ONNX Runtime vs eager outputs of {type(pl_module).__name__}: max |difference| {difference:.2e}")
+        if not checked["ok"]:
+            rank_zero_warn(
+                f"ONNX Runtime's outputs of {type(pl_module).__name__} differ from eager by up to {difference:.2e} "
+                f"(> {PARITY_TOLERANCE:.0e}): its latency is of a model that computes something else"
+            )
+        return {**checked, "onnx_bytes": session.file_bytes}
 
     @staticmethod
     def _metrics(record: dict[str, Any]) -> dict[str, float]:
         metrics = {}
-        for batch, result in record["results"].items():
-            metrics.update({f"latency/{batch}/{k}": float(result[k]) for k in _LOGGED if result[k] is not None})
-            metrics[f"latency/{batch}/speedup"] = float(record["speedup"][batch])
+        ort = record.get("ort", {})
+        for prefix, measured in (("latency", record), ("latency/ort", ort)):
+            for batch, result in measured.get("results", {}).items():
+                metrics.update({f"{prefix}/{batch}/{k}": float(result[k]) for k in _LOGGED if result[k] is not None})
+                metrics[f"{prefix}/{batch}/speedup"] = float(measured["speedup"][batch])
+        metrics.update({f"latency/ort/{batch}/vs_eager": float(v) for batch, v in ort.get("vs_eager", {}).items()})
         return metrics
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         directory = output_dir(trainer, self.export_dir)
         final = self.records[-1]
+        settings = {**self.settings.__dict__, "rounds": self.rounds, "batch_sizes": self.batch_sizes}
         payload = {
             "device": device_name(resolve_device(self.device, pl_module)),
             "torch": torch.__version__,
-            "settings": {**self.settings.__dict__, "rounds": self.rounds, "batch_sizes": self.batch_sizes},
+            "settings": {**settings, "backend": self.backends},
             "reference": self.reference,
-            "final": final["results"],
-            "speedup": final["speedup"],
+            "final": final.get("results"),
+            "speedup": final.get("speedup"),
             "records": self.records,
         }
+        if "ort" in final:
+            first = next(record["ort"] for record in self.records if "ort" in record)
+            payload["onnxruntime"] = {
+                **runtime_info(),
+                "reference": self.ort_reference,
+                "final": final["ort"]["results"],
+                "speedup": final["ort"]["speedup"],
+                "vs_eager": final["ort"].get("vs_eager"),
+                "parity": first.get("parity"),
+            }
         directory.mkdir(parents=True, exist_ok=True)
         (directory / self.filename).write_text(json.dumps(to_jsonable(payload), indent=2))
-        history = [
-            {
-                "step": r["step"],
-                "epoch": r["epoch"],
-                "when": r["when"],
-                "p50_ms": {b: v["p50_ms"] for b, v in r["results"].items()},
-                "speedup": r["speedup"],
-            }
-            for r in self.records
-        ]
+        history = [_history(record) for record in self.records]
         summary = {k: payload[k] for k in ("device", "torch", "settings", "speedup")}
+        if "onnxruntime" in payload:
+            summary["ort_speedup"] = payload["onnxruntime"]["speedup"]
         write_summary(directory / "summary.json", "latency_benchmark", {**summary, "history": history})
 
     def state_dict(self) -> dict[str, Any]:
@@ -234,3 +311,19 @@ class LatencyBenchmark(PruningListener, Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", self.records))
+
+
+def _speedup(reference: dict[str, Any], results: dict[str, Any]) -> dict[str, float]:
+    """Per batch size, the reference's p50 over the results' p50."""
+    return {b: reference[b]["p50_ms"] / results[b]["p50_ms"] for b in results}
+
+
+def _history(record: dict[str, Any]) -> dict[str, Any]:
+    """A record in brief for ``summary.json``: when, p50 and speed-up per runtime."""
+    brief = {"step": record["step"], "epoch": record["epoch"], "when": record["when"]}
+    if "results" in record:
+        brief.update(p50_ms={b: v["p50_ms"] for b, v in record["results"].items()}, speedup=record["speedup"])
+    if "ort" in record:
+        ort = record["ort"]
+        brief.update(ort_p50_ms={b: v["p50_ms"] for b, v in ort["results"].items()}, ort_speedup=ort["speedup"])
+    return brief

@@ -7,7 +7,9 @@ every call runs under ``torch.inference_mode`` after ``warmup`` untimed calls; C
 ``time.perf_counter`` at a fixed, recorded thread count, CUDA calls with CUDA events bracketing each
 call and one synchronisation at the end; the result keeps the median and the 90th/99th percentiles.
 :func:`interleaved_latency` compares several models round-robin, so a burst of load on a shared
-machine hits every model alike instead of biasing whichever was timed during it.
+machine hits every model alike instead of biasing whichever was timed during it; a model in another
+runtime (a :class:`Runtime`, such as :class:`~lightning_prune.core.ort_timing.OrtModel`) takes its turn
+in the same rounds.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +69,7 @@ class Latency:
     ``p50_ms``/``p90_ms``/``p99_ms`` pool every timed call; ``quiet_p50_ms`` is the lowest median of the
     ``rounds`` rounds (equal to ``p50_ms`` for one round), ``round_medians_ms`` all of them in order, and
     ``spread`` their relative range; ``throughput`` is samples per second at the median;
-    ``peak_memory_mb`` is CUDA only.
+    ``peak_memory_mb`` is CUDA only; ``runtime`` is ``"eager"`` (PyTorch) or a :class:`Runtime`'s name.
     """
 
     device: str
@@ -86,6 +89,7 @@ class Latency:
     rounds: int = 1
     round_medians_ms: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "eager"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +151,17 @@ def _cpu_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def _call_times_ms(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+class Runtime(Protocol):
+    """A model in another runtime that :func:`interleaved_latency` times in turn with eager modules."""
+
+    runtime: str
+
+    def timer(self, inputs: Tensor, settings: TimingSettings) -> Callable[[int], tuple[list[float], int]]:
+        """A function of the warm-up count that times ``settings.repeats`` calls: (ms per call, threads)."""
+        ...
+
+
+def time_calls(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
     """Per-call milliseconds: CUDA events around each call (one sync at the end), else perf_counter."""
     for _ in range(warmup):
         run()
@@ -213,7 +227,7 @@ def _timed_forward(
     warmup = settings.warmup if warmup is None else warmup
     try:
         with _cpu_threads(settings.threads) as threads, torch.inference_mode(), _autocast(device, settings):
-            times = _call_times_ms(lambda: timed(inputs), device, warmup, settings.repeats)
+            times = time_calls(lambda: timed(inputs), device, warmup, settings.repeats)
     finally:
         model.train(was_training)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -270,7 +284,7 @@ def measure_latency(
 
 
 def interleaved_latency(
-    models: Mapping[str, nn.Module],
+    models: Mapping[str, nn.Module | Runtime],
     inputs: Tensor,
     settings: TimingSettings | None = None,
     rounds: int = 5,
@@ -283,40 +297,52 @@ def interleaved_latency(
     estimate least disturbed by other processes; ``spread``, (max - min) / median of the per-round
     medians, is the noise to report next to the numbers. Each model is warmed up with
     ``settings.warmup`` calls before its first round and one call before each later round (the other
-    models ran in between), so short rounds stay cheap: :func:`paired_ratio` wants many of them.
+    models ran in between), so short rounds stay cheap: :func:`paired_ratio` wants many of them. A
+    :class:`Runtime` in ``models`` (an ONNX Runtime session) is timed on the CPU in the same rounds.
     """
     settings = settings or TimingSettings()
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
-    devices = {name: resolve_device(device, model) for name, model in models.items()}
-    prepared = {name: _prepared(model, inputs, devices[name], settings) for name, model in models.items()}
+    timers = {name: _timer(model, inputs, settings, device) for name, model in models.items()}
     pooled: dict[str, list[float]] = {name: [] for name in models}
     medians: dict[str, list[float]] = {name: [] for name in models}
+    threads: dict[str, int] = {}
     peaks: dict[str, float | None] = {}
-    threads = torch.get_num_threads()
     for round_index in range(rounds):
         warmup = settings.warmup if round_index == 0 else min(1, settings.warmup)
-        for name, model in models.items():
-            timed, timed_inputs = prepared[name]
-            times, threads, peaks[name] = _timed_forward(model, timed, timed_inputs, settings, devices[name], warmup)
+        for name, _ in models.items():
+            times, threads[name], peaks[name] = timers[name][1](warmup)
             pooled[name] += times
             medians[name].append(statistics.median(times))
     results = {}
-    for name in models:
+    for name, (where, _, runtime) in timers.items():
         middle = statistics.median(medians[name])
         results[name] = summarize(
             pooled[name],
             inputs.shape[0],
-            devices[name],
-            threads,
+            where,
+            threads[name],
             settings,
             peak_memory_mb=peaks[name],
             quiet_p50_ms=min(medians[name]),
             round_medians_ms=medians[name],
             spread=(max(medians[name]) - min(medians[name])) / middle if middle > 0 else 0.0,
             rounds=rounds,
+            runtime=runtime,
         )
     return results
+
+
+def _timer(
+    model: nn.Module | Runtime, inputs: Tensor, settings: TimingSettings, device: str | torch.device | None
+) -> tuple[torch.device, Callable[[int], tuple[list[float], int, float | None]], str]:
+    """(device, one round as a function of the warm-up count, runtime) for a module or a :class:`Runtime`."""
+    if not isinstance(model, nn.Module):
+        timer = model.timer(inputs, settings)
+        return torch.device("cpu"), lambda warmup: (*timer(warmup), None), model.runtime
+    resolved = resolve_device(device, model)
+    timed, timed_inputs = _prepared(model, inputs, resolved, settings)
+    return resolved, partial(_timed_forward, model, timed, timed_inputs, settings, resolved), "eager"
 
 
 def paired_ratio(model: Latency, reference: Latency) -> float:

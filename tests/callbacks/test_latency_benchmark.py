@@ -9,9 +9,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils import benchmark
 
-from lightning_prune import LatencyBenchmark, LatencyBudgetPruning
+from lightning_prune import IterativePruning, LatencyBenchmark, LatencyBudgetPruning
+from lightning_prune.core import ort_timing
+from lightning_prune.core.ort_timing import OrtExportError
 from lightning_prune.core.timing import batch_of, measure_latency
+from lightning_prune.models import Classifier
 from tests.helpers import cnn_classifier, resnet_classifier
+
+ORT_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput", "speedup")
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +51,16 @@ def _one_thread():
         ({"filename": "out/latency.json"}, "filename must be a plain file name such as 'latency.json'"),
         ({"filename": ""}, "filename must be a plain file name"),
         ({"export_dir": 3}, "export_dir must be a path"),
+        (
+            {"backend": "tensorrt"},
+            r"backend='tensorrt': unknown backend\(s\) \['tensorrt'\]; allowed: \['eager', 'onnx",
+        ),
+        ({"backend": ["eager", "ort"]}, r"unknown backend\(s\) \['ort'\]; allowed: \['eager', 'onnxruntime'\]"),
+        (
+            {"backend": []},
+            r"backend must be one of \['eager', 'onnxruntime'\] or a non-empty list of them, got \[\]",
+        ),
+        ({"backend": 1}, "backend must be one of .* or a non-empty list of them, got 1"),
     ],
 )
 def test_latency_benchmark_bad_arguments(kwargs, message):
@@ -57,6 +72,8 @@ def test_latency_benchmark_state_key_and_restored_reference():
     a, b = LatencyBenchmark(batch_sizes=[1]), LatencyBenchmark(batch_sizes=[1, 64])
     assert a.state_key != b.state_key
     assert "LatencyBenchmark" in a.state_key
+    assert LatencyBenchmark(batch_sizes=[1], backend="onnxruntime").state_key != a.state_key
+    assert LatencyBenchmark(batch_sizes=[1], backend=["eager"]).state_key == a.state_key
     record = {"when": "fit_start", "results": {"1": {"p50_ms": 2.0}}, "speedup": {"1": 1.0}}
     a.load_state_dict({"records": [record]})
     assert a.reference == record["results"]  # a resumed run keeps the dense reference of its first part
@@ -178,3 +195,91 @@ def test_a_second_fit_measures_on_against_the_same_reference_and_another_model_s
     assert [r["when"] for r in bench.records] == ["fit_start", "fit_end"]
     assert bench.reference != reference
     assert bench.records[0]["speedup"] == {"1": 1.0}
+
+
+def test_onnxruntime_not_installed_is_refused_at_construction_naming_the_extra(monkeypatch):
+    real = ort_timing.importlib.util.find_spec
+    monkeypatch.setattr(
+        ort_timing.importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name)
+    )
+    with pytest.raises(ImportError, match=r"needs \['onnxruntime'\]: pip install 'lightning-prune\[deploy\]'"):
+        LatencyBenchmark(backend="onnxruntime")
+    LatencyBenchmark(backend="eager")  # eager needs nothing more
+
+
+def test_onnxruntime_backend_in_a_short_fit_records_logs_and_checks_parity(digits, trainer_kwargs, tmp_path):
+    bench = LatencyBenchmark(batch_sizes=[1, 32], threads=1, warmup=2, repeats=5, rounds=2, backend="onnxruntime")
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    trainer = pl.Trainer(max_epochs=1, callbacks=[bench], limit_train_batches=2, **{**trainer_kwargs, "logger": logger})
+    trainer.fit(cnn_classifier(), datamodule=digits)
+
+    assert [r["when"] for r in bench.records] == ["fit_start", "fit_end"]
+    assert all("results" not in r for r in bench.records)  # eager was not asked for, so not timed
+    start, final = bench.records[0]["ort"], bench.records[-1]["ort"]
+    assert start["parity"]["max_abs_diff"] <= 1e-4  # the callback's own check of the exported model
+    assert start["parity"]["ok"]
+    assert start["parity"]["onnx_bytes"] > 0
+    assert "parity" not in final  # once per series
+    for batch in ("1", "32"):
+        result = final["results"][batch]
+        assert (result["runtime"], result["threads"], result["repeats"]) == ("onnxruntime", 1, 10)
+        assert final["speedup"][batch] == pytest.approx(start["results"][batch]["p50_ms"] / result["p50_ms"])
+        assert final["speedup"][batch] > 0
+    metrics = trainer.callback_metrics
+    assert {f"latency/ort/{b}/{k}" for b in ("1", "32") for k in ORT_KEYS} <= set(metrics)
+    assert not any(key.startswith("latency/1/") for key in metrics)  # eager keys only when eager is timed
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = [float(r["latency/ort/32/speedup"]) for r in rows if r.get("latency/ort/32/speedup")]
+    assert logged[-1] == pytest.approx(final["speedup"]["32"], rel=1e-5)
+
+    record = json.loads((tmp_path / "latency.json").read_text())
+    assert record["settings"]["backend"] == ["onnxruntime"]
+    assert record["onnxruntime"]["provider"] == "CPUExecutionProvider"
+    assert record["onnxruntime"]["parity"]["max_abs_diff"] <= 1e-4
+    assert record["onnxruntime"]["speedup"] == pytest.approx(final["speedup"])
+    summary = json.loads((tmp_path / "summary.json").read_text())["latency_benchmark"]
+    assert summary["ort_speedup"] == pytest.approx(final["speedup"])
+    assert [set(h) >= {"ort_p50_ms", "ort_speedup"} for h in summary["history"]] == [True, True]
+
+
+@pytest.mark.slow  # three ONNX exports: a few seconds each on a loaded 2-core machine
+def test_both_backends_side_by_side_at_every_pruning_step(digits, trainer_kwargs):
+    pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.5, finetune_epochs=1)
+    both = ["eager", "onnxruntime"]
+    bench = LatencyBenchmark(batch_sizes=[16], threads=1, warmup=2, repeats=5, rounds=2, backend=both)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[pruning, bench], limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(cnn_classifier(), datamodule=digits)
+
+    assert [(r["when"], r["step"]) for r in bench.records] == [("fit_start", 0), ("prune_step", 1), ("fit_end", 1)]
+    for record in bench.records:  # each measurement times both runtimes, in the same rounds
+        eager, ort = record["results"]["16"], record["ort"]["results"]["16"]
+        assert (eager["runtime"], ort["runtime"]) == ("eager", "onnxruntime")
+        assert len(eager["round_medians_ms"]) == len(ort["round_medians_ms"]) == 2
+        assert record["ort"]["vs_eager"]["16"] == pytest.approx(eager["p50_ms"] / ort["p50_ms"])
+    final = bench.records[-1]
+    assert final["speedup"]["16"] > 0
+    assert final["ort"]["speedup"]["16"] > 0
+    assert bench.records[0]["ort"]["parity"]["max_abs_diff"] <= 1e-4
+    metrics = trainer.callback_metrics
+    assert {"latency/16/p50_ms", "latency/ort/16/p50_ms", "latency/ort/16/speedup", "latency/ort/16/vs_eager"} <= set(
+        metrics
+    )
+
+
+class _DataDependent(Classifier):
+    """A model torch.export cannot trace: Python control flow on a tensor's value."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return logits if x.sum() > 0 else -logits
+
+
+def test_a_model_onnx_cannot_export_fails_at_fit_start_naming_it_and_the_reason(digits, trainer_kwargs):
+    model = _DataDependent(cnn_classifier().net, 10, (1, 8, 8))
+    bench = LatencyBenchmark(batch_sizes=[1], repeats=3, rounds=1, backend=["eager", "onnxruntime"])
+    trainer = pl.Trainer(max_epochs=1, callbacks=[bench], limit_train_batches=2, **trainer_kwargs)
+    with pytest.raises(OrtExportError, match=r"ONNX export of _DataDependent failed.*data-dependent.*x.sum\(\) > 0"):
+        trainer.fit(model, datamodule=digits)
+    assert trainer.global_step == 0
+    assert bench.records == []

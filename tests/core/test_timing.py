@@ -75,6 +75,29 @@ def test_interleaved_warms_up_fully_once_then_one_call_per_round():
     assert result.quiet_p50_ms == min(result.round_medians_ms)
 
 
+def test_interleaved_times_another_runtime_in_the_same_rounds():
+    order = []
+
+    class Fake:  # the Runtime protocol: ONNX Runtime's OrtModel is one
+        runtime = "fake"
+
+        def timer(self, inputs, settings):
+            def one_round(warmup):
+                order.append(("fake", warmup))
+                return [1.0] * settings.repeats, 3
+
+            return one_round
+
+    model = nn.Linear(4, 4)
+    model.register_forward_hook(lambda *args: order.append("eager"))
+    timed = interleaved_latency({"eager": model, "other": Fake()}, torch.randn(2, 4), TimingSettings(2, 3), rounds=2)
+    assert order == ["eager"] * 5 + [("fake", 2)] + ["eager"] * 4 + [("fake", 1)]
+    other = timed["other"]
+    assert (other.runtime, other.threads, other.repeats, other.p50_ms, other.batch_size) == ("fake", 3, 6, 1.0, 2)
+    assert other.timer == "perf_counter"
+    assert timed["eager"].runtime == "eager"
+
+
 def test_paired_ratio_cancels_a_machine_that_slows_down_between_rounds():
     slowdown = {"factor": 1.0}
 

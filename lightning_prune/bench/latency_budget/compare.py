@@ -3,7 +3,9 @@
 Per seed a ResNet trains dense, then three copies
 get the same epochs from the same weights: dense, ours (:class:`LatencyBudgetPruning`) and uniform
 (torch-pruning's magnitude pruner, one ratio everywhere, tuned after ours to the least pruning no slower
-than ours, measured). The three final models are timed round-robin and tested; arms report means.
+than ours, measured). The three final models are timed round-robin and tested; with ``onnxruntime`` each is
+also exported to ONNX and timed as an ONNX Runtime session in the same alternating rounds, so the dense vs
+pruned speed-up is measured in both runtimes side by side. Arms report means.
 """
 
 from __future__ import annotations
@@ -21,21 +23,31 @@ from torch import Tensor, nn
 
 from lightning_prune import LatencyBudgetPruning
 from lightning_prune.bench._common import default_data, environment, print_table, quiet, trainer
-from lightning_prune.bench.latency_budget.tables import ARMS, arm_row
+from lightning_prune.bench.latency_budget.tables import ARMS, arm_row, runtime_row
 from lightning_prune.callbacks._trainer import rebuild_after_shrink
 from lightning_prune.core.latency_budget.measure import correlation
 from lightning_prune.core.latency_budget.network import trace_network
 from lightning_prune.core.latency_budget.plan import predict_ms
 from lightning_prune.core.latency_budget.table import LatencyTable
+from lightning_prune.core.ort_timing import PARITY_TOLERANCE, OrtModel, check_backends, parity, runtime_info
 from lightning_prune.core.selection import head_module_name
 from lightning_prune.core.structured import architecture_spec
-from lightning_prune.core.timing import TimingSettings, batch_of, device_name, interleaved_latency
+from lightning_prune.core.timing import (
+    Latency,
+    TimingSettings,
+    batch_of,
+    device_name,
+    interleaved_latency,
+    paired_ratio,
+)
 from lightning_prune.models import Classifier, ResNet
 
 
 def run(cfg: DictConfig, record: Callable[..., Any]) -> None:
     """Every seed's comparison; the means over the seeds so far are recorded after each seed."""
     quiet()
+    if cfg.onnxruntime:
+        check_backends("onnxruntime", "onnxruntime")  # a missing package fails now, not after the first seed
     torch.set_num_threads(cfg.threads)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     runs = []
@@ -123,8 +135,15 @@ def _one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     chosen = min(fitting, key=lambda s: s["ratio"])
     fit(arms["uniform"], epochs, [UniformPruning(chosen["ratio"], cfg.steps, cfg.finetune_epochs, cfg.round_to)])
 
-    final = interleaved_latency({name: arms[name].to(device) for name in ARMS}, inputs, timing, rounds=cfg.rounds)
+    timed: dict[str, Any] = {name: arms[name].to(device) for name in ARMS}
+    if cfg.onnxruntime:  # ONNX Runtime sessions of the same three models, timed in the same rounds
+        timed |= {f"{name}/ort": OrtModel(arms[name], dense.example_input_array, cfg.threads) for name in ARMS}
+    final = interleaved_latency(timed, inputs, timing, rounds=cfg.rounds)
     results = {name: _describe(arms[name], final[name], datamodule, accelerator) for name in ARMS}
+    if cfg.onnxruntime:
+        for name in ARMS:
+            session = timed[f"{name}/ort"]
+            results[name] |= _runtimes(name, final, session, parity(arms[name], session, inputs[:1]))
     table = LatencyTable(
         torch.device(device), TimingSettings(3, cfg.lut_repeats, threads), cfg.batch_size, cfg.lut_path
     )
@@ -188,6 +207,24 @@ def _describe(model: Classifier, latency: Any, datamodule: Any, accelerator: str
     }
 
 
+def _runtimes(name: str, final: dict[str, Latency], session: OrtModel, max_abs_diff: float) -> dict[str, Any]:
+    """An arm's ONNX Runtime figures and its paired speed-ups (median per-round ratios, see ``paired_ratio``)."""
+    ort = final[f"{name}/ort"]
+    figures = {
+        "onnx_bytes": session.file_bytes,
+        "ort_ms": ort.quiet_p50_ms,
+        "ort_p50_ms": ort.p50_ms,
+        "ort_p90_ms": ort.p90_ms,
+        "ort_spread": ort.spread,
+        "ort_max_abs_diff": max_abs_diff,
+        "ort_over_eager": 1 / paired_ratio(ort, final[name]),  # how much faster ONNX Runtime runs this model
+    }
+    if name != "dense":
+        figures["speedup_paired"] = 1 / paired_ratio(final[name], final["dense"])
+        figures["ort_speedup_paired"] = 1 / paired_ratio(ort, final["dense/ort"])
+    return figures
+
+
 def _mean_arm(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """An arm's numbers averaged over seeds, with speed-up and MAC cut against the dense arm's means."""
     keys = [k for k, v in runs[0][name].items() if isinstance(v, (int, float))]
@@ -196,6 +233,8 @@ def _mean_arm(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
     if name != "dense":
         dense = _mean_arm(runs, "dense")
         arm["speedup"] = dense["measured_ms"] / arm["measured_ms"]
+        if "ort_ms" in arm:
+            arm["ort_speedup"] = dense["ort_ms"] / arm["ort_ms"]
         arm["mac_reduction"] = dense["macs"] / arm["macs"]
         arm["speedup_over_mac_reduction"] = arm["speedup"] / arm["mac_reduction"]
     return arm
@@ -224,9 +263,23 @@ def _result(cfg: DictConfig, runs: list[dict[str, Any]], device: str) -> dict[st
             "uniform_over_ours_latency": uniform["measured_ms"] / ours["measured_ms"],
             "noise_max_spread": max(run["noise_max_spread"] for run in runs),
             "uniform_matches_its_probe": all(run["uniform_matches_its_probe"] for run in runs),
+            **_ort_checks(runs),
         },
         "per_seed": runs,
         "environment": environment(),
+        **({"onnxruntime": runtime_info()} if cfg.onnxruntime else {}),
+    }
+
+
+def _ort_checks(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """ONNX Runtime's output parity with eager over every arm and seed, and its timing noise."""
+    if "ort_ms" not in runs[0]["dense"]:
+        return {}
+    largest = max(run[name]["ort_max_abs_diff"] for run in runs for name in ARMS)
+    return {
+        "ort_max_abs_diff": largest,
+        "ort_parity_ok": largest <= PARITY_TOLERANCE,
+        "ort_noise_max_spread": max(run[name]["ort_spread"] for run in runs for name in ARMS),
     }
 
 
@@ -237,3 +290,9 @@ def _print(result: dict[str, Any], cfg: DictConfig) -> None:
         ["arm", "measured ms", "test acc", "MMACs", "params", "speed-up", "MAC cut", "speed-up / MAC cut"],
         [arm_row(name, result[name]) for name in ARMS],
     )
+    if "ort_ms" in result["dense"]:
+        print_table(
+            "dense vs pruned in both runtimes, timed side by side (paired speed-ups: median per-round ratios)",
+            ["arm", "eager ms", "ORT ms", "eager speed-up", "ORT speed-up", "(lowest medians)", "", "ORT / eager"],
+            [runtime_row(name, result[name], result["dense"]) for name in ARMS],
+        )

@@ -24,6 +24,24 @@ def arm_row(name: str, arm: dict[str, Any]) -> list[Any]:
     ]
 
 
+def runtime_row(name: str, arm: dict[str, Any], dense: dict[str, Any]) -> list[Any]:
+    """An arm in both runtimes: eager and ONNX Runtime ms, then its speed-up over ``dense`` in each.
+
+    Speed-ups paired (median of per-round ratios), then from the lowest round medians; last, ONNX Runtime
+    over eager for the arm itself (paired).
+    """
+    return [
+        name,
+        arm["measured_ms"],
+        arm["ort_ms"],
+        arm.get("speedup_paired", 1.0),
+        arm.get("ort_speedup_paired", 1.0),
+        dense["measured_ms"] / arm["measured_ms"],
+        dense["ort_ms"] / arm["ort_ms"],
+        arm["ort_over_eager"],
+    ]
+
+
 def setup_table() -> str:
     """What the committed run ran: data, device, timing and schedule settings."""
     result = load_result(MAIN)
@@ -42,8 +60,22 @@ def setup_table() -> str:
         ("final timing: round-robin rounds x calls", f"{cfg['rounds']} x {cfg['repeats']}"),
         ("uniform ratios swept", f"{min(cfg['ratios'])} to {max(cfg['ratios'])}, {len(cfg['ratios'])} ratios"),
         ("seeds", seeds),
+        ("runtimes timed side by side", _runtimes(result, cfg)),
     ]
+    host = result["provenance"].get("host_load") or {}
+    if host.get("at_start"):
+        rows.append(("host load average (1, 5, 15 min) at start; CPUs", f"{host['at_start']}; {host['cpus']}"))
     return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def _runtimes(result: dict[str, Any], cfg: dict[str, Any]) -> str:
+    if "ort_ms" not in result["dense"]:
+        return "eager PyTorch"
+    ort = result["onnxruntime"]
+    return (
+        f"eager PyTorch and ONNX Runtime {ort['version']} ({ort['provider']}, {cfg['threads']} intra-op thread(s)), "
+        "each final model exported by `torch.onnx.export(dynamo=True)`"
+    )
 
 
 def arms_table() -> str:
@@ -64,6 +96,25 @@ def arms_table() -> str:
         _, ms, acc, macs, params, speedup, cut, ratio = arm_row(name, result[name])
         figures = f"{ms:.2f} | {acc:.3f} | {macs:.2f} | {params:,} | {speedup:.2f} | {cut:.1f} | {ratio:.2f}"
         lines.append(f"| {names[name]} | {figures} |")
+    return "\n".join(lines)
+
+
+def runtimes_table() -> str:
+    """Dense vs pruned speed-up in eager PyTorch and ONNX Runtime, per seed and in the mean, timed side by side."""
+    result = load_result(MAIN)
+    lines = [
+        "| seed | dense ms, eager / ORT | ours, eager | ours, ORT | uniform, eager | uniform, ORT "
+        "| ORT / eager (dense, ours, uniform) | ORT max abs diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = [(f"seed {run['seed']}", run) for run in result["per_seed"]]
+    for label, arms in [*runs, (f"mean of {len(runs)}", result)]:
+        dense, ours, uniform = (runtime_row(name, arms[name], arms["dense"]) for name in ARMS)
+        cells = [f"{row[3 + runtime]:.2f} ({row[5 + runtime]:.2f})" for row in (ours, uniform) for runtime in (0, 1)]
+        over_eager = ", ".join(f"{row[7]:.2f}" for row in (dense, ours, uniform))
+        largest = max(arms[name]["ort_max_abs_diff"] for name in ARMS)
+        figures = " | ".join([f"{dense[1]:.2f} / {dense[2]:.2f}", *cells, over_eager, f"{largest:.1e}"])
+        lines.append(f"| {label} | {figures} |")
     return "\n".join(lines)
 
 
@@ -115,6 +166,14 @@ def checks_table() -> str:
         ("largest round-to-round spread of the final timing", f"{checks['noise_max_spread']:.2f}"),
         ("table r, predicted vs measured (median over seeds)", f"{result['lut_r']:.2f}"),
     ]
+    if "ort_max_abs_diff" in checks:
+        rows += [
+            (
+                "ONNX Runtime vs eager outputs, largest abs difference (1e-4 allowed)",
+                f"{checks['ort_max_abs_diff']:.1e}",
+            ),
+            ("largest round-to-round spread of the ONNX Runtime timing", f"{checks['ort_noise_max_spread']:.2f}"),
+        ]
     return "\n".join(["| check | measured |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
@@ -129,10 +188,32 @@ def headline() -> dict[str, str]:
             f"budget met in {sum(checks['ours_within_budget_per_seed'])}/{seeds} seeds (ours at "
             f"{checks['ours_fraction_of_dense']:.2f} of dense for {result['budget_fraction']:.2f}); "
             f"{100 * checks['ours_acc_minus_uniform']:+.1f} pt vs uniform (ahead in "
-            f"{checks['ours_acc_ge_uniform_seeds']}/{seeds} seeds)"
+            f"{checks['ours_acc_ge_uniform_seeds']}/{seeds} seeds)" + _speedups(result)
         ),
         "evidence": "[docs/latency_budget.md](docs/latency_budget.md)",
     }
 
 
-TABLES = {"setup": setup_table, "arms": arms_table, "seeds": seeds_table, "sweep": sweep_table, "checks": checks_table}
+def _speedups(result: dict[str, Any]) -> str:
+    if "ort_speedup_paired" not in result["ours"]:
+        return ""
+    runs = result["per_seed"]
+
+    def spread(key: str) -> str:
+        values = [run["ours"][key] for run in runs]
+        return f"{min(values):.1f}-{max(values):.1f}x" if len(values) > 1 else f"{values[0]:.2f}x"
+
+    return (
+        f"; ours vs dense, timed side by side: {spread('speedup_paired')} faster in PyTorch eager, "
+        f"{spread('ort_speedup_paired')} in ONNX Runtime (per seed)"
+    )
+
+
+TABLES = {
+    "setup": setup_table,
+    "arms": arms_table,
+    "runtimes": runtimes_table,
+    "seeds": seeds_table,
+    "sweep": sweep_table,
+    "checks": checks_table,
+}

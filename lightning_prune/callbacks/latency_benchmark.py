@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState
+from lightning_prune.core.devices import check_device, device_name, resolve_device
 from lightning_prune.core.export import to_jsonable, write_summary
 from lightning_prune.core.ort_timing import (
     PARITY_TOLERANCE,
@@ -28,10 +29,7 @@ from lightning_prune.core.ort_timing import (
 from lightning_prune.core.timing import (
     TimingSettings,
     batch_of,
-    check_device,
-    device_name,
     interleaved_latency,
-    resolve_device,
 )
 from lightning_prune.core.validate import check_int, check_output_dir, check_output_file, is_int
 

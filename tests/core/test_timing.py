@@ -4,14 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_prune.core.devices import check_device, resolve_device
 from lightning_prune.core.timing import (
     TimingSettings,
     batch_of,
-    check_device,
     interleaved_latency,
     measure_latency,
     paired_ratio,
-    resolve_device,
 )
 
 QUICK = TimingSettings(warmup=1, repeats=5)

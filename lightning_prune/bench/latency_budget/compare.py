@@ -25,6 +25,7 @@ from lightning_prune import LatencyBudgetPruning
 from lightning_prune.bench._common import default_data, environment, print_table, quiet, trainer
 from lightning_prune.bench.latency_budget.tables import ARMS, arm_row, runtime_row
 from lightning_prune.callbacks._trainer import rebuild_after_shrink
+from lightning_prune.core.devices import device_name
 from lightning_prune.core.latency_budget.measure import correlation
 from lightning_prune.core.latency_budget.network import trace_network
 from lightning_prune.core.latency_budget.plan import predict_ms
@@ -36,7 +37,6 @@ from lightning_prune.core.timing import (
     Latency,
     TimingSettings,
     batch_of,
-    device_name,
     interleaved_latency,
     paired_ratio,
 )

@@ -23,13 +23,13 @@ from lightning_prune.callbacks.latency_budget.checks import check_arguments, che
 from lightning_prune.callbacks.latency_budget.report import REQUESTER, check_at_fit_end, export, final_check, log_state
 from lightning_prune.callbacks.latency_budget.state import BudgetState
 from lightning_prune.callbacks.protocol import PruningState
+from lightning_prune.core.devices import device_name, resolve_device
 from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled
 from lightning_prune.core.latency_budget.network import weight_count
 from lightning_prune.core.latency_budget.planner import BudgetPlanner, step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.structured import architecture_spec, count_parameters, remove_out_channels
-from lightning_prune.core.timing import device_name, resolve_device
 from lightning_prune.progress import progress
 
 log = logging.getLogger(__name__)

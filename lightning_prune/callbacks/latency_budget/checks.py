@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 
 from lightning_prune.callbacks._contract import check_training_budget
 from lightning_prune.callbacks._trainer import check_spawn_reload
+from lightning_prune.core.devices import check_device, resolve_device
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
-from lightning_prune.core.timing import check_device, resolve_device
 from lightning_prune.core.validate import check_fraction, check_int, check_output_dir, check_output_file, is_number
 
 

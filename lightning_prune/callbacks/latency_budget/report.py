@@ -12,11 +12,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.callbacks._contract import refuse_nonfinite, verify_report
 from lightning_prune.callbacks._trainer import example_input, final_metrics, info, output_dir
+from lightning_prune.core.devices import device_name, resolve_device
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.latency_budget.measure import FINAL_CHECK_CALLS, correlation
 from lightning_prune.core.latency_budget.network import weight_count
 from lightning_prune.core.structured import count_parameters
-from lightning_prune.core.timing import device_name, resolve_device
 
 log = logging.getLogger(__name__)
 REQUESTER = "LatencyBudgetPruning"

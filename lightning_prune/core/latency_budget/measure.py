@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.core.devices import resolve_device
 from lightning_prune.core.timing import (
     TimingSettings,
     batch_of,
     interleaved_latency,
     measure_latency,
     paired_ratio,
-    resolve_device,
 )
 
 # A dense measurement above SURPRISE x what the table expects is taken again (up to SECOND_OPINIONS

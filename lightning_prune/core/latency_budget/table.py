@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core.timing import TimingSettings, call_times_ms, device_name
+from lightning_prune.core.devices import device_name
+from lightning_prune.core.timing import TimingSettings, call_times_ms
 
 log = logging.getLogger(__name__)
 FORMAT = 1

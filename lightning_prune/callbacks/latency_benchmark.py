@@ -152,6 +152,7 @@ class LatencyBenchmark(PruningListener, Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            _refuse_a_second_benchmark(trainer, self)
             resolve_device(self.device, pl_module)
             check_output_file("filename", output_dir(trainer, self.export_dir) / self.filename)
 
@@ -325,3 +326,18 @@ def _history(record: dict[str, Any]) -> dict[str, Any]:
         ort = record["ort"]
         brief.update(ort_p50_ms={b: v["p50_ms"] for b, v in ort["results"].items()}, ort_speedup=ort["speedup"])
     return brief
+
+
+def _refuse_a_second_benchmark(trainer: pl.Trainer, me: LatencyBenchmark) -> None:
+    """Two benchmarks would write the same summary section, the second over the first: one measures everything.
+
+    Raises:
+        ValueError: naming both and how one benchmark covers what the two would measure.
+    """
+    others = [cb for cb in trainer.callbacks if isinstance(cb, LatencyBenchmark) and cb is not me]
+    if others:
+        raise ValueError(
+            f"Trainer(callbacks=...) holds more than one LatencyBenchmark ({me.state_key}, {others[0].state_key}); "
+            "they would write the same summary section. Use one with every batch size and backend you want to "
+            "measure: LatencyBenchmark(batch_sizes=[1, 128], backend=['eager', 'onnxruntime'])"
+        )

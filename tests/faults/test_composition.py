@@ -26,7 +26,7 @@ ABBREVIATION = dict(zip(["It", "Bl", "APP", "ISP", "DU", "LB", "Gate", "Frz", "L
 #   A      APP trains every epoch: it refuses listeners (or the listener refuses it), naming both
 #   S      a listener beside a pruner with no steps (ODF2NNA's one rebuild): find_pruner's refusal, naming both
 #   N      a listener with no pruner at all: find_pruner's refusal ("needs exactly one")
-#   gap    should work with distinct sections, does not yet (see KNOWN_GAPS)
+#   B      two LatencyBenchmarks: refused, "more than one LatencyBenchmark" (they would share a summary section)
 EXPECTED_TABLE = """
         It   Bl   APP  ISP  DU   LB   Gate Frz  LR   Bench
 It      2    2    2    2    2    2    W    W    W    W
@@ -38,12 +38,8 @@ LB      2    2    2    2    2    2    W    W    W    W
 Gate    W    W    A    W    S    W    N    N    N    N
 Frz     W    W    A    W    S    W    N    N    N    N
 LR      W    W    A    W    S    W    N    N    N    N
-Bench   W    W    W    W    W    W    N    N    N    gap
+Bench   W    W    W    W    W    W    N    N    N    B
 """
-KNOWN_GAPS = {
-    ("LatencyBenchmark", "LatencyBenchmark"): "both write summary section 'latency_benchmark': the second overwrites "
-    "the first (not in issue 17's table of fixed behaviours; the lead decides: per-filename sections or a refusal)"
-}
 SECTION = {name: SETUPS[name].section for name in PRUNERS} | {
     "AccuracyGate": "ice_gate",
     "LayerFreezing": "ice_freezing",
@@ -86,12 +82,7 @@ def _make(name: str, second: bool):
 def test_the_table_covers_every_pair_once_and_is_symmetric():
     assert set(EXPECTED) == set(itertools.product(NAMES, NAMES))
     assert all(EXPECTED[a, b] == EXPECTED[b, a] for a, b in EXPECTED)
-    assert set(EXPECTED.values()) <= {"W", "2", "A", "S", "N", "gap"}
-    assert {pair for pair in PAIRS if EXPECTED[pair] == "gap"} == set(KNOWN_GAPS)
-
-
-def _marks(a: str, b: str) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.xfail(reason=KNOWN_GAPS[a, b])] if (a, b) in KNOWN_GAPS else []
+    assert set(EXPECTED.values()) <= {"W", "2", "A", "S", "N", "B"}
 
 
 def _refusal(outcome: str, a: str, b: str) -> str:
@@ -102,19 +93,17 @@ def _refusal(outcome: str, a: str, b: str) -> str:
         "A": rf"AnytimeProgressivePruning does not work with .*{listener}|{listener} cannot work with Anytime",
         "S": rf"{listener} cannot work with DenseUnitPruning: that pruner has no pruning steps",
         "N": rf"({a}|{b}) works around a pruning callback and needs exactly one .*found none",
+        "B": "more than one LatencyBenchmark",
     }[outcome]
 
 
-@pytest.mark.parametrize(
-    ("a", "b"),
-    [pytest.param(a, b, marks=_marks(a, b)) for a, b in PAIRS],
-)
+@pytest.mark.parametrize(("a", "b"), PAIRS)
 def test_pair_of_callbacks_works_or_is_refused_naming_both(a, b, tmp_path, trainer_kwargs):
     outcome = EXPECTED[a, b]
     pruner = next((name for name in (a, b) if name in PRUNERS), "IterativePruning")  # its model and data
     setup = SETUPS[pruner]
     run = trainer(setup, tmp_path, trainer_kwargs, [_make(a, False), _make(b, a == b)])
-    if outcome in ("W", "gap"):
+    if outcome == "W":
         run.fit(setup.model(), datamodule=setup.data())
         sections = set(json.loads((tmp_path / "summary.json").read_text()))
         assert len(sections) == 2, f"{a} and {b} wrote the summary sections {sorted(sections)}"  # none overwritten

@@ -139,7 +139,17 @@ def test_stage1_sweep_then_stage2(tmp_path: Path) -> None:
     ]
     sweep = tmp_path / "stage1"
     subprocess.run(
-        [*stage1, "hydra.sweeper.n_trials=2", *TINY, *quiet, f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, check=True
+        [
+            *stage1,
+            "hydra.sweeper.n_trials=2",
+            *TINY,
+            *quiet,
+            f"hydra.sweep.dir={sweep}",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",  # a fresh study, not the repository's
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
     )
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == set(STAGE1_SPACE)

@@ -91,7 +91,7 @@ def check_refit(me: PruningCallback, pl_module: nn.Module) -> bool:
             f"this {type(me).__name__} instance already pruned another model in an earlier fit (its masks and "
             "steps belong to that model); create a new callback for each model you prune"
         )
-    me._fitted_module = _FittedModel(pl_module)
+    me._fitted_module = FittedModel(pl_module)
     return model is pl_module
 
 
@@ -107,8 +107,8 @@ def count_epochs_on(state: PruningState, epochs_seen: int, trainer: pl.Trainer) 
         state.last_step_epoch -= shift
 
 
-class _FittedModel:
-    """A weak reference to the model a pruner fitted that pickles as none at all.
+class FittedModel:
+    """A weak reference to the model a callback fitted that pickles as none at all.
 
     The Trainer (``ddp_spawn``), a data module's ``trainer`` attribute or ``copy.deepcopy`` copy a callback; a
     copy on another process cannot hold the same model, so it starts as a callback that has not fitted yet.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune.callbacks._contract import FittedModel
 from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.devices import check_device, device_name, resolve_device
@@ -143,7 +143,7 @@ class LatencyBenchmark(PruningListener, Callback):
         self.export_dir = check_output_dir("export_dir", export_dir)
         self.settings = TimingSettings(warmup, repeats, threads, amp_dtype, channels_last, compile)
         self.records: list[dict[str, Any]] = []
-        self._model: weakref.ref | None = None  # the model measured, so a fit of another one starts a new series
+        self._model: FittedModel | None = None  # the model measured, so a fit of another one starts a new series
 
     @property
     def state_key(self) -> str:
@@ -175,7 +175,7 @@ class LatencyBenchmark(PruningListener, Callback):
         if measured is not None and measured is not pl_module:
             info(log, "a fit of another model: its latency is measured against its own start, not the last model's")
             self.records = []
-        self._model = weakref.ref(pl_module)
+        self._model = FittedModel(pl_module)
         # A resumed run continues its checkpoint's records; a second fit measures the model it starts from.
         if not self.records or (measured is pl_module and trainer.ckpt_path is None):
             self._record(trainer, pl_module, "fit_start", self._pruner_step(trainer))

@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 import json
+import pickle
 import statistics
 
 import lightning.pytorch as pl
@@ -283,3 +284,13 @@ def test_a_model_onnx_cannot_export_fails_at_fit_start_naming_it_and_the_reason(
         trainer.fit(model, datamodule=digits)
     assert trainer.global_step == 0
     assert bench.records == []
+
+
+def test_a_used_benchmark_still_pickles(digits, trainer_kwargs):
+    """ddp_spawn pickles the Trainer, which a used datamodule still reaches with this callback in it."""
+    bench = LatencyBenchmark(batch_sizes=[1], threads=1, repeats=3)
+    pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[bench], **trainer_kwargs).fit(
+        cnn_classifier(), datamodule=digits
+    )
+    copy = pickle.loads(pickle.dumps(bench))
+    assert copy.records == bench.records

@@ -131,7 +131,7 @@ class NpzDataModule(ArrayDataModule):
 
     def __init__(self, path: str, x_key: str = "x", y_key: str = "y", **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.path, self.x_key, self.y_key = os.fspath(path), x_key, y_key
+        self.path, self.x_key, self.y_key = os.path.expanduser(os.fspath(path)), x_key, y_key
 
     def load_arrays(self) -> tuple[np.ndarray, ...]:
         if not os.path.exists(self.path):

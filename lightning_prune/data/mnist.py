@@ -52,7 +52,7 @@ class MNISTDataModule(ArrayDataModule):
     def __init__(self, data_dir: str = "../shared/data/mnist", **kwargs: object) -> None:
         kwargs.setdefault("val_fraction", 5000 / 60000)
         super().__init__(**kwargs)
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).expanduser()
 
     def _find(self, stem: str) -> Path | None:
         return next((p for p in (self.data_dir / f"{stem}.gz", self.data_dir / stem) if p.exists()), None)

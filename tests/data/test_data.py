@@ -145,3 +145,10 @@ def test_npz_errors(tmp_path):
     np.savez(tmp_path / "d.npz", features=np.zeros((4, 2)))
     with pytest.raises(KeyError, match=r"has no array 'x'; it has \['features'\]"):
         NpzDataModule(str(tmp_path / "d.npz")).setup()
+
+
+def test_data_paths_expand_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.savez(tmp_path / "arrays.npz", x=np.zeros((4, 3), dtype=np.float32), y=np.arange(4) % 2)
+    assert NpzDataModule("~/arrays.npz").path == str(tmp_path / "arrays.npz")
+    assert MNISTDataModule("~/mnist").data_dir == tmp_path / "mnist"

@@ -70,6 +70,20 @@ def has_validation_data(trainer: pl.Trainer) -> bool:
     return source.instance is not None and source.is_defined()
 
 
+def fit_train_loader(trainer: pl.Trainer) -> Any:
+    """The training loader(s) of ``fit`` (from ``setup`` on): its argument, or the datamodule's or module's hook's."""
+    source = trainer.fit_loop._data_source
+    return source.dataloader() if source.instance is not None and source.is_defined() else None
+
+
+def serve_train_loader(trainer: pl.Trainer, loader: Any) -> None:
+    """Train on ``loader`` from the next load of the training data on, in place of what ``fit`` was given.
+
+    Lightning loads it at the fit loop's start, or at once after :func:`reload_train_data`. Every rank calls it.
+    """
+    trainer.fit_loop._data_source.instance = loader
+
+
 def reload_train_data(trainer: pl.Trainer) -> None:
     """Make the fit loop call ``train_dataloader()`` again now, at the start of an epoch.
 

@@ -12,11 +12,16 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler, Subset
 
 from lightning_prune.data.arrays import EpochSeededSampler
 
 REPLAY_MODES = ("full", "partial", "none")
+# What a split of your own loader keeps of it (its batch size too); its sampler gives way to the megabatch's.
+LOADER_SETTINGS = (
+    "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+    "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order",
+)  # fmt: skip
 
 
 def check_replay(replay: str, replay_fraction: float) -> None:
@@ -109,6 +114,62 @@ class MegabatchDataModule(pl.LightningDataModule):
         self.megabatches: list[Tensor] = []
         self.input_shape: tuple[int, ...] = ()
         self.megabatch, self.replay, self.replay_fraction = 0, "full", 0.1
+        # Set by from_loaders: the user's DataLoader settings, drop_last and whether an epoch is shuffled.
+        self.loader_settings: dict[str, object] = {}
+        self.drop_last, self.shuffle_epochs = False, True
+
+    @classmethod
+    def from_loaders(
+        cls, train_loader: object, val_loader: object, num_megabatches: int, seed: int = 0, requester: str = "APP"
+    ) -> MegabatchDataModule:
+        """Megabatches of your own training loader's dataset, served with its batch size and settings.
+
+        ``train_loader``'s ``collate_fn``, workers, ``pin_memory``, ``drop_last`` (and the rest of
+        ``LOADER_SETTINGS``) are kept; its sampler gives way to the megabatch subset's: seeded shuffling
+        each epoch, or in order when ``train_loader`` read its data in order. Validation reads
+        ``val_loader``'s dataset. Set up at once.
+
+        Raises:
+            ValueError: for anything but a DataLoader over a map-style dataset with ``__len__`` and a
+                ``batch_size``, no validation loader, or fewer samples than ``num_megabatches``;
+                the message names ``requester`` and the fix.
+        """
+        own = "or pass trainer.fit(model, datamodule=MegabatchDataModule(train_set=..., val_set=...))"
+        if not isinstance(train_loader, DataLoader):
+            raise ValueError(
+                f"{requester} splits your training data into megabatches and needs one torch DataLoader as the "
+                f"training data of fit; got {type(train_loader).__name__}; pass one, {own}"
+            )
+        dataset = train_loader.dataset
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            raise ValueError(
+                f"{requester} splits your training dataset into num_megabatches={num_megabatches} parts by index, so "
+                f"it needs a map-style dataset with __len__ and __getitem__; got {type(dataset).__name__}. Wrap your "
+                f"samples in a map-style Dataset, {own}"
+            )
+        if train_loader.batch_size is None:
+            raise ValueError(
+                f"{requester} rebuilds the training loader for each megabatch's subset and needs its batch size; "
+                "your training DataLoader has batch_size=None (a custom batch_sampler). Pass DataLoader(dataset, "
+                f"batch_size=...), {own}"
+            )
+        if not isinstance(val_loader, DataLoader):
+            raise ValueError(
+                f"{requester} records validation accuracy after each megabatch and needs a validation DataLoader: "
+                f"trainer.fit(model, train_loader, val_loader); got {type(val_loader).__name__}"
+            )
+        if len(dataset) < num_megabatches:
+            raise ValueError(
+                f"num_megabatches={num_megabatches} exceeds the {len(dataset)} samples of your training dataset; "
+                f"lower {requester}(num_megabatches=...) to at most {len(dataset)}, so that every megabatch holds one"
+            )
+        data = cls(train_set=dataset, val_set=val_loader.dataset, num_megabatches=num_megabatches, seed=seed)
+        data.batch_size, data.drop_last = train_loader.batch_size, train_loader.drop_last
+        data.num_workers = train_loader.num_workers
+        data.loader_settings = {k: getattr(train_loader, k) for k in LOADER_SETTINGS if hasattr(train_loader, k)}
+        data.shuffle_epochs = not isinstance(train_loader.sampler, SequentialSampler)
+        data.setup()
+        return data
 
     def prepare_data(self) -> None:
         if self.datamodule is not None:
@@ -186,11 +247,13 @@ class MegabatchDataModule(pl.LightningDataModule):
         epoch = trainer.current_epoch if trainer is not None else 0
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.seed)
-        else:
+        elif self.shuffle_epochs:
             sampler = EpochSeededSampler(len(dataset), self.seed)
+        else:
+            return self.loader(dataset, drop_last=self.drop_last)
         # Set here: when the loader is rebuilt at an epoch's start, Lightning's own set_epoch has already run.
         sampler.set_epoch(epoch)
-        return self.loader(dataset, sampler=sampler)
+        return self.loader(dataset, sampler=sampler, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_set)
@@ -201,8 +264,9 @@ class MegabatchDataModule(pl.LightningDataModule):
         return self.loader(self.test_set)
 
     def loader(self, dataset: Dataset, batch_size: int | None = None, **kwargs: object) -> DataLoader:
-        """A loader with this module's workers and batch size (unless given), in order unless a sampler is given."""
-        return DataLoader(dataset, batch_size=batch_size or self.batch_size, num_workers=self.num_workers, **kwargs)
+        """A loader with this module's workers, settings and batch size (unless given); in order unless a sampler."""
+        settings = {"num_workers": self.num_workers, **self.loader_settings, **kwargs}
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, **settings)
 
 
 def _has_test(datamodule: pl.LightningDataModule) -> bool:

@@ -19,7 +19,6 @@ from lightning_prune import AccuracyGate, AnytimeProgressivePruning, InstantSoup
 from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, batch_limit, count_errors
 from lightning_prune.core.masks import keep_count
 from lightning_prune.core.schedules import APP_TARGET_SPARSITY, app
-from lightning_prune.data import DigitsDataModule
 from tests.callbacks.anytime_progressive.helpers import fit_app, megabatches, zeros
 from tests.helpers import cnn_classifier
 
@@ -65,12 +64,6 @@ def test_anytime_progressive_state_key() -> None:
 @pytest.mark.parametrize(
     ("data", "max_epochs", "extra", "match"),
     [
-        (
-            DigitsDataModule,
-            6,
-            (),
-            r"needs trainer\.fit\(model, datamodule=MegabatchDataModule\(\.\.\.\)\) .*got datamodule=Digits",
-        ),
         (lambda: megabatches(2), 6, (), "num_megabatches=3 differs from the data module's num_megabatches=2"),
         (
             lambda: megabatches(3),
@@ -91,7 +84,7 @@ def test_anytime_progressive_state_key() -> None:
             r"more than one pruning callback: AnytimeProgressivePruning .*InstantSoupPruning",
         ),
     ],
-    ids=["not megabatch data", "other number of megabatches", "too few epochs", "with an ICE callback", "two pruners"],
+    ids=["other number of megabatches", "too few epochs", "with an ICE callback", "two pruners"],
 )
 def test_anytime_progressive_refuses_at_fit_start(
     trainer_kwargs: dict, data: Any, max_epochs: int, extra: tuple, match: str

@@ -8,15 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor
 
 from lightning_prune.callbacks._contract import check_refit, refuse_nonfinite, refuse_other_pruners
-from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data
+from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data, serve_train_loader
 from lightning_prune.callbacks.anytime_progressive.checks import NAME, check_budget, megabatch_data, refuse_listeners
 from lightning_prune.callbacks.anytime_progressive.continuation import continue_schedule, remaining_epochs
 from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, log_anytime_metrics, split_errors
 from lightning_prune.callbacks.anytime_progressive.report import log_state, summary, verified_report
-from lightning_prune.callbacks.anytime_progressive.snip import snip_masks, snip_subset
+from lightning_prune.callbacks.anytime_progressive.snip import snip_plan
 from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.masks import SCOPES, MaskSet
@@ -43,8 +42,9 @@ class AnytimeProgressivePruning(PruningCallback):
     over megabatches), logged under ``app/`` and kept per megabatch in ``summary.json``.
 
     Requires from your LightningModule: ``forward(x)`` returning class logits for ``(x, y)`` batches
-    (SNIP differentiates ``cross_entropy(module(x), y)``; accuracy is the argmax). The Trainer's
-    ``datamodule`` must be a :class:`MegabatchDataModule` with the same ``num_megabatches``.
+    (SNIP differentiates ``cross_entropy(module(x), y)``; accuracy is the argmax). The data: a
+    :class:`MegabatchDataModule` of ``num_megabatches``, or your own (``fit(model, train_loader, val_loader)``
+    or a data module): the training loader's dataset is split (:meth:`MegabatchDataModule.from_loaders`).
 
     Args:
         target_sparsity: fraction of the selected weights pruned after the last megabatch, in [0, 1);
@@ -66,16 +66,17 @@ class AnytimeProgressivePruning(PruningCallback):
         stop_when_done: stop training after the last megabatch's epochs.
         log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
+        seed: seed of the split of your own training loader (a MegabatchDataModule has its own seed).
 
     A second ``fit`` of this instance on the same model continues (masks, megabatch, history kept; nothing
     regrows). At fit end the reported sparsity is checked against the weights; the summary has the measured.
 
     Raises:
         ValueError: at construction, for arguments out of range, unknown names or an ``export_dir`` that
-            cannot be a directory; at ``setup``, for data that is not a :class:`MegabatchDataModule` of
-            ``num_megabatches`` parts, a Trainer stopping before the schedule's epochs (``max_epochs``,
-            ``max_steps``, no batches), another pruner or an ICE listener beside it, or another model than
-            the one an earlier ``fit`` of this instance pruned.
+            cannot be a directory; at ``setup``, for a MegabatchDataModule of another ``num_megabatches``,
+            data that cannot be split (:meth:`MegabatchDataModule.from_loaders`), a Trainer stopping before the
+            schedule's epochs (``max_epochs``, ``max_steps``, no batches), another pruner or an ICE listener
+            beside it, or another model than the one an earlier ``fit`` of this instance pruned.
         FloatingPointError: when the weights are not finite at a step or at fit end (nothing is exported).
 
     Example::
@@ -114,19 +115,21 @@ class AnytimeProgressivePruning(PruningCallback):
         stop_when_done: bool = True,
         log_layers: bool = False,
         export_dir: str | None = None,
+        seed: int = 0,
     ) -> None:
         self.target_sparsity, self.schedule, self.scope = target_sparsity, schedule, scope
         self.num_megabatches, self.epochs_per_megabatch = num_megabatches, epochs_per_megabatch
         self.snip_fraction, self.replay, self.replay_fraction = snip_fraction, replay, replay_fraction
         self.include_types, self.include_names = list(include_types), include_names
         self.exclude_names, self.prune_head, self.include_biases = list(exclude_names), prune_head, include_biases
-        self.stop_when_done, self.log_layers = stop_when_done, log_layers
+        self.stop_when_done, self.log_layers, self.seed = stop_when_done, log_layers, seed
         self.sparsities = self._validate()
         self.export_dir = check_output_dir("export_dir", export_dir)
         self.pruning_state = PruningState(target_sparsity=target_sparsity, num_steps=num_megabatches)
         self._names: list[str] = []
         self._masks: MaskSet | None = None
         self._data: MegabatchDataModule | None = None
+        self._own_split = False  # True: _data splits fit's own training loader, served through the fit loop
         self._epoch_started = 0.0
         # A later fit continues (check_refit) unless a checkpoint is loaded; _epochs_seen: the last fit's epochs.
         self._refit, self._loaded, self._epochs_seen = False, False, 0
@@ -135,6 +138,7 @@ class AnytimeProgressivePruning(PruningCallback):
         """Check every argument; return the per-megabatch sparsities."""
         check_int("num_megabatches", self.num_megabatches, low=1)
         check_int("epochs_per_megabatch", self.epochs_per_megabatch, low=1)
+        check_int("seed", self.seed, low=0)
         check_fraction("target_sparsity", self.target_sparsity, closed_low=True)
         check_fraction("snip_fraction", self.snip_fraction, closed_high=True)
         check_choice("schedule", self.schedule, list(MEGABATCH_SCHEDULES))
@@ -156,9 +160,9 @@ class AnytimeProgressivePruning(PruningCallback):
             return
         refuse_other_pruners(trainer, self)
         self._refit, self._loaded = check_refit(self, pl_module), False
-        self._data = megabatch_data(trainer, self.num_megabatches)
+        self._data, self._own_split = megabatch_data(trainer, self.num_megabatches, self.seed)
         refuse_listeners(trainer)
-        self._data.set_megabatch(max(self.pruning_state.step - 1, 0), self.replay, self.replay_fraction)
+        self._serve(trainer, max(self.pruning_state.step - 1, 0), reload=False)
         continued = self._refit and trainer.ckpt_path is None  # else the whole schedule, as for a resume
         schedule = self.pruning_state, self.num_megabatches, self.epochs_per_megabatch
         remaining = remaining_epochs(*schedule, continued, self._epochs_seen)
@@ -176,10 +180,14 @@ class AnytimeProgressivePruning(PruningCallback):
         self._epochs_seen = trainer.current_epoch
         self._serve(trainer, max(self.pruning_state.step - 1, 0))
 
-    def _serve(self, trainer: pl.Trainer, megabatch: int) -> None:
-        """Train on ``megabatch``'s data from now on (reloaded at once unless it is already served)."""
-        if self._data.megabatch != megabatch:
-            self._data.set_megabatch(megabatch, self.replay, self.replay_fraction)
+    def _serve(self, trainer: pl.Trainer, megabatch: int, reload: bool = True) -> None:
+        """Train on ``megabatch``'s data from now on (with ``reload``, at once unless it is already served)."""
+        if reload and self._data.megabatch == megabatch:
+            return
+        self._data.set_megabatch(megabatch, self.replay, self.replay_fraction)
+        if self._own_split:  # the fit loop reads fit's own loader: hand it this megabatch's
+            serve_train_loader(trainer, self._data.train_dataloader())
+        if reload:
             reload_train_data(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -213,7 +221,7 @@ class AnytimeProgressivePruning(PruningCallback):
             started = time.perf_counter()
             sparsity = self.sparsities[megabatch]
             if sparsity > self._masks.sparsity():
-                plan = self._snip_masks(trainer, pl_module, megabatch, sparsity) if trainer.is_global_zero else None
+                plan = snip_plan(self, trainer, pl_module, megabatch, sparsity) if trainer.is_global_zero else None
                 self._masks.update(broadcast(trainer, plan))
                 self._masks.apply()
             state.step, state.last_step_epoch, state.phase = megabatch + 1, trainer.current_epoch, "finetune"
@@ -227,13 +235,6 @@ class AnytimeProgressivePruning(PruningCallback):
         )
         state.history.append(record)
         info(log, f"megabatch {megabatch + 1}/{self.num_megabatches}: sparsity {state.sparsity:.4f}")
-
-    def _snip_masks(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int, sparsity: float
-    ) -> dict[str, Tensor]:
-        subset = snip_subset(self._data, megabatch, self.snip_fraction, self.replay, self.replay_fraction)
-        batches = (trainer.strategy.batch_to_device(batch) for batch in self._data.loader(subset))
-        return snip_masks(pl_module, self._names, batches, self._masks.masks, sparsity, self.scope)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.pruning_state.sparsity > 0:

@@ -7,6 +7,7 @@ import math
 import lightning.pytorch as pl
 
 from lightning_prune.callbacks._contract import check_training_budget
+from lightning_prune.callbacks._trainer import fit_train_loader, validation_loader
 from lightning_prune.callbacks.anytime_progressive.metrics import batch_limit
 from lightning_prune.callbacks.protocol import pruning_listeners
 from lightning_prune.data.megabatch import MegabatchDataModule
@@ -14,23 +15,28 @@ from lightning_prune.data.megabatch import MegabatchDataModule
 NAME = "AnytimeProgressivePruning"
 
 
-def megabatch_data(trainer: pl.Trainer, num_megabatches: int) -> MegabatchDataModule:
-    """The Trainer's data module, which must be a :class:`MegabatchDataModule` of ``num_megabatches`` parts.
+def megabatch_data(trainer: pl.Trainer, num_megabatches: int, seed: int) -> tuple[MegabatchDataModule, bool]:
+    """The megabatches to train on, and whether they are a split of the user's own training loader.
+
+    The Trainer's data module when it is a :class:`MegabatchDataModule` (of ``num_megabatches`` parts);
+    else the training loader ``fit`` was given (its argument, or a data module's or the model's) split into
+    ``num_megabatches`` parts seeded by ``seed`` (:meth:`MegabatchDataModule.from_loaders`).
 
     Raises:
-        ValueError: for another data module (or none), or another number of megabatches.
+        ValueError: for another number of megabatches, or training data that cannot be split (the fix named).
     """
     data = trainer.datamodule
     if not isinstance(data, MegabatchDataModule):
-        raise ValueError(
-            "AnytimeProgressivePruning needs trainer.fit(model, datamodule=MegabatchDataModule(...)) to move "
-            f"through megabatches; got datamodule={type(data).__name__}"
+        split = MegabatchDataModule.from_loaders(
+            fit_train_loader(trainer), validation_loader(trainer), num_megabatches, seed, NAME
         )
+        split.trainer = trainer  # its train_dataloader() reads the epoch, the world size and the rank
+        return split, True
     if data.num_megabatches != num_megabatches:
         raise ValueError(
             f"num_megabatches={num_megabatches} differs from the data module's num_megabatches={data.num_megabatches}"
         )
-    return data
+    return data, False
 
 
 def refuse_listeners(trainer: pl.Trainer) -> None:
@@ -80,5 +86,6 @@ def megabatch_steps(
 ) -> int:
     """Optimizer steps of one epoch on ``megabatch``'s training data on each rank, under ``limit_train_batches``."""
     samples = math.ceil(len(data.train_indices(megabatch, replay, fraction)) / trainer.world_size)
-    batches = batch_limit(trainer.limit_train_batches, math.ceil(samples / data.batch_size))
+    full = samples // data.batch_size if data.drop_last else math.ceil(samples / data.batch_size)
+    batches = batch_limit(trainer.limit_train_batches, full)
     return math.ceil(batches / trainer.accumulate_grad_batches)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+import lightning.pytorch as pl
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
@@ -39,3 +41,10 @@ def snip_masks(
     grads = loss_gradients(module, names, batches)
     weights = {name: module.get_parameter(name) for name in names}
     return masks_from_scores(snip(weights, grads), sparsity, current, scope)
+
+
+def snip_plan(cb: Any, trainer: pl.Trainer, pl_module: nn.Module, megabatch: int, sparsity: float) -> dict[str, Tensor]:
+    """APP ``cb``'s masks at ``sparsity`` for ``megabatch``: SNIP on its seeded subset, on the module's device."""
+    subset = snip_subset(cb._data, megabatch, cb.snip_fraction, cb.replay, cb.replay_fraction)
+    batches = (trainer.strategy.batch_to_device(batch) for batch in cb._data.loader(subset))
+    return snip_masks(pl_module, cb._names, batches, cb._masks.masks, sparsity, cb.scope)

@@ -33,6 +33,7 @@ from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 
 # Reported and measured sparsity may differ by rounding of per-layer keep counts, never by more.
 SPARSITY_TOLERANCE = 1e-3
+OWN_METRICS = ("prune/", "prune_layer/", "ice/")  # what the callbacks log themselves: never a user's monitor
 
 
 def refuse_other_pruners(trainer: pl.Trainer, me: PruningCallback) -> None:
@@ -268,8 +269,8 @@ def warn_untrained_start(trainer: pl.Trainer, requester: str, warmup_epochs: int
 
 
 def missing_metric(trainer: pl.Trainer, requester: str, argument: str, name: str) -> str | None:
-    """Why ``name`` (the value of ``argument``) is not among the logged metrics, with the fix; None when it is."""
-    logged = sorted(trainer.callback_metrics)
+    """Why ``name`` (the value of ``argument``) is not logged, with the user's metrics and the fix; None when it is."""
+    logged = sorted(m for m in trainer.callback_metrics if not m.startswith(OWN_METRICS))
     if name in logged:
         return None
     key = "".join(ch for ch in name.lower() if ch.isalnum())

@@ -33,6 +33,7 @@ from lightning_prune.callbacks.protocol import PruningCallback, PruningState
 
 # Reported and measured sparsity may differ by rounding of per-layer keep counts, never by more.
 SPARSITY_TOLERANCE = 1e-3
+OWN_METRICS = ("prune/", "prune_layer/", "ice/")  # what the callbacks log themselves: never a user's monitor
 
 
 def refuse_other_pruners(trainer: pl.Trainer, me: PruningCallback) -> None:
@@ -250,3 +251,47 @@ def verify_report(
 
 def _tolerance(key: str) -> float:
     return SPARSITY_TOLERANCE if "sparsity" in key else 0.5
+
+
+def warn_untrained_start(trainer: pl.Trainer, requester: str, warmup_epochs: int) -> None:
+    """Before a first step due at global step 0: warn that an untrained net would be pruned by accident.
+
+    The model has not trained in this fit and was not resumed from a checkpoint; it may still hold trained
+    weights loaded in memory (the paper pipelines do), so this warns rather than refuses.
+    """
+    if trainer.global_step == 0 and trainer.ckpt_path is None:
+        rank_zero_warn(
+            f"{requester}: its first pruning step is due before any training step (warmup_epochs={warmup_epochs}, "
+            "global step 0) and the model was not resumed from a checkpoint. If its weights are untrained, it prunes "
+            "random weights. Set warmup_epochs=N to train N dense epochs first, or load trained weights before "
+            "trainer.fit (then ignore this warning)."
+        )
+
+
+def missing_metric(trainer: pl.Trainer, requester: str, argument: str, name: str) -> str | None:
+    """Why ``name`` (the value of ``argument``) is not logged, with the user's metrics and the fix; None when it is."""
+    logged = sorted(m for m in trainer.callback_metrics if not m.startswith(OWN_METRICS))
+    if name in logged:
+        return None
+    key = "".join(ch for ch in name.lower() if ch.isalnum())
+    alike = [m for m in logged if "".join(ch for ch in m.lower() if ch.isalnum()) == key]
+    guess = (alike or [m for m in logged if "acc" in m.lower()] or logged or ["<a metric your module logs>"])[0]
+    return (
+        f"{requester}({argument}={name!r}): no metric {name!r} is logged; the logged metrics are {logged}. "
+        f'Log {name!r} in your LightningModule or pass {argument}="{guess}".'
+    )
+
+
+def check_step_start(trainer: pl.Trainer, me: Any) -> None:
+    """Before a step-wise pruner's step: warn of a first step on an untrained net, and of an unlogged monitor.
+
+    The ``monitor`` is recorded in the history only, so a metric not logged although validation has run is
+    worth one warning, not a refusal.
+    """
+    name, monitor = type(me).__name__, getattr(me, "monitor", None)
+    if me.pruning_state.step == 0:
+        warn_untrained_start(trainer, name, me.warmup_epochs)
+    problem = monitor and me._validated and not me._monitor_warned and missing_metric(trainer, name, "monitor", monitor)
+    if problem:
+        me._monitor_warned = True
+        rank_zero_warn(f"{problem} Until then the history records no '{monitor}_before'.")

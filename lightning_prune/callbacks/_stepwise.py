@@ -29,9 +29,10 @@ class StepwisePruning(PruningCallback):
     of validation, before ``on_train_epoch_end``: a step taken at epoch end would be missing from that
     epoch's checkpoint, while one taken at epoch start is simply redone by a resumed run. After each
     step every :class:`PruningListener` may skip the fine-tune (the next step then runs at once); the
-    run is done when the last step's fine-tune ends, and training stops if ``stop_when_done``. A second
-    ``fit`` on the same model continues: masks, steps, architecture kept, a cut fine-tune goes on, a done
-    schedule trains on with masks held (a warm-up restarts).
+    run is done when the last step's fine-tune ends; training stops then if ``stop_when_done``, else it goes
+    on to ``max_epochs`` with masks held. A second ``fit`` on the same model continues: masks, steps,
+    architecture kept, a cut fine-tune goes on, a done schedule trains on with masks held (a warm-up
+    restarts). Before a step it warns of an untrained start and an unlogged ``monitor`` (``check_step_start``).
 
     Subclasses call :meth:`_begin_fit` and :meth:`_check_budget` in ``setup``, set ``pruning_state``,
     ``finetune_epochs``, ``warmup_epochs``, ``stop_when_done``, implement :meth:`_prune_step` and
@@ -48,6 +49,7 @@ class StepwisePruning(PruningCallback):
     _listeners: list[PruningListener] = []
     _epoch_started: float = 0.0
     _next_epoch: int | None = None  # the Trainer epoch at which the state goes on: a later fit rebases on it
+    _validated = _monitor_warned = False  # validation has run (its metrics are logged); the monitor warning given
 
     def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """First in ``setup``: one pruner per Trainer, the listeners; whether this fit continues an earlier one."""
@@ -91,8 +93,12 @@ class StepwisePruning(PruningCallback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._next_epoch = trainer.current_epoch  # a checkpoint restored in this fit set the epochs
         if self._step_due(trainer.current_epoch):
+            contract.check_step_start(trainer, self)
             self._run_steps(trainer, pl_module)
         self._epoch_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking  # its metrics are logged from now on
 
     def _step_due(self, epoch: int) -> bool:
         state = self.pruning_state
@@ -140,8 +146,7 @@ class StepwisePruning(PruningCallback):
 
     def _finish(self, trainer: pl.Trainer) -> None:
         self.pruning_state.phase = "done"
-        if self.stop_when_done:
-            trainer.should_stop = True
+        trainer.should_stop = trainer.should_stop or self.stop_when_done
 
     # -------------------------------------------- pruners of selected weights: the arguments their constructors store
     target_sparsity: float | None
@@ -234,13 +239,12 @@ class StepwisePruning(PruningCallback):
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         state = self.pruning_state
-        pl_module.log("prune/sparsity", state.sparsity, on_step=False, on_epoch=True)
-        pl_module.log("prune/step", float(state.step), on_step=False, on_epoch=True)
+        logged = {"prune/sparsity": state.sparsity, "prune/step": float(state.step)}
         if state.target_sparsity is not None:
-            pl_module.log("prune/target_sparsity", state.target_sparsity, on_step=False, on_epoch=True)
+            logged["prune/target_sparsity"] = state.target_sparsity
         if self.log_layers:
-            for name, value in self._layer_sparsity(pl_module).items():
-                pl_module.log(f"prune_layer/{name}", value, on_step=False, on_epoch=True)
+            logged.update({f"prune_layer/{name}": value for name, value in self._layer_sparsity(pl_module).items()})
+        pl_module.log_dict(logged, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:

@@ -30,7 +30,8 @@ class BlockPruning(StepwisePruning):
     convs, those with the lowest L1 norms, removed physically through torch-pruning's dependency graph
     (the block's output width, and so the residual path, is untouched); the optimizer is rebuilt after
     each shrink. A step runs at the start of an epoch, after ``warmup_epochs`` dense epochs and then every
-    ``finetune_epochs`` epochs; when the last block's fine-tune is over, training stops. ICE's
+    ``finetune_epochs`` epochs; after the last block's fine-tune, training goes on to ``max_epochs`` (or
+    stops there with ``stop_when_done=True``, as the ICE recipe does). ICE's
     :class:`~lightning_prune.AccuracyGate`, :class:`~lightning_prune.LayerFreezing` and
     :class:`~lightning_prune.PruningAwareLR` act around these steps.
 
@@ -42,16 +43,22 @@ class BlockPruning(StepwisePruning):
         step_ratio: fraction of each block's inner filters removed at its step, in (0, 1) (the paper's r).
         block_types: class names of the blocks pruned, one per step.
         finetune_epochs: epochs of training after each step (0: all blocks at once, no fine-tune).
-        warmup_epochs: dense epochs before the first step.
+        warmup_epochs: dense epochs before the first step. With 0 the first step runs before any training:
+            fine from trained weights (loaded or passed in memory), otherwise a warning names the fix.
         target_sparsity: stop early once this fraction of the selected weights is removed, in (0, 1);
             ``None`` prunes every block.
         include_types, include_names, exclude_names, prune_head, include_biases: the weights whose removed
             fraction is the reported sparsity (see :func:`~lightning_prune.core.selection.select_parameters`).
-        stop_when_done: stop training once the last fine-tune is over.
+        stop_when_done: stop training once the last fine-tune is over. Default ``False``: training goes on
+            to ``max_epochs`` with the masks held, as Lightning's ``ModelPruning`` and gradual magnitude
+            pruning do, so a run from scratch gets every epoch it asked for; the recipes (paper pipelines that
+            start from a trained model) set it ``True``.
         log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
         on_nonfinite: ``"raise"`` (default) stops with an error when weights or logged metrics are NaN/inf at
             a step; ``"skip"`` records the skip and retries after the next fine-tune.
-        monitor: metric recorded as the accuracy before each step in the history.
+        monitor: metric recorded as the accuracy before each step in the history. It only feeds the history,
+            so one it cannot find once validation has run is a warning (naming the logged metrics and the
+            fix, e.g. ``monitor="val_acc"``), not an error.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
     Raises:
@@ -68,9 +75,9 @@ class BlockPruning(StepwisePruning):
         >>> from lightning_prune import BlockPruning
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, ResNet
-        >>> pruning = BlockPruning(step_ratio=0.5, finetune_epochs=1, export_dir=None)
+        >>> pruning = BlockPruning(step_ratio=0.5, warmup_epochs=1, export_dir=None)
         >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], logger=False, enable_checkpointing=False,
+        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
         >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
         >>> [record["block"] for record in pruning.pruning_state.history], model.net.stages[0][0].conv1.out_channels
@@ -91,7 +98,7 @@ class BlockPruning(StepwisePruning):
         exclude_names: Sequence[str] = (),
         prune_head: bool = False,
         include_biases: bool = False,
-        stop_when_done: bool = True,
+        stop_when_done: bool = False,
         log_layers: bool = True,
         on_nonfinite: str = "raise",
         monitor: str = "val/acc",

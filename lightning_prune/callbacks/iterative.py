@@ -25,7 +25,8 @@ class IterativePruning(StepwisePruning):
     IMP of Frankle et al., ICLR 2019 / 2020): magnitude (or LAMP) masks, global or per layer,
     following a sparsity schedule; masks are held by zeroing pruned weights after every optimizer
     step. A step runs at the start of an epoch, after ``warmup_epochs`` dense epochs and then every
-    ``finetune_epochs`` epochs; when the last step's fine-tune is over, training stops. Cooperating
+    ``finetune_epochs`` epochs; after the last step's fine-tune, training goes on to ``max_epochs`` with the
+    masks held (``stop_when_done=True`` stops there). Cooperating
     :class:`~lightning_prune.PruningListener` callbacks (ICE's gate, freezing, LR) may skip fine-tunes
     or act around them. Structured block-by-block pruning is :class:`~lightning_prune.BlockPruning`.
 
@@ -39,19 +40,25 @@ class IterativePruning(StepwisePruning):
         step_ratio: fixed schedule: fraction of the remaining weights pruned per step, in (0, 1).
         num_steps: number of steps of the cubic/linear schedules.
         finetune_epochs: epochs of training after each step (0: all steps at once, no fine-tune).
-        warmup_epochs: dense epochs before the first step.
+        warmup_epochs: dense epochs before the first step. With 0 the first step runs before any training:
+            fine from trained weights (loaded or passed in memory), otherwise a warning names the fix.
         importance: ``"magnitude"`` or ``"lamp"``.
         scope: ``"global"`` (one ranking over all layers) or ``"layer"`` (same sparsity per layer).
         include_types, include_names, exclude_names, prune_head, include_biases: which weights are
             selected (see :func:`~lightning_prune.core.selection.select_parameters`).
-        stop_when_done: stop training once the last fine-tune is over.
+        stop_when_done: stop training once the last fine-tune is over. Default ``False``: training goes on
+            to ``max_epochs`` with the masks held, as Lightning's ``ModelPruning`` and gradual magnitude
+            pruning do, so a run from scratch gets every epoch it asked for; the recipes (paper pipelines that
+            start from a trained model) set it ``True``.
         log_layers: also log per-layer sparsity as ``prune_layer/<parameter name>``.
         rewind_epoch: after every step, reset the surviving weights (and all other parameters and
             buffers) to their values at the start of this epoch and rebuild the optimizer (lottery-ticket
             IMP with rewinding; 0 rewinds to the initialisation). ``None``: no rewinding.
         on_nonfinite: ``"raise"`` (default) stops with an error when weights, scores or logged metrics are
             NaN/inf at a step; ``"skip"`` records the skip and retries after the next fine-tune.
-        monitor: metric recorded as the accuracy before each step in the history.
+        monitor: metric recorded as the accuracy before each step in the history. It only feeds the history,
+            so one it cannot find once validation has run is a warning (naming the logged metrics and the
+            fix, e.g. ``monitor="val_acc"``), not an error.
         export_dir: where ``pruned_model.pt`` and ``summary.json`` go (default: the Trainer's root dir).
 
     Raises:
@@ -68,9 +75,9 @@ class IterativePruning(StepwisePruning):
         >>> from lightning_prune import IterativePruning
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, SmallCNN
-        >>> pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.3, finetune_epochs=1, export_dir=None)
+        >>> pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.3, warmup_epochs=1, export_dir=None)
         >>> model = Classifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning], logger=False, enable_checkpointing=False,
+        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
         >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
         >>> round(pruning.pruning_state.sparsity, 2)
@@ -94,7 +101,7 @@ class IterativePruning(StepwisePruning):
         exclude_names: Sequence[str] = (),
         prune_head: bool = False,
         include_biases: bool = False,
-        stop_when_done: bool = True,
+        stop_when_done: bool = False,
         log_layers: bool = True,
         rewind_epoch: int | None = None,
         on_nonfinite: str = "raise",

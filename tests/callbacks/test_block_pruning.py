@@ -62,7 +62,7 @@ def test_block_pruning_refuses_before_training(kwargs, make_model, max_epochs, m
 
 
 def test_removes_block_filters_physically_and_exports(digits, trainer_kwargs, tmp_path):
-    pruning = BlockPruning(step_ratio=0.5, warmup_epochs=1, finetune_epochs=1)
+    pruning = BlockPruning(step_ratio=0.5, warmup_epochs=1, finetune_epochs=1, stop_when_done=True)
     model = resnet_classifier()
     params_before = sum(p.numel() for p in model.parameters())
     trainer = pl.Trainer(max_epochs=10, callbacks=[pruning], limit_train_batches=5, **trainer_kwargs)

@@ -138,11 +138,11 @@ def test_masks_hold_after_every_optimizer_step(optimizer, digits, trainer_kwargs
     pruning = IterativePruning(target_sparsity=0.7, step_ratio=0.5, warmup_epochs=1, finetune_epochs=1)
     checker = ZeroChecker(pruning)
     model = cnn_classifier(optimizer=optimizer, lr=0.01 if optimizer != "sgd" else 0.05, weight_decay=0.01)
-    trainer = pl.Trainer(max_epochs=10, callbacks=[pruning, checker], limit_train_batches=5, **trainer_kwargs)
+    trainer = pl.Trainer(max_epochs=5, callbacks=[pruning, checker], limit_train_batches=5, **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
-    assert checker.checked == 2 * 5  # two fine-tune epochs of five batches each
+    assert checker.checked == 4 * 5  # two fine-tune epochs, then two more to max_epochs (the default), 5 batches each
     assert pruning.pruning_state.sparsity == pytest.approx(0.7, abs=1e-3)
-    assert trainer.current_epoch == 3  # warm-up + 2 steps x 1 fine-tune epoch, then stopped
+    assert trainer.current_epoch == 5  # warm-up + 2 steps x 1 fine-tune epoch, then on to max_epochs
 
 
 def test_fit_reaches_target_logs_and_exports(digits, trainer_kwargs, tmp_path):
@@ -211,7 +211,7 @@ class SkipEveryOther(PruningListener, pl.Callback):
 
 
 def test_listeners_can_skip_finetunes(digits, trainer_kwargs):
-    pruning = IterativePruning(target_sparsity=0.9, step_ratio=0.5, finetune_epochs=1)
+    pruning = IterativePruning(target_sparsity=0.9, step_ratio=0.5, finetune_epochs=1, stop_when_done=True)
     listener = SkipEveryOther()
     trainer = pl.Trainer(max_epochs=10, callbacks=[pruning, listener], limit_train_batches=2, **trainer_kwargs)
     trainer.fit(cnn_classifier(), datamodule=digits)

@@ -102,7 +102,7 @@ def run_arm(
     pl.seed_everything(seed, verbose=False)
     model = build_model(datamodule, work, lr=work.finetune_lr)
     model.load_state_dict(state)
-    pruner = BlockPruning(step_ratio=work.step_ratio, finetune_epochs=1, export_dir=str(root))
+    pruner = BlockPruning(step_ratio=work.step_ratio, finetune_epochs=1, stop_when_done=True, export_dir=str(root))
     fit = trainer(sum(work.blocks) + 1, [pruner, *parts], root=root, limit_val_batches=0)
     with Stopwatch() as watch:
         fit.fit(model, datamodule=datamodule)

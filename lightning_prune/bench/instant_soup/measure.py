@@ -121,7 +121,9 @@ def _arm(arm: str, sparsity: float, cfg: DictConfig, steps_per_epoch: int, seed:
     """The pruning callback of ``arm`` and the epochs its fit runs."""
     budget = cfg.budget_epochs
     if arm == "oneshot":
-        return IterativePruning(target_sparsity=sparsity, step_ratio=sparsity, finetune_epochs=budget), budget
+        return IterativePruning(
+            target_sparsity=sparsity, step_ratio=sparsity, finetune_epochs=budget, stop_when_done=True
+        ), budget
     if arm == "imp":
         step_ratio = cfg.imp.step_ratio
         imp = IterativePruning(
@@ -130,6 +132,7 @@ def _arm(arm: str, sparsity: float, cfg: DictConfig, steps_per_epoch: int, seed:
             warmup_epochs=budget,
             finetune_epochs=budget,
             rewind_epoch=0,
+            stop_when_done=True,
         )
         return imp, budget * (_rounds(sparsity, step_ratio) + 1)
     if arm != "isp":

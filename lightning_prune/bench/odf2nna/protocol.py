@@ -159,4 +159,5 @@ def _magnitude_callback(
         warmup_epochs=wide_epochs,
         finetune_epochs=cfg.retrain_epochs,
         prune_head=True,
+        stop_when_done=True,
     )

@@ -25,6 +25,7 @@ from lightning_prune.core.export import write_summary
 from lightning_prune.core.validate import check_int, check_output_dir, is_number
 
 log = logging.getLogger(__name__)
+CHANCE_MARGIN = 0.05  # A0 below 1/classes + this (at most half of 1/classes) is an untrained net's
 MetricFn = Callable[[pl.LightningModule, Any], tuple[Any, Any]]
 
 
@@ -76,8 +77,10 @@ class AccuracyGate(Callback, PruningListener):
 
     Raises:
         ValueError: for a negative ``threshold``, ``val_batches`` < 1, an unimportable ``metric_fn``
-            path, (in ``setup``) when there is no pruner or no validation data, and (at fit start) when the
-            validation data yields no batch or, with the default metric, batches that are not ``(x, y)``.
+            path, (in ``setup``) when there is no pruner or no validation data, (at fit start) when the
+            validation data yields no batch or, with the default metric, batches that are not ``(x, y)``, and
+            before the first step when ``A0`` is at chance level (within ``CHANCE_MARGIN`` of 1/classes, the
+            logits' width): an untrained net, whose every drop would look small.
         TypeError: when ``metric_fn`` is neither ``None``, a string nor a callable.
 
     Example::
@@ -86,12 +89,12 @@ class AccuracyGate(Callback, PruningListener):
         >>> from lightning_prune import AccuracyGate, BlockPruning
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, ResNet
-        >>> pruning = BlockPruning(step_ratio=0.5, export_dir=None)
+        >>> pruning = BlockPruning(step_ratio=0.5, warmup_epochs=1, export_dir=None)
         >>> gate = AccuracyGate(threshold=100.0, val_batches=2)  # any drop is small: every fine-tune skipped
         >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
         >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, gate], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
-        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
+        >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))  # warmed up past chance level
         >>> [record["finetune"] for record in pruning.pruning_state.history]
         ['skipped', 'skipped']
     """
@@ -155,8 +158,25 @@ class AccuracyGate(Callback, PruningListener):
 
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         if self.reference_acc is None:
-            self.reference_acc = self.evaluate(trainer, pl_module, state)
+            accuracy = self.evaluate(trainer, pl_module, state)
+            if self._metric is batch_accuracy:
+                self._refuse_chance_level(trainer, pl_module, accuracy)
+            self.reference_acc = accuracy
             info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
+
+    def _refuse_chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule, accuracy: float) -> None:
+        """An untrained net's A0 makes every drop look small and skips every fine-tune: refuse it, before step 1."""
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pl_module):  # keep the run's RNG stream
+            batch = trainer.strategy.batch_to_device(next(iter(self._validation_loader(trainer))))
+            classes = pl_module(batch[0]).shape[-1]
+        chance = 1.0 / classes
+        if classes >= 2 and accuracy < chance + min(CHANCE_MARGIN, chance / 2):
+            raise ValueError(
+                f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f}, measured before the first pruning step, is "
+                f"at chance level (1/{classes} classes = {chance:.3f}): the network is untrained, so every step's drop "
+                "would look small and every fine-tune would be skipped. Train it first (warmup_epochs=N on "
+                f"{type(self._pruner).__name__}) or start from trained weights (load them before trainer.fit)."
+            )
 
     def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         accuracy = self.evaluate(trainer, pl_module, state)
@@ -249,12 +269,8 @@ class AccuracyGate(Callback, PruningListener):
 
 def _pruning_over(state: PruningState) -> bool:
     """No pruning step is left (the last fine-tune, if any, has just run)."""
-    target = state.target_sparsity
-    return (
-        state.phase == "done"
-        or state.step >= state.num_steps
-        or (target is not None and state.sparsity >= target - 1e-6)
-    )
+    reached = state.target_sparsity is not None and state.sparsity >= state.target_sparsity - 1e-6
+    return state.phase == "done" or state.step >= state.num_steps or reached
 
 
 def resolve_metric(metric_fn: str | MetricFn | None) -> MetricFn:

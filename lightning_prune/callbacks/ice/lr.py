@@ -55,10 +55,10 @@ class PruningAwareLR(Callback, PruningListener):
         >>> from lightning_prune import IterativePruning, PruningAwareLR
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, SmallCNN
-        >>> pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.3, export_dir=None)
+        >>> pruning = IterativePruning(target_sparsity=0.5, step_ratio=0.3, warmup_epochs=1, export_dir=None)
         >>> lr = PruningAwareLR(base_lr=0.01, delta=0.005, p=0.15, beta=50)
         >>> model = Classifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8))
-        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[pruning, lr], logger=False, enable_checkpointing=False,
+        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, lr], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")
         >>> trainer.fit(model, datamodule=DigitsDataModule(batch_size=128))
         >>> [round(r["lr"], 4) for r in pruning.pruning_state.history]  # x = 0.7, then 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from lightning_prune import (
 )
 from lightning_prune.data import DigitsDataModule, MegabatchDataModule
 from lightning_prune.models import Classifier, SmallCNN
-from tests.callbacks.ice.helpers import WARMUP, batches_per_epoch, block_pruner, fit
+from tests.callbacks.ice.helpers import WARMUP, batches_per_epoch, block_pruner, fit, trained_resnet
 from tests.helpers import cnn_classifier, resnet_classifier
 
 
@@ -228,14 +229,14 @@ def test_accuracy_gate_needs_validation_data_from_any_source(digits, trainer_kwa
 @pytest.mark.slow
 def test_accuracy_gate_ddp_decides_as_one_process(digits, trainer_kwargs: dict, tmp_path: Path) -> None:
     """Two gloo ranks pool their counts: the same accuracies (and decisions) as a single process."""
-    decisions = {}
+    decisions, trained = {}, trained_resnet(digits, trainer_kwargs)  # the same trained weights (A0 off chance level)
     for name, extra in [("single", {}), ("ddp", {"strategy": "ddp_spawn", "devices": 2})]:
         pl.seed_everything(0)
         out = tmp_path / name
         # Unstructured: ddp_spawn copies the final weights back into the unshrunk parent model.
         pruner = IterativePruning(target_sparsity=0.8, step_ratio=0.5, export_dir=str(out))
         gate = AccuracyGate(threshold=100.0, val_batches=3, export_dir=str(out))  # 3 batches: unequal shares
-        fit([pruner, gate], digits, trainer_kwargs, max_epochs=3, **extra)
+        fit([pruner, gate], digits, trainer_kwargs, model=copy.deepcopy(trained), max_epochs=3, **extra)
         decisions[name] = json.loads((out / "summary.json").read_text())["ice_gate"]
     assert decisions["ddp"]["acc_reference"] == pytest.approx(decisions["single"]["acc_reference"])
     assert len(decisions["ddp"]["decisions"]) == 3

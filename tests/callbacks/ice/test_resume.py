@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prune import AccuracyGate, LayerFreezing, PruningAwareLR
-from tests.callbacks.ice.helpers import WARMUP, block_pruner
+from tests.callbacks.ice.helpers import WARMUP, block_pruner, trained_resnet
 from tests.helpers import resnet_classifier
 
 
@@ -73,7 +73,7 @@ class FirstBatchProbe(pl.Callback):
 def test_ice_second_fit_goes_on_inside_a_fine_tune(digits, trainer_kwargs: dict, tmp_path: Path) -> None:
     gate = AccuracyGate(threshold=0.0, val_batches=2, finetune_last=True)  # every step fine-tunes
     freezing, lr = LayerFreezing(fraction=0.5), PruningAwareLR(base_lr=0.02)
-    pruner, model = block_pruner(finetune_epochs=2), resnet_classifier(widths=(8, 16))
+    pruner, model = block_pruner(finetune_epochs=2), trained_resnet(digits, trainer_kwargs)
 
     def fit(extra: list) -> FirstBatchProbe:
         probe = FirstBatchProbe()
@@ -101,7 +101,7 @@ def test_ice_second_fit_goes_on_inside_a_fine_tune(digits, trainer_kwargs: dict,
 
 def test_ice_second_fit_after_a_finished_run_trains_on(digits, trainer_kwargs: dict, tmp_path: Path) -> None:
     gate, freezing, lr = AccuracyGate(threshold=25.0, val_batches=2), LayerFreezing(fraction=0.5), PruningAwareLR()
-    pruner, model = block_pruner(), resnet_classifier(widths=(8, 16))
+    pruner, model = block_pruner(), trained_resnet(digits, trainer_kwargs)
     callbacks = [pruner, gate, freezing, lr]
     pl.Trainer(max_epochs=WARMUP + 4, callbacks=callbacks, limit_train_batches=3, **trainer_kwargs).fit(
         model, datamodule=digits

@@ -22,13 +22,14 @@ from lightning_prune.sweeps import OptunaStorage, TrialSeededSampler, open_stora
 from tests.helpers import REPO
 
 STAGE1 = [sys.executable, "-m", "lightning_prune.run", "-m", "recipe=ice_pruning", "hparams_search=ice_stage1_optuna"]
-# Tiny trials: a 2-block ResNet, 3 epochs of 2 batches (about 2 s each on one core).
+# Tiny trials: a 2-block ResNet, 3 epochs of up to 30 batches of 8 (a few s each on one core).
 TINY = [
     "model.net.blocks=[1,1]",
     "model.net.widths=[8,8]",
     "trainer.max_epochs=3",
     "callbacks.block_pruning.warmup_epochs=1",
-    "trainer.limit_train_batches=2",
+    "data.batch_size=8",  # enough warm-up steps to lift the gate's A0 off chance level (it refuses an untrained net)
+    "trainer.limit_train_batches=30",
     "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false",
     "logger=none",

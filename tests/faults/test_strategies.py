@@ -17,11 +17,11 @@ def test_fsdp_cannot_run_on_a_cpu_here():
         pl.Trainer(accelerator="cpu", devices=2, strategy="fsdp")
 
 
-@pytest.mark.parametrize("strategy", [FSDPStrategy, ModelParallelStrategy], ids=["fsdp", "model_parallel"])
+@pytest.mark.parametrize("kind", [FSDPStrategy, ModelParallelStrategy], ids=["fsdp", "model_parallel"])
 @pytest.mark.parametrize("name", PRUNERS)
-def test_every_pruner_refuses_a_sharded_strategy_at_setup(name, strategy):
+def test_every_pruner_refuses_a_sharded_strategy_at_setup(name, kind):
     setup = SETUPS[name]
     pruner = setup.make()
-    trainer = SimpleNamespace(strategy=strategy(), callbacks=[pruner])  # a real Trainer cannot hold it on a CPU
-    with pytest.raises(ValueError, match=rf"{name} does not support strategy={strategy.__name__}: .*strategy='ddp'"):
+    trainer = SimpleNamespace(strategy=kind(), callbacks=[pruner])  # a real Trainer cannot hold it on a CPU
+    with pytest.raises(ValueError, match=rf"{name} does not support strategy={kind.__name__}: .*strategy='ddp'"):
         pruner.setup(trainer, setup.model(), "fit")

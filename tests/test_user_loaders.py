@@ -18,7 +18,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from lightning_prune import AccuracyGate, LatencyBenchmark, LayerFreezing, PruningAwareLR
-from tests.faults.setups import PRUNERS, SETUPS, Setup, count_params, digits, measure
+from lightning_prune.core.structured import count_parameters
+from tests.faults.setups import PRUNERS, SETUPS, Setup, digits, measure
 
 
 def plain_loaders(setup: Setup) -> tuple[DataLoader, DataLoader]:
@@ -50,10 +51,10 @@ def test_every_pruner_fits_on_plain_loaders(name: str, trainer_kwargs: dict, tmp
     assert setup.section in summary
     measured = measure(setup, pruner, model.state_dict())
     if name == "DenseUnitPruning":
-        assert count_params(model) < count_params(setup.model())  # units removed: the network shrank
+        assert count_parameters(model) < count_parameters(setup.model())  # units removed: the network shrank
     elif setup.structured:  # BlockPruning (a ratio per block), LatencyBudgetPruning (a latency budget)
         assert measured["sparsity"] > 0.1
-        assert count_params(model) < count_params(setup.model())
+        assert count_parameters(model) < count_parameters(setup.model())
     else:
         assert measured["sparsity"] == pytest.approx(expected_sparsity(pruner), abs=2e-3)
 
@@ -65,7 +66,7 @@ def test_ice_trio_fits_on_plain_loaders(trainer_kwargs: dict, tmp_path: Path) ->
     ice = [AccuracyGate(), LayerFreezing(), PruningAwareLR()]
     model = fit(setup, tmp_path, trainer_kwargs, [pruner, *ice])
     assert pruner.pruning_state.step > 0
-    assert count_params(model) < count_params(setup.model())
+    assert count_parameters(model) < count_parameters(setup.model())
     assert (tmp_path / "pruned_model.pt").is_file()
 
 

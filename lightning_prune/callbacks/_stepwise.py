@@ -13,7 +13,7 @@ from lightning_prune.callbacks import _contract as contract
 from lightning_prune.callbacks._contract import refuse_nonfinite
 from lightning_prune.callbacks._trainer import broadcast, final_metrics, info, output_dir
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState, pruning_listeners
-from lightning_prune.core.export import export_pruned, write_summary
+from lightning_prune.core.export import export_pruned, parameter_counts, write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_output_dir
 
@@ -277,8 +277,7 @@ class StepwisePruning(PruningCallback):
             "finetunes_skipped": sum(r.get("finetune") == "skipped" for r in state.history),
             "layer_sparsity": self._layer_sparsity(pl_module),
             **self._summary_fields(pl_module),
-            "params": sum(p.numel() for p in pl_module.parameters()),
-            "params_nonzero": sum(int((p != 0).sum()) for p in pl_module.parameters()),
+            **parameter_counts(pl_module),
             "time_s": state.time_s,
             "history": state.history,
             "metrics": final_metrics(trainer, "prune_layer/"),

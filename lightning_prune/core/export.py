@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core.structured import architecture_spec, resize_like
+from lightning_prune.core.structured import architecture_spec, count_parameters, resize_like
 
 RECORD_FORMAT = "lightning_prune.model_record/1"
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -212,9 +212,13 @@ def model_size(model: nn.Module, example: Any = None) -> dict[str, int | None]:
     layers are not counted); zeros still count, as dense kernels multiply them: only layers that pruning
     physically shrank lower the figure. ``None`` when no example is given or the forward pass fails on it.
     """
-    params = sum(p.numel() for p in model.parameters())
+    return {**parameter_counts(model), "macs": count_macs(model, example)}
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters and nonzero parameters: the model's size as every summary reports it."""
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return {"params": params, "params_nonzero": nonzero, "macs": count_macs(model, example)}
+    return {"params": count_parameters(model), "params_nonzero": nonzero}
 
 
 def count_macs(model: nn.Module, example: Any) -> int | None:

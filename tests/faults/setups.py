@@ -30,6 +30,7 @@ from lightning_prune import (
     PruningCallback,
 )
 from lightning_prune.core.selection import select_parameters
+from lightning_prune.core.structured import count_parameters
 from lightning_prune.data import DigitsDataModule, MegabatchDataModule, TabularDataModule
 from lightning_prune.models import MLP, Classifier
 from tests.helpers import cnn_classifier, resnet_classifier
@@ -249,10 +250,6 @@ class EmptyTrainSet(pl.LightningDataModule):
 # ---------------------------------------------------------------- what the weights say
 
 
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def selected(setup: Setup, pruner: PruningCallback, dense: nn.Module) -> list[str]:
     """The weights a pruner's sparsity is a fraction of, found in the dense model the way the pruner finds them."""
     if setup.name == "LatencyBudgetPruning":  # conv/linear weights (its table's layers), the head included
@@ -272,7 +269,7 @@ def measure(setup: Setup, pruner: PruningCallback, state_dict: dict[str, torch.T
     params, nonzero = sum(t.numel() for t in kept), sum(int((t != 0).sum()) for t in kept)
     counts = {"params": params, "params_after": params, "params_nonzero": nonzero, "kept_params": nonzero}
     if setup.name == "DenseUnitPruning":
-        return {"sparsity": 1.0 - params / count_params(dense), **counts}
+        return {"sparsity": 1.0 - params / count_parameters(dense), **counts}
     zeros = total = 0
     for name in selected(setup, pruner, dense):
         tensor = state_dict.get(name)

@@ -15,7 +15,7 @@ from torchmetrics.functional import r2_score
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_prune.bench._common import trainer
-from lightning_prune.core.structured import count_parameters
+from lightning_prune.core.export import parameter_counts
 from lightning_prune.core.timing import TimingSettings, measure_latency
 from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
@@ -165,8 +165,7 @@ def measure(
         }
     return {
         **pruned,
-        "params": count_parameters(net),
-        "params_nonzero": sum(int((p != 0).sum()) for p in net.parameters()),
+        **parameter_counts(net),
         "val_metric": arm.val_metric,
         "test_metric": arm.test_metric,
         "latency_ms_b1": latency_ms(net, datamodule.input_shape, 1, cfg.repeats, cfg.warmup),

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning_prune.callbacks._contract import measured_sparsity, verify_report
 from lightning_prune.callbacks._trainer import final_metrics
 from lightning_prune.callbacks.instant_soup.checks import NAME
-from lightning_prune.core.export import zero_fraction
+from lightning_prune.core.export import parameter_counts, zero_fraction
 
 
 def mask_steps(cb: Any) -> int:
@@ -60,8 +60,7 @@ def summary(
         "mask_steps": mask_steps(cb),
         "layer_sparsity": masks.layer_sparsity() if masks is not None else {},
         "layer_zero_fraction": zero_fraction(pl_module, cb._names),
-        "params": sum(p.numel() for p in pl_module.parameters()),
-        "params_nonzero": sum(int((p != 0).sum()) for p in pl_module.parameters()),
+        **parameter_counts(pl_module),
         "time_s": state.time_s,
         "history": state.history,
         "metrics": final_metrics(trainer, "prune_layer/"),

@@ -58,7 +58,7 @@ class StepwisePruning(PruningCallback):
             self._fitted_module = None  # nothing pruned yet: the instance may start afresh on any model
         continuing = contract.check_refit(self, pl_module)
         if continuing and self._next_epoch is not None:  # its epochs restart: rebase the step epochs
-            self.pruning_state.last_step_epoch += trainer.current_epoch - self._next_epoch
+            contract.count_epochs_on(self.pruning_state, self._next_epoch, trainer)
         self._next_epoch = trainer.current_epoch
         self._collect_listeners(trainer)
         return continuing

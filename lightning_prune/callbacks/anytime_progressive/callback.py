@@ -176,7 +176,7 @@ class AnytimeProgressivePruning(PruningCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs after a checkpoint's callback state is loaded; setup loaded the data of the megabatch it knew.
         if self._refit and not self._loaded:
-            continue_schedule(self.pruning_state, trainer.current_epoch, self._epochs_seen, self.epochs_per_megabatch)
+            continue_schedule(self.pruning_state, trainer, self._epochs_seen, self.epochs_per_megabatch)
         self._epochs_seen = trainer.current_epoch
         self._serve(trainer, max(self.pruning_state.step - 1, 0))
 

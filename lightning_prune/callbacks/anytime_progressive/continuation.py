@@ -7,6 +7,9 @@ new count, so the megabatch gets only the epochs it still lacks.
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
+
+from lightning_prune.callbacks._contract import count_epochs_on
 from lightning_prune.callbacks.anytime_progressive.metrics import ANYTIME_KEYS
 from lightning_prune.callbacks.protocol import PruningState
 
@@ -28,15 +31,15 @@ def remaining_epochs(
     return remaining, f"{sum(count for _, count in remaining)} epochs left of the schedule an earlier fit began"
 
 
-def continue_schedule(state: PruningState, first_epoch: int, epochs_seen: int, epochs_per_megabatch: int) -> None:
-    """Count the current megabatch's epochs from ``first_epoch`` on, after ``epochs_seen`` in the earlier fit.
+def continue_schedule(state: PruningState, trainer: pl.Trainer, epochs_seen: int, epochs_per_megabatch: int) -> None:
+    """Count the current megabatch's epochs from the Trainer's epoch on, after ``epochs_seen`` in the earlier fit.
 
     A megabatch the earlier fit ended before its last epoch was recorded at that fit's end; its record is
     reopened, to be taken again once its epochs are complete.
     """
     if state.step == 0:
         return
-    state.last_step_epoch += first_epoch - epochs_seen
+    count_epochs_on(state, epochs_seen, trainer)
     record = state.history[-1]
     if record.get("epochs_trained", epochs_per_megabatch) < epochs_per_megabatch:
         for key in ANYTIME_KEYS:

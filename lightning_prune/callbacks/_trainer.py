@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from lightning_prune.core import model_io
 from lightning_prune.core.structured import resize_like
 
 
-def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
-    """One input on the module's device: ``example_input_array`` if set, else the first validation sample.
+def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+    """One input on the module's device: ``example_input_array`` if set, else the first validation sample's.
+
+    A tensor, or a tuple or mapping of tensors (Hugging Face's ``input_ids``, ``attention_mask``): passed to
+    the model the way Lightning passes ``example_input_array`` (:func:`lightning_prune.core.model_io.call`).
 
     Raises:
         ValueError: when neither exists, saying how to provide one.
@@ -36,15 +40,18 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
     if example is None:
         loader = validation_loader(trainer)
         batch = next(iter(loader)) if loader is not None else None
-        if not isinstance(batch, (tuple, list)) or not isinstance(batch[0], Tensor):
+        try:
+            example = model_io.first_samples(model_io.split_batch(pl_module, batch)[0])
+        except ValueError as error:
             raise ValueError(
-                f"{type(pl_module).__name__} has no example_input_array and no (x, y) validation batch to take "
-                "an input shape from; set `self.example_input_array = torch.zeros(1, *input_shape)`"
-            )
-        example = batch[0][:1]
-    if not isinstance(example, Tensor):
-        raise ValueError(f"example_input_array must be a single tensor, got {type(example).__name__}")
-    return example.to(pl_module.device)
+                f"{type(pl_module).__name__} has no example_input_array and no validation batch to take an input "
+                f"from ({error}); set `self.example_input_array = torch.zeros(1, *input_shape)`"
+            ) from None
+    if not isinstance(example, (Tensor, tuple, Mapping)):
+        raise ValueError(
+            f"example_input_array must be a tensor, a tuple or a mapping of tensors, got {type(example).__name__}"
+        )
+    return model_io.to_device(example, pl_module.device)
 
 
 def validation_loader(trainer: pl.Trainer) -> Any:
@@ -198,17 +205,17 @@ def final_metrics(trainer: pl.Trainer, skip_prefix: str | None = None) -> dict[s
     }
 
 
-def batch_input(batch: Any, requester: str) -> Tensor:
-    """The input of a batch: the batch itself when it is a tensor, else the first element of ``(x, ...)``.
+def batch_input(pl_module: torch.nn.Module, batch: Any, requester: str) -> Any:
+    """The input part of a batch (:func:`lightning_prune.core.model_io.split_batch`), on the module's device.
 
     Raises:
-        ValueError: for any other batch, naming ``requester`` (the callback that reads it) and the batch's type.
+        ValueError: for a batch it cannot read, naming ``requester`` (the callback that reads it).
     """
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise ValueError(f"{requester} needs batches that are a tensor or (x, ...); got {type(batch).__name__}")
+    try:
+        inputs = model_io.split_batch(pl_module, batch)[0]
+    except ValueError as error:
+        raise ValueError(f"{requester}: {error}") from None
+    return model_io.to_device(inputs, pl_module.device)
 
 
 def check_xy_batch(batch: Any, requester: str, fix: str) -> None:

@@ -24,7 +24,7 @@ def training_moments(
     with torch.random.fork_rng(devices=[]):  # iterating a loader draws a seed; leave training's RNG alone
         batches = itertools.islice(trainer.train_dataloader, None if math.isinf(limit) else int(limit))
         requester = "DenseUnitPruning (scoring units on the training data)"
-        inputs = (batch_input(batch, requester).to(pl_module.device) for batch in batches)
+        inputs = (batch_input(pl_module, batch, requester) for batch in batches)
         moments = collect_unit_moments(pl_module, layers, inputs, covariance)
     if trainer.world_size == 1:
         return moments

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_prune.core import model_io
 from lightning_prune.core.masks import MaskSet, masks_from_scores
 from lightning_prune.core.validate import check_choice
 
@@ -131,7 +133,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
 def look_ahead(
     model: nn.Module,
     state: ParameterTable,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[Any],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     optimizer: torch.optim.Optimizer,
     masks: MaskSet | None = None,
@@ -149,9 +151,9 @@ def look_ahead(
     if masks is not None:
         masks.apply()
     with torch.enable_grad():
-        for x, y in batches:
+        for batch in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(functional_call(model, state, (x,)), y)
+            loss = loss_fn(*_scored_with(model, state, batch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"ingredient loss is {float(loss.detach())} at look-ahead step {steps + 1}")
             loss.backward()
@@ -166,15 +168,21 @@ def look_ahead(
 def mean_loss(
     model: nn.Module,
     state: Mapping[str, Tensor],
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[Any],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
 ) -> float:
     """Sample-weighted mean of ``loss_fn`` over ``batches`` with ``state`` substituted into ``model``."""
     total, count = 0.0, 0
-    for x, y in batches:
-        total += float(loss_fn(functional_call(model, dict(state), (x,)), y)) * len(x)
-        count += len(x)
+    for batch in batches:
+        logits, targets = _scored_with(model, state, batch)
+        total += float(loss_fn(logits, targets)) * len(targets)
+        count += len(targets)
     return total / count if count else math.nan
+
+
+def _scored_with(model: nn.Module, state: Mapping[str, Tensor], batch: Any) -> tuple[Tensor, Tensor]:
+    """``model_io.scored`` with ``state`` substituted for ``model``'s parameters and buffers."""
+    return model_io.scored(model, batch, lambda inputs: functional_call(model, dict(state), *model_io.as_args(inputs)))
 
 
 def interpolate(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:

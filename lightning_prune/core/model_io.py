@@ -21,7 +21,7 @@ Anything else takes ONE hook, a method on the LightningModule, read by every cal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -72,13 +72,18 @@ def describe(batch: Any) -> str:
     return type(batch).__name__
 
 
-def call(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)`` the way Lightning runs ``example_input_array``: tuple spread, mapping as keywords."""
+def as_args(inputs: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for the forward, as Lightning runs ``example_input_array`` (tuple spread, dict as kwargs)."""
     if isinstance(inputs, Mapping):
-        return model(**inputs)
+        return (), dict(inputs)
     if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
+        return inputs, {}
+    return (inputs,), {}
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    args, kwargs = as_args(inputs)
+    return model(*args, **kwargs)
 
 
 def logits_of(output: Any) -> Tensor:
@@ -106,8 +111,11 @@ def forward_logits(model: nn.Module, inputs: Any) -> Tensor:
     return logits_of(call(model, inputs))
 
 
-def scored(model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+def scored(model: nn.Module, batch: Any, forward: Callable[[Any], Any] | None = None) -> tuple[Tensor, Tensor]:
     """``(logits (N, C), targets (N,))`` of a labelled batch, aligned the way the model's own loss aligns them.
+
+    ``forward`` runs the inputs instead of ``model`` (e.g. with substituted weights); ``model`` still decides
+    how the batch is read.
 
     Raises:
         ValueError: when the batch carries no targets, or their shape does not match the logits'.
@@ -118,7 +126,7 @@ def scored(model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
             f"a {describe(batch)} batch carries no targets (no second element, no {list(LABEL_KEYS)} key); define "
             f"`{HOOK}(self, batch) -> (inputs, targets)` on your LightningModule"
         )
-    logits = forward_logits(model, inputs)
+    logits = logits_of(call(model, inputs) if forward is None else forward(inputs))
     return align(logits, targets.to(logits.device), causal=is_causal_lm(model))
 
 

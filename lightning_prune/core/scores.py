@@ -7,10 +7,13 @@ shapes; ``SCORES`` names the ones that need only the weights, which is what conf
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_prune.core import model_io
 
 
 def magnitude(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -64,10 +67,13 @@ def sp_lamp(channel_norms: Tensor) -> Tensor:
 def loss_gradients(
     model: nn.Module,
     names: Sequence[str],
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[Any],
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> dict[str, Tensor]:
-    """Gradients of ``loss_fn(model(x), y)`` for the named parameters, summed over ``batches`` (SNIP's term).
+    """Gradients of ``loss_fn(logits, targets)`` for the named parameters, summed over ``batches`` (SNIP's term).
+
+    Batches and outputs are read by :mod:`lightning_prune.core.model_io` (``(x, y)``, dict batches with
+    ``labels``, outputs with ``.logits``).
 
     The model runs in training mode, as SNIP scores it, but its buffers (BatchNorm running statistics)
     are restored afterwards and no ``.grad`` is written, so scoring leaves the model and the optimizer
@@ -88,8 +94,8 @@ def loss_gradients(
     was_training = model.training
     model.train()
     try:
-        for x, y in batches:
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+        for batch in batches:
+            grads = torch.autograd.grad(loss_fn(*model_io.scored(model, batch)), params, allow_unused=True)
             for total, grad in zip(totals, grads):
                 if grad is not None:
                     total += grad.detach()

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from lightning_prune.callbacks._trainer import eval_mode
+from lightning_prune.core import model_io
 from lightning_prune.data.megabatch import MegabatchDataModule
 
 EVAL_BATCH_SIZE = 256  # no gradients: larger batches than training's, less overhead per sample
@@ -30,13 +31,16 @@ def batch_limit(limit: int | float, num_batches: int) -> int:
 def count_errors(
     model: nn.Module, loader: DataLoader, limit: int | float, to_device: Callable[[Any], Any]
 ) -> tuple[int, int]:
-    """Misclassified and total samples (argmax of the logits) over the batches ``limit`` allows, in eval mode."""
+    """Misclassified and total samples (argmax of the logits) over the batches ``limit`` allows, in eval mode.
+
+    Batches and outputs are read by :mod:`lightning_prune.core.model_io` (token-level targets count per token).
+    """
     wrong = total = 0
     with eval_mode(model):
-        for x, y in itertools.islice(loader, batch_limit(limit, len(loader))):
-            x, y = to_device((x, y))
-            wrong += int((model(x).argmax(dim=-1) != y).sum())
-            total += int(y.numel())
+        for batch in itertools.islice(loader, batch_limit(limit, len(loader))):
+            correct, count = model_io.correct_and_total(model, to_device(batch))
+            wrong += count - int(correct)
+            total += count
     return wrong, total
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from lightning_prune.callbacks._trainer import eval_mode, validation_loader
+from lightning_prune.core import model_io
 from lightning_prune.core.instant_soup import ParameterTable, clone_state, look_ahead, mean_loss
 from lightning_prune.core.masks import MaskSet
 
@@ -58,13 +59,11 @@ class DataSource:
         collate = loader.collate_fn if loader.collate_fn is not None else default_collate
         return cls(loader.dataset, loader.batch_size, collate)
 
-    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """The ``(x, y)`` batch at ``indices`` (one indexing for tensor datasets, collated samples otherwise)."""
+    def batch(self, indices: Tensor) -> Any:
+        """The batch at ``indices`` (one indexing for tensor datasets, collated samples otherwise)."""
         if isinstance(self.dataset, TensorDataset) and self.collate_fn is default_collate:
-            x, y = self.dataset[indices]
-        else:
-            x, y = self.collate_fn([self.dataset[int(i)] for i in indices])
-        return x, y
+            return self.dataset[indices]
+        return self.collate_fn([self.dataset[int(i)] for i in indices])
 
     def random_batches(self, steps: int, generator: torch.Generator, device: torch.device) -> Iterator[Any]:
         """``steps`` batches from seeded permutations of the dataset: a random subset of ``steps`` batches."""
@@ -73,14 +72,13 @@ class DataSource:
             permutations.append(torch.randperm(len(self.dataset), generator=generator))
         order = torch.cat(permutations) if permutations else torch.empty(0, dtype=torch.long)
         for step in range(steps):
-            x, y = self.batch(order[step * self.batch_size : (step + 1) * self.batch_size])
-            yield x.to(device), y.to(device)
+            yield model_io.to_device(self.batch(order[step * self.batch_size : (step + 1) * self.batch_size]), device)
 
-    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, device: torch.device) -> Iterator[Any]:
         """Every sample once, in order (validation)."""
         for start in range(0, len(self.dataset), self.batch_size):
-            x, y = self.batch(torch.arange(start, min(start + self.batch_size, len(self.dataset))))
-            yield x.to(device), y.to(device)
+            indices = torch.arange(start, min(start + self.batch_size, len(self.dataset)))
+            yield model_io.to_device(self.batch(indices), device)
 
 
 def train_source(trainer: pl.Trainer) -> DataSource:

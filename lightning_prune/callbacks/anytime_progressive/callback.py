@@ -41,8 +41,10 @@ class AnytimeProgressivePruning(PruningCallback):
     generalisation gap (train - val accuracy) and the cumulative error rate (CER, test errors summed
     over megabatches), logged under ``app/`` and kept per megabatch in ``summary.json``.
 
-    Requires from your LightningModule: ``forward(x)`` returning class logits for ``(x, y)`` batches
-    (SNIP differentiates ``cross_entropy(module(x), y)``; accuracy is the argmax). The data: a
+    Requires from your LightningModule: a forward returning class logits (a tensor or an output with
+    ``.logits``) for labelled batches, ``(x, y)`` or dicts with ``labels`` (read by
+    :mod:`lightning_prune.core.model_io`; a ``split_batch`` method on the module reads any other kind). SNIP
+    differentiates the cross-entropy of those logits; accuracy is their argmax. The data: a
     :class:`MegabatchDataModule` of ``num_megabatches``, or your own (``fit(model, train_loader, val_loader)``
     or a data module): the training loader's dataset is split (:meth:`MegabatchDataModule.from_loaders`).
 

@@ -58,9 +58,10 @@ class InstantSoupPruning(PruningCallback):
     on cloned tensors; the module is never copied), on rank 0, and the decision is broadcast. Their
     cost (optimizer steps, wall seconds) is logged as ``soup/ingredient_steps`` and ``soup/ingredient_s``.
 
-    Requires from your LightningModule: ``forward(x)`` returning what ``loss`` takes with ``y``; a single
-    training DataLoader over a map-style dataset of ``(x, y)`` samples and a fixed ``batch_size`` (the
-    ingredients draw their batches from it directly, whatever ``limit_train_batches`` says); one
+    Requires from your LightningModule: a forward returning what ``loss`` takes with the targets (logits, or an
+    output with ``.logits``; batches ``(x, y)`` or dicts with ``labels``, read by :mod:`lightning_prune.core.model_io`
+    or the module's ``split_batch``); a single training DataLoader over a map-style dataset and a fixed
+    ``batch_size`` (the ingredients draw their batches from it directly, whatever ``limit_train_batches`` says); one
     optimizer (ingredients use a fresh one of its class at its current LR). ``training_step`` is *not*
     called for ingredients, so their steps never reach your logs or metrics. ``variant="ims"`` also needs
     a validation DataLoader.

@@ -189,7 +189,10 @@ class MegabatchDataModule(pl.LightningDataModule):
         order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle else None
         order = order if order is not None else torch.arange(total)
         self.megabatches = list(torch.tensor_split(order, self.num_megabatches))
-        self.input_shape = tuple(self.train_set[0][0].shape)
+        sample = self.train_set[0]
+        # (x, y) samples have an input shape; dict samples (Hugging Face) have none to give.
+        is_pair = isinstance(sample, (tuple, list)) and sample and isinstance(sample[0], torch.Tensor)
+        self.input_shape = tuple(sample[0].shape) if is_pair else ()
 
     def _take_sets(self, datamodule: pl.LightningDataModule) -> None:
         datamodule.setup("fit")

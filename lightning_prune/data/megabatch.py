@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from lightning_prune.data.arrays import EpochSeededSampler
 
 REPLAY_MODES = ("full", "partial", "none")
+HOLDOUT_KEY = 2  # keeps the holdout draw's random stream apart from the replay buffers' and SNIP's
 # What a split of your own loader keeps of it (its batch size too); its sampler gives way to the megabatch's.
 LOADER_SETTINGS = (
     "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
@@ -111,7 +112,9 @@ class MegabatchDataModule(pl.LightningDataModule):
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.batch_size = batch_size if batch_size is not None else getattr(datamodule, "batch_size", 64)
         self.seed, self.num_workers, self.num_classes = seed, num_workers, num_classes
-        self.megabatches: list[Tensor] = []
+        self.megabatches: list[Tensor] = []  # each megabatch's training samples (its holdout taken out)
+        self.holdouts: list[Tensor] = []  # each megabatch's held-out samples (the paper's 90/10 split)
+        self.holdout_fraction = 0.0
         self.input_shape: tuple[int, ...] = ()
         self.megabatch, self.replay, self.replay_fraction = 0, "full", 0.1
         # Set by from_loaders: the user's DataLoader settings, drop_last and whether an epoch is shuffled.
@@ -188,7 +191,8 @@ class MegabatchDataModule(pl.LightningDataModule):
             )
         order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle else None
         order = order if order is not None else torch.arange(total)
-        self.megabatches = list(torch.tensor_split(order, self.num_megabatches))
+        self._parts = list(torch.tensor_split(order, self.num_megabatches))
+        self.set_holdout(self.holdout_fraction)
         sample = self.train_set[0]
         # (x, y) samples have an input shape; dict samples (Hugging Face) have none to give.
         is_pair = isinstance(sample, (tuple, list)) and sample and isinstance(sample[0], torch.Tensor)
@@ -205,6 +209,38 @@ class MegabatchDataModule(pl.LightningDataModule):
             self.num_classes = getattr(datamodule, "num_classes", None)
 
     # ---------------------------------------------------------------- which samples
+
+    def set_holdout(self, fraction: float) -> None:
+        """Hold out a seeded ``fraction`` of every megabatch (none for 0) for picking its best weights.
+
+        The paper splits each megabatch 90/10 into train and validation; training then reads only the train
+        part, and the held-out part of the megabatches being trained on ranks the epochs' weights.
+
+        Raises:
+            ValueError: for a fraction outside [0, 1), or one leaving a megabatch without training samples.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1) (share of each megabatch held out), got {fraction!r}")
+        self.holdout_fraction = fraction
+        if not getattr(self, "_parts", None):
+            return  # set up later: setup() splits with this fraction
+        self.megabatches, self.holdouts = [], []
+        for index, part in enumerate(self._parts):
+            held = seeded_sample(part, round(fraction * len(part)), self.seed, HOLDOUT_KEY, index)
+            kept = part[~torch.isin(part, held)]
+            if len(kept) == 0:
+                raise ValueError(
+                    f"holdout_fraction={fraction} leaves megabatch {index + 1} ({len(part)} samples) nothing to train "
+                    "on; lower it or use fewer, larger megabatches"
+                )
+            self.megabatches.append(kept)
+            self.holdouts.append(held)
+
+    def holdout_indices(self, megabatch: int, replay: str = "full") -> Tensor:
+        """Held-out indices of the megabatches trained on at ``megabatch``: 0..t with full replay, else t."""
+        self._check_megabatch(megabatch)
+        parts = self.holdouts[: megabatch + 1] if replay == "full" else self.holdouts[megabatch : megabatch + 1]
+        return torch.cat(parts)
 
     def megabatch_sizes(self) -> list[int]:
         return [len(part) for part in self.megabatches]

@@ -10,19 +10,30 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lightning_prune.callbacks._contract import check_refit, refuse_nonfinite, refuse_other_pruners
-from lightning_prune.callbacks._trainer import broadcast, info, output_dir, reload_train_data, serve_train_loader
-from lightning_prune.callbacks.anytime_progressive.checks import NAME, check_budget, megabatch_data, refuse_listeners
+from lightning_prune.callbacks._trainer import broadcast, info, reload_train_data, serve_train_loader
+from lightning_prune.callbacks.anytime_progressive.best import (
+    BestWeights,
+    holdout_accuracy,
+    initial_learning_rates,
+    restart_learning_rates,
+)
+from lightning_prune.callbacks.anytime_progressive.checks import (
+    NAME,
+    check_budget,
+    megabatch_data,
+    refuse_listeners,
+    validate_arguments,
+)
 from lightning_prune.callbacks.anytime_progressive.continuation import continue_schedule, remaining_epochs
-from lightning_prune.callbacks.anytime_progressive.metrics import anytime_metrics, log_anytime_metrics, split_errors
-from lightning_prune.callbacks.anytime_progressive.report import log_state, summary, verified_report
+from lightning_prune.callbacks.anytime_progressive.metrics import record_megabatch
+from lightning_prune.callbacks.anytime_progressive.report import export, log_state, verified_report
 from lightning_prune.callbacks.anytime_progressive.snip import snip_plan
 from lightning_prune.callbacks.protocol import PruningCallback, PruningState
-from lightning_prune.core.export import export_pruned, write_summary
-from lightning_prune.core.masks import SCOPES, MaskSet
-from lightning_prune.core.schedules import APP_TARGET_SPARSITY, MEGABATCH_SCHEDULES, megabatch_sparsities
-from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters, validate_selector
-from lightning_prune.core.validate import check_choice, check_fraction, check_int, check_output_dir
-from lightning_prune.data.megabatch import MegabatchDataModule, check_replay
+from lightning_prune.core.masks import MaskSet
+from lightning_prune.core.schedules import APP_TARGET_SPARSITY
+from lightning_prune.core.selection import DEFAULT_TYPES, select_parameters
+from lightning_prune.core.validate import check_output_dir
+from lightning_prune.data.megabatch import MegabatchDataModule
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,12 @@ class AnytimeProgressivePruning(PruningCallback):
         replay: training data at megabatch t: ``"full"`` (megabatches 1..t, the paper's default),
             ``"partial"`` (t plus a fixed ``replay_fraction`` buffer of each earlier one) or ``"none"``.
         replay_fraction: share of each earlier megabatch replayed with ``replay="partial"``, in (0, 1).
+        holdout_fraction: share of every megabatch held out of training, in [0, 1) (the paper: 0.1); its held-out
+            part ranks the epochs' weights for ``restore_best``.
+        restore_best: after each megabatch, reload the weights of its epoch with the best held-out accuracy
+            (the paper's code does); needs ``holdout_fraction`` > 0.
+        restart_lr: start every megabatch at the initial learning rate, its scheduler back at epoch 0 (the paper
+            restarts SGD at lr 0.1 with its MultiStepLR per megabatch).
         include_types, include_names, exclude_names, prune_head, include_biases: which weights are
             pruned (see :func:`~lightning_prune.core.selection.select_parameters`; the head stays dense).
         stop_when_done: stop training after the last megabatch's epochs.
@@ -109,6 +126,9 @@ class AnytimeProgressivePruning(PruningCallback):
         scope: str = "global",
         replay: str = "full",
         replay_fraction: float = 0.1,
+        holdout_fraction: float = 0.0,
+        restore_best: bool = False,
+        restart_lr: bool = False,
         include_types: Sequence[str] = DEFAULT_TYPES,
         include_names: str | None = None,
         exclude_names: Sequence[str] = (),
@@ -125,7 +145,8 @@ class AnytimeProgressivePruning(PruningCallback):
         self.include_types, self.include_names = list(include_types), include_names
         self.exclude_names, self.prune_head, self.include_biases = list(exclude_names), prune_head, include_biases
         self.stop_when_done, self.log_layers, self.seed = stop_when_done, log_layers, seed
-        self.sparsities = self._validate()
+        self.holdout_fraction, self.restore_best, self.restart_lr = holdout_fraction, restore_best, restart_lr
+        self.sparsities = validate_arguments(self)
         self.export_dir = check_output_dir("export_dir", export_dir)
         self.pruning_state = PruningState(target_sparsity=target_sparsity, num_steps=num_megabatches)
         self._names: list[str] = []
@@ -133,21 +154,9 @@ class AnytimeProgressivePruning(PruningCallback):
         self._data: MegabatchDataModule | None = None
         self._own_split = False  # True: _data splits fit's own training loader, served through the fit loop
         self._epoch_started = 0.0
+        self._best, self._initial_lrs = BestWeights(), []
         # A later fit continues (check_refit) unless a checkpoint is loaded; _epochs_seen: the last fit's epochs.
         self._refit, self._loaded, self._epochs_seen = False, False, 0
-
-    def _validate(self) -> list[float]:
-        """Check every argument; return the per-megabatch sparsities."""
-        check_int("num_megabatches", self.num_megabatches, low=1)
-        check_int("epochs_per_megabatch", self.epochs_per_megabatch, low=1)
-        check_int("seed", self.seed, low=0)
-        check_fraction("target_sparsity", self.target_sparsity, closed_low=True)
-        check_fraction("snip_fraction", self.snip_fraction, closed_high=True)
-        check_choice("schedule", self.schedule, list(MEGABATCH_SCHEDULES))
-        check_choice("scope", self.scope, SCOPES)
-        check_replay(self.replay, self.replay_fraction)
-        validate_selector(self.include_types, self.include_names, self.exclude_names)
-        return megabatch_sparsities(self.schedule, self.target_sparsity, self.num_megabatches)
 
     @property
     def state_key(self) -> str:
@@ -163,6 +172,8 @@ class AnytimeProgressivePruning(PruningCallback):
         refuse_other_pruners(trainer, self)
         self._refit, self._loaded = check_refit(self, pl_module), False
         self._data, self._own_split = megabatch_data(trainer, self.num_megabatches, self.seed)
+        if self.holdout_fraction:
+            self._data.set_holdout(self.holdout_fraction)
         refuse_listeners(trainer)
         self._serve(trainer, max(self.pruning_state.step - 1, 0), reload=False)
         continued = self._refit and trainer.ckpt_path is None  # else the whole schedule, as for a resume
@@ -194,13 +205,14 @@ class AnytimeProgressivePruning(PruningCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._masks.bind(pl_module).apply()
+        self._initial_lrs = initial_learning_rates(trainer)
 
     # ---------------------------------------------------------------- the loop
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._megabatch_trained(trainer) and not self._recorded():
             # Resumed from the checkpoint of a megabatch's last epoch, saved before its record was taken.
-            self._record_megabatch(trainer, pl_module, epochs_done=trainer.current_epoch)
+            record_megabatch(self, trainer, pl_module, epochs_done=trainer.current_epoch)
         state = self.pruning_state
         if state.step < self.num_megabatches and (state.step == 0 or self._megabatch_trained(trainer)):
             self._start_megabatch(trainer, pl_module, state.step)
@@ -217,6 +229,9 @@ class AnytimeProgressivePruning(PruningCallback):
     def _start_megabatch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, megabatch: int) -> None:
         state, data = self.pruning_state, self._data
         self._serve(trainer, megabatch)
+        self._best.reset()
+        if self.restart_lr and megabatch > 0:
+            restart_learning_rates(trainer, self._initial_lrs)
         record: dict[str, Any] = {"step": megabatch + 1, "epoch": trainer.current_epoch}
         refuse_nonfinite(pl_module, NAME, f"before step {megabatch + 1}")  # on every rank, before rank 0 scores
         with state.timed("prune"):
@@ -247,46 +262,29 @@ class AnytimeProgressivePruning(PruningCallback):
         state.time_s["finetune"] += time.perf_counter() - self._epoch_started
         log_state(self, pl_module)
         epochs_done = self._epochs_seen = trainer.current_epoch + 1
+        if self.restore_best and state.step > 0 and not self._recorded():
+            self._best.offer(pl_module, holdout_accuracy(trainer, pl_module, self._data, self), trainer.current_epoch)
         if epochs_done - state.last_step_epoch == self.epochs_per_megabatch and not self._recorded():
-            self._record_megabatch(trainer, pl_module, epochs_done)
+            if self.restore_best:
+                self._best.restore(pl_module)
+                state.history[-1].update(best_epoch=self._best.epoch, holdout_acc=self._best.accuracy)
+            record_megabatch(self, trainer, pl_module, epochs_done)
             if state.step >= self.num_megabatches:
                 state.phase = "done"
                 if self.stop_when_done:
                     trainer.should_stop = True
 
-    def _record_megabatch(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs_done: int, log: bool = True
-    ) -> None:
-        """Evaluate the model after a megabatch (rank 0), complete its record and log it under ``app/``."""
-        state, errors = self.pruning_state, None
-        if trainer.is_global_zero:
-            with state.timed("evaluate"):
-                errors = split_errors(trainer, pl_module, self._data, state.step - 1, self.replay, self.replay_fraction)
-        errors = broadcast(trainer, errors)
-        record = state.history[-1]
-        record.update(anytime_metrics(errors, state.history[-2]["cer"] if len(state.history) > 1 else 0))
-        record["epochs_trained"] = epochs_done - state.last_step_epoch
-        if log:
-            log_anytime_metrics(pl_module, record)
-
     # ---------------------------------------------------------------- export and state
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._recorded():  # stopped early, or resumed from the very last epoch's checkpoint
-            self._record_megabatch(trainer, pl_module, trainer.current_epoch, log=False)
+            record_megabatch(self, trainer, pl_module, trainer.current_epoch, log=False)
         refuse_nonfinite(pl_module, NAME, "at fit end")
         if trainer.fast_dev_run:
             return
         verified = verified_report(self, trainer, pl_module)
         if trainer.is_global_zero:
-            self._export(trainer, pl_module, verified)
-
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, verified: dict[str, Any]) -> None:
-        directory = output_dir(trainer, self.export_dir)
-        model_path = export_pruned(pl_module, directory / "pruned_model.pt")
-        write_summary(directory / "summary.json", "anytime_progressive", summary(self, pl_module, model_path, verified))
-        sparsity, done = verified["measured"]["sparsity"], self.pruning_state.step
-        info(log, f"APP done: sparsity {sparsity:.4f} (measured) after {done} megabatches; exported {model_path}")
+            export(self, trainer, pl_module, verified)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -10,9 +11,36 @@ from lightning_prune.callbacks._contract import check_training_budget
 from lightning_prune.callbacks._trainer import fit_train_loader, validation_loader
 from lightning_prune.callbacks.anytime_progressive.metrics import batch_limit
 from lightning_prune.callbacks.protocol import pruning_listeners
-from lightning_prune.data.megabatch import MegabatchDataModule
+from lightning_prune.core.masks import SCOPES
+from lightning_prune.core.schedules import MEGABATCH_SCHEDULES, megabatch_sparsities
+from lightning_prune.core.selection import validate_selector
+from lightning_prune.core.validate import check_choice, check_fraction, check_int
+from lightning_prune.data.megabatch import MegabatchDataModule, check_replay
 
 NAME = "AnytimeProgressivePruning"
+
+
+def validate_arguments(cb: Any) -> list[float]:
+    """Check every constructor argument of APP ``cb``; return the per-megabatch sparsities."""
+    check_int("num_megabatches", cb.num_megabatches, low=1)
+    check_int("epochs_per_megabatch", cb.epochs_per_megabatch, low=1)
+    check_int("seed", cb.seed, low=0)
+    check_fraction("target_sparsity", cb.target_sparsity, closed_low=True)
+    check_fraction("snip_fraction", cb.snip_fraction, closed_high=True)
+    check_fraction("holdout_fraction", cb.holdout_fraction, closed_low=True)
+    check_choice("schedule", cb.schedule, list(MEGABATCH_SCHEDULES))
+    check_choice("scope", cb.scope, SCOPES)
+    check_replay(cb.replay, cb.replay_fraction)
+    validate_selector(cb.include_types, cb.include_names, cb.exclude_names)
+    for name in ("restore_best", "restart_lr"):
+        if not isinstance(getattr(cb, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cb, name)!r}")
+    if cb.restore_best and not cb.holdout_fraction:
+        raise ValueError(
+            "restore_best=True picks each megabatch's best epoch on its held-out samples and needs "
+            f"holdout_fraction > 0 (the paper: 0.1), got holdout_fraction={cb.holdout_fraction!r}"
+        )
+    return megabatch_sparsities(cb.schedule, cb.target_sparsity, cb.num_megabatches)
 
 
 def megabatch_data(trainer: pl.Trainer, num_megabatches: int, seed: int) -> tuple[MegabatchDataModule, bool]:

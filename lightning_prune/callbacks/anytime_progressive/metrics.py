@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from lightning_prune.callbacks._trainer import eval_mode
+from lightning_prune.callbacks._trainer import broadcast, eval_mode
 from lightning_prune.core import model_io
 from lightning_prune.data.megabatch import MegabatchDataModule
 
@@ -95,3 +95,19 @@ def log_anytime_metrics(pl_module: pl.LightningModule, record: dict[str, Any]) -
         if key in record:
             pl_module.log(f"app/{key}", float(record[key]), on_step=False, on_epoch=True)
     pl_module.log("app/megabatch", float(record["step"]), on_step=False, on_epoch=True)
+
+
+def record_megabatch(
+    cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs_done: int, log: bool = True
+) -> None:
+    """Evaluate the model after APP ``cb``'s megabatch (rank 0), complete its record and log it under ``app/``."""
+    state, errors = cb.pruning_state, None
+    if trainer.is_global_zero:
+        with state.timed("evaluate"):
+            errors = split_errors(trainer, pl_module, cb._data, state.step - 1, cb.replay, cb.replay_fraction)
+    errors = broadcast(trainer, errors)
+    record = state.history[-1]
+    record.update(anytime_metrics(errors, state.history[-2]["cer"] if len(state.history) > 1 else 0))
+    record["epochs_trained"] = epochs_done - state.last_step_epoch
+    if log:
+        log_anytime_metrics(pl_module, record)

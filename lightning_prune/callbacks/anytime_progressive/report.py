@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,12 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_prune.callbacks._contract import measured_sparsity, verify_report
+from lightning_prune.callbacks._trainer import info, output_dir
 from lightning_prune.callbacks.anytime_progressive.checks import NAME
+from lightning_prune.core.export import export_pruned, write_summary
 from lightning_prune.core.schedules import app_exponent
+
+log = logging.getLogger(__name__)
 
 
 def summary(cb: Any, pl_module: nn.Module, model_path: Path, verified: dict[str, Any]) -> dict[str, Any]:
@@ -66,3 +71,12 @@ def verified_report(cb: Any, trainer: pl.Trainer, pl_module: nn.Module) -> dict[
     measured = {"sparsity": measured_sparsity(pl_module, cb._names)}
     target = f"the last of num_megabatches={cb.num_megabatches} (sparsity {cb.sparsities[-1]:.4g})"
     return verify_report(trainer, NAME, {"sparsity": state.sparsity}, measured, finished, target)
+
+
+def export(cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, verified: dict[str, Any]) -> None:
+    """Write APP ``cb``'s pruned model and ``summary.json`` (rank 0 calls this)."""
+    directory = output_dir(trainer, cb.export_dir)
+    model_path = export_pruned(pl_module, directory / "pruned_model.pt")
+    write_summary(directory / "summary.json", "anytime_progressive", summary(cb, pl_module, model_path, verified))
+    sparsity, done = verified["measured"]["sparsity"], cb.pruning_state.step
+    info(log, f"APP done: sparsity {sparsity:.4f} (measured) after {done} megabatches; exported {model_path}")

@@ -48,7 +48,7 @@ def test_readme_is_a_front_door() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert len(readme.splitlines()) <= 250
-    setup = "pip install torch==2.14.1 torchvision==0.29.1 -e '.[test]' && python -m lightning_prune.run recipe=iterative"
+    setup = "pip install torch==2.14.1 torchvision==0.29.1 -e '.[test]' && python -m lightning_prune.run recipe=iter"
     assert setup in readme
     assert ". .venv/bin/activate && python -m pytest" in readme
     assert "python -m lightning_prune.run recipe=iterative" in ci

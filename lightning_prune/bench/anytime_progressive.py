@@ -76,7 +76,8 @@ def run_arm(name: str, base: ArrayDataModule, seed: int, cfg: DictConfig) -> dic
     model = Classifier(net, base.num_classes, base.input_shape, lr=cfg.lr, optimizer=cfg.optimizer)
     data = MegabatchDataModule(base, num_megabatches=megabatches, seed=seed)
     with tempfile.TemporaryDirectory() as root:
-        options = {"target_sparsity": cfg.target_sparsity, "replay": cfg.replay, **cfg.arms[name]}
+        protocol = {"holdout_fraction": cfg.holdout_fraction, "restore_best": cfg.restore_best}
+        options = {"target_sparsity": cfg.target_sparsity, "replay": cfg.replay, **protocol, **cfg.arms[name]}
         pruner = AnytimeProgressivePruning(
             num_megabatches=megabatches, epochs_per_megabatch=epochs, export_dir=root, **options
         )
@@ -122,6 +123,8 @@ def run(cfg: DictConfig, record: Record) -> None:
         "num_megabatches": cfg.num_megabatches,
         "epochs_per_megabatch": cfg.epochs_per_megabatch,
         "replay": cfg.replay,
+        "holdout_fraction": cfg.holdout_fraction,
+        "restore_best": cfg.restore_best,
         "target_sparsity": cfg.target_sparsity,
         "model": f"SmallCNN{tuple(cfg.widths)}",
         "optimizer": f"{cfg.optimizer} lr={cfg.lr}" + (_decay(cfg) if cfg.lr_decay else ""),
@@ -137,9 +140,10 @@ def run(cfg: DictConfig, record: Record) -> None:
                 f"cer {arm['cer']}, {arm['wall_s']:.0f} s"
             )
             done = {key: mean_over_seeds(value) for key, value in runs.items() if value}
-            record({"dataset": cfg.dataset, **done, "setup": setup, "environment": environment()}, complete=False)
+            head = {"regime": cfg.regime, "dataset": cfg.dataset}
+            record({**head, **done, "setup": setup, "environment": environment()}, complete=False)
     results = {name: mean_over_seeds(arm_runs) for name, arm_runs in runs.items()}
-    record({"dataset": cfg.dataset, **results, "setup": setup, "environment": environment()})
+    record({"regime": cfg.regime, "dataset": cfg.dataset, **results, "setup": setup, "environment": environment()})
     title = f"APP on {cfg.dataset}: {cfg.num_megabatches} megabatches x {cfg.epochs_per_megabatch} epochs"
     print_table(f"{title}, {len(seeds)} seed(s)", *_arm_rows(results))
 

@@ -232,5 +232,6 @@ def _print(result: dict[str, Any]) -> None:
         for r in result["results"]
         for arm in result["arms"]
     ]
-    title = f"instant_soup benchmark ({result['setting']}: {result['dataset']}, {result['train_samples']} training samples)"
+    data = f"{result['dataset']}, {result['train_samples']} training samples"
+    title = f"instant_soup benchmark ({result['setting']}: {data})"
     print_table(title, ["sparsity", "arm", "test_acc", "wall_s", "mask_steps", "total_steps"], rows)

@@ -44,7 +44,8 @@ class InstantSoupPruning(PruningCallback):
     their own protocol (LR and weight-decay multipliers, seed), each copy and the model itself give a
     magnitude mask ``step_ratio`` sparser than the current one, and the masks are superposed (``combine``:
     ``"union"`` as in the paper, ``"intersection"`` or ``"vote"``); as in the paper the superposed mask is kept
-    as it is, except in the last round, which is adjusted to ``target_sparsity`` by the members' mean score. Rounds continue until ``target_sparsity``; training then simply
+    as it is, except in the last round, which is adjusted to ``target_sparsity`` by the members' mean score.
+    Rounds continue until ``target_sparsity``; training then simply
     goes on with the same optimizer state (no rewind) until the Trainer stops. Pruning happens at the
     start of the training batch at which the round's optimizer step is reached, so a checkpoint taken
     before it and resumed redoes it identically.

@@ -45,10 +45,9 @@ class InstantSoupPruning(PruningCallback):
     magnitude mask ``step_ratio`` sparser than the current one, and the masks are superposed (``combine``:
     ``"union"`` as in the paper, ``"intersection"`` or ``"vote"``); as in the paper the superposed mask is kept
     as it is, except in the last round, which is adjusted to ``target_sparsity`` by the members' mean score.
-    Rounds continue until ``target_sparsity``; training then simply
-    goes on with the same optimizer state (no rewind) until the Trainer stops. Pruning happens at the
-    start of the training batch at which the round's optimizer step is reached, so a checkpoint taken
-    before it and resumed redoes it identically.
+    Rounds continue until ``target_sparsity``; training then simply goes on with the same optimizer state (no
+    rewind) until the Trainer stops. Pruning happens at the start of the training batch at which the round's
+    optimizer step is reached, so a checkpoint taken before it and resumed redoes it identically.
 
     ``variant="ims"`` is Instant Model Soup (Alg. 3, dense to dense): at ``warmup_steps``, each ingredient
     is the model pruned by magnitude to ``copy_sparsities[n]`` and weakly trained ``lookahead_steps``; the

@@ -13,9 +13,10 @@ from omegaconf import DictConfig
 
 from lightning_prune import InstantSoupPruning, IterativePruning
 from lightning_prune.bench._common import Stopwatch, default_data, environment, print_table, quiet, trainer
+from lightning_prune.bench.instant_soup.models import describe, network
 from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.data.arrays import ArrayDataModule
-from lightning_prune.models import MLP, Classifier
+from lightning_prune.models import Classifier
 
 ARMS = ("oneshot", "isp", "isp_n0", "imp")
 CLAIMED = ("oneshot", "isp", "imp")  # the arms every claim needs; isp_n0 adds the soup ablation
@@ -72,7 +73,7 @@ def _one_seed(cfg: DictConfig, seed: int, root: str) -> dict[str, Any]:
     return {
         "dataset": name,
         "train_samples": len(datamodule.train_set),
-        "model": f"MLP {datamodule.input_shape} -> {list(cfg.hidden)} -> {datamodule.num_classes}",
+        "model": describe(cfg, datamodule.input_shape, datamodule.num_classes),
         "steps_per_epoch": steps_per_epoch,
         "pretrain": {"seed": seed, **pretrain},
         "rows": rows,
@@ -102,7 +103,7 @@ def _data(cfg: DictConfig, seed: int, classes: Any = None) -> tuple[ArrayDataMod
 
     ``classes`` keeps those labels only, renumbered from 0 (one task of a transfer setting).
     """
-    datamodule, name = default_data(cfg.data_dir, seed, batch_size=cfg.batch_size)
+    datamodule, name = default_data(cfg.data_dir, seed, batch_size=cfg.batch_size, digits=cfg.get("digits", False))
     classes = list(classes) if classes is not None else None
     if name == "mnist":
         datamodule = MNISTDataModule(
@@ -119,8 +120,8 @@ def _data(cfg: DictConfig, seed: int, classes: Any = None) -> tuple[ArrayDataMod
 
 
 def _model(datamodule: ArrayDataModule, cfg: DictConfig) -> Classifier:
-    net = MLP(datamodule.input_shape, datamodule.num_classes, hidden=tuple(cfg.hidden))
-    return Classifier(net, datamodule.num_classes, datamodule.input_shape, lr=cfg.lr)
+    net = network(cfg, datamodule.input_shape, datamodule.num_classes)
+    return Classifier(net, datamodule.num_classes, datamodule.input_shape, lr=cfg.lr, optimizer=cfg.optimizer)
 
 
 def _pretrain(datamodule: ArrayDataModule, cfg: DictConfig, seed: int, root: str) -> tuple[dict, dict[str, float]]:

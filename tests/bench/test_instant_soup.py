@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_prune.bench.__main__ import dispatch
 from lightning_prune.bench._compose import compose_benchmark
@@ -58,3 +59,15 @@ def test_transfer_setting_pretrains_on_some_digits_and_prunes_on_the_others(tmp_
     assert list(cfg.transfer.pretrain_classes) == [0, 1, 2, 3, 4]
     assert list(cfg.sparsities) == [0.8, 0.9, 0.95]
     assert len(cfg.seeds) == 5
+
+
+def test_transfer_bert_setting_reads_digits_as_pixel_tokens() -> None:
+    from lightning_prune.bench.instant_soup.models import PixelTokenBert, network
+
+    cfg = compose_benchmark("instant_soup", ["setting=transfer_bert"])
+    assert cfg.setting == "transfer-bert"
+    net = network(cfg, (1, 8, 8), 5)
+    assert isinstance(net, PixelTokenBert)
+    assert net.bert.config.vocab_size == cfg.bert.levels
+    logits = net(torch.rand(3, 1, 8, 8))
+    assert logits.shape == (3, 5)

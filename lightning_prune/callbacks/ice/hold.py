@@ -6,9 +6,9 @@ accuracy as its reference ``A0``: every later drop looks small, every fine-tune 
 near chance. Gradual pruning alone survives this (it fine-tunes after every step); the gate cannot. So when
 the first step is due while accuracy is at chance level, the gate holds it: it measures accuracy at each epoch
 start and lets the step run once the gain over the previous epoch is below its own ``threshold`` (a gain the
-gate itself would call no change), or at the latest epoch from which the whole schedule still fits in
-``max_epochs``. A network that is already above chance when the first step is due (trained weights loaded, or
-the user's own ``warmup_epochs``) is not held: the user decided when pruning starts.
+gate itself would call no change), or at the latest halfway to the last epoch from which the whole schedule
+still fits in ``max_epochs``. A network that is already above chance when the first step is due (trained
+weights loaded, or the user's own ``warmup_epochs``) is not held: the user decided when pruning starts.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ class FirstStepHold:
             rank_zero_warn(
                 f"AccuracyGate: the first pruning step is due at epoch {epoch} but accuracy is {accuracy:.3f}, at "
                 f"chance level (an untrained net): holding it until validation accuracy levels off (gains below "
-                f"threshold={self.tolerance_pt} pt per epoch) or epoch {latest_start(trainer, state, pruner)}, the "
-                f"latest from which the schedule fits max_epochs={trainer.max_epochs}. To prune at a fixed epoch "
+                f"threshold={self.tolerance_pt} pt per epoch) or epoch {latest_start(trainer, state, pruner)} (halfway "
+                f"to the last from which the schedule fits max_epochs={trainer.max_epochs}). To prune at a fixed epoch "
                 f"instead, set warmup_epochs=N on {type(pruner).__name__} (or hold_untrained=False)."
             )
             return False
@@ -63,7 +63,7 @@ class FirstStepHold:
         if trained and previous is not None and 100.0 * (accuracy - previous) < self.tolerance_pt:
             self.released_because = f"accuracy levelled off at {accuracy:.4f} (+{100.0 * (accuracy - previous):.2f} pt)"
         elif deadline is not None and epoch >= deadline:
-            self.released_because = f"epoch {epoch} is the latest from which the schedule fits max_epochs"
+            self.released_because = f"epoch {epoch} is the latest start (halfway to the last the schedule fits)"
         else:
             return False
         info(log, f"accuracy gate: first pruning step released at epoch {epoch}: {self.released_because}")
@@ -79,9 +79,14 @@ class FirstStepHold:
 
 
 def latest_start(trainer: pl.Trainer, state: PruningState, pruner: Any) -> int | None:
-    """The last epoch at which the first step can start with every fine-tune still inside ``max_epochs``."""
+    """The epoch by which the first step runs, held or not: halfway to the last one the schedule fits in.
+
+    Every fine-tune still fits ``max_epochs``, and as many epochs are left after the schedule as were spent
+    before it: a from-scratch run's rate usually decays (cosine, step), and fine-tunes in its tail, at a rate
+    near zero, cannot recover what the steps cost.
+    """
     if trainer.max_epochs is None or trainer.max_epochs < 0:
         return None
     finetune = getattr(pruner, "finetune_epochs", 1)
     needed = (state.num_steps - state.step) * finetune if finetune else 1
-    return max(0, trainer.max_epochs - needed)
+    return max(0, trainer.max_epochs - needed) // 2

@@ -75,7 +75,7 @@ NETS = {
     "mlp": lambda: nn.Sequential(
         nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
     ),
-    "depthwise": lambda: DepthwiseCNN((1, 8, 8), 10, widths=(8, 16), depth=1),
+    "depthwise": lambda: DepthwiseCNN((1, 8, 8), 10, widths=(16, 32), depth=2),
     "resnet": lambda: ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 16)),
 }
 

@@ -15,6 +15,7 @@ from lightning_prune import BlockPruning, Distillation, IterativePruning, Prunin
 from lightning_prune.callbacks.distillation import kd_grad, kd_loss
 from tests.callbacks.iterative.helpers import StopAt
 from tests.helpers import resnet_classifier
+from tests.test_recipes import compose_recipe
 
 
 @pytest.mark.parametrize(
@@ -148,3 +149,12 @@ def test_resume_restores_the_teacher(make_pruner, digits, trainer_kwargs: dict, 
     assert not any(p.requires_grad for p in resumed.teacher.parameters())
     assert resumed.last_kd is not None
     assert resumed.last_kd > 0
+
+
+def test_the_ice_recipe_takes_distillation_as_an_option(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    assert "distillation" not in compose_recipe("ice_pruning", tmp_path).callbacks  # off by default
+    node = compose_recipe("ice_pruning", tmp_path, ("+callbacks=distillation",)).callbacks.distillation
+    distill = instantiate(node)
+    assert (distill.temperature, distill.weight) == (2.0, 1.0)

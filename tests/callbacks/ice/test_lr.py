@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 
 from lightning_prune import IterativePruning, PruningAwareLR
+from lightning_prune.callbacks.ice.lr import SCALE_DELTA
 from lightning_prune.core.schedules import pruning_aware_lr
 from tests.callbacks.ice.helpers import WARMUP, block_pruner, fit
 from tests.helpers import cnn_classifier, resnet_classifier
@@ -24,7 +25,7 @@ from tests.helpers import cnn_classifier, resnet_classifier
             r"delta must be in \[0, base_lr=0.01\) so the rate stays positive, got 0.01",
         ),
         ({"delta": -1e-4}, "delta must be in"),
-        ({"base_lr": None, "delta": None}, "delta must be a finite number, got None"),
+        ({"delta": "0.1"}, "delta must be a finite number, got '0.1'"),
         ({"p": 0.5}, r"p must be in \[0, 0.5\) .*got 0.5"),
         ({"p": -0.1}, r"p must be in \[0, 0.5\) .*got -0.1"),
         ({"beta": 0}, r"beta must be > 0 \(steepness of the step\), got 0"),
@@ -132,8 +133,13 @@ def test_pruning_aware_lr_by_default_scales_the_users_cosine_schedule(digits, tr
     assert [spy.lrs[e][0] for e in range(5)] == pytest.approx(cosine)
     # fine-tunes (epochs 1, 2 at x = 0.7, 0.5) step with the user's rate times LR(x) of base 1; the rest unscaled
     factors = {0: 1.0, 1: lr.lr_at(0.7), 2: lr.lr_at(0.5), 3: 1.0, 4: 1.0}
-    assert factors[1] == pytest.approx(0.3, abs=1e-3)  # sparser than p = 0.15: 1 - delta
+    assert factors[1] == pytest.approx(1 - SCALE_DELTA, abs=1e-3)  # sparser than p = 0.15: 1 - delta
     for epoch, factor in factors.items():
         (used,) = steps.step_lrs[epoch]  # one rate through the epoch
         assert used == pytest.approx(cosine[epoch] * factor, rel=1e-9)
     assert [r["lr_scale"] for r in lr.history] == pytest.approx([factors[1], factors[2]])
+
+
+def test_pruning_aware_lr_default_delta_follows_the_mode() -> None:
+    assert PruningAwareLR().delta == SCALE_DELTA  # a fraction of your own rate
+    assert PruningAwareLR(base_lr=0.001).delta == pytest.approx(7e-4)  # the paper's ratio on its rate

@@ -40,6 +40,9 @@ class LayerFreezing(Callback, PruningListener):
     ``d_l`` are frozen in every later fine-tune, then released when it ends (and at the end of
     training). Layers are remembered by name, since structured steps replace their parameters.
 
+    A network without convolutions (an MLP) has its hidden ``Linear`` layers as candidates instead (the
+    head is never one).
+
     Freezing follows Lightning's ``BaseFinetuning.freeze(train_bn=False)``: ``requires_grad=False`` on
     the conv's parameters and on those of the BatchNorm that reads its output; in addition that
     BatchNorm is put in eval mode, so it normalises with its fixed running statistics and they stay
@@ -112,7 +115,7 @@ class LayerFreezing(Callback, PruningListener):
                 "LayerFreezing changes requires_grad during training, which DDP only allows with "
                 "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (or 'ddp_find_unused_parameters_true')"
             )
-        weights = select_parameters(pl_module, CONV_TYPES, self.include_names, self.exclude_names)
+        weights = select_parameters(pl_module, candidate_types(pl_module), self.include_names, self.exclude_names)
         self.candidates = [name.rpartition(".")[0] for name in weights]
 
     # ---------------------------------------------------------------- pruner events
@@ -245,6 +248,12 @@ class LayerFreezing(Callback, PruningListener):
         self._probe_step = state_dict.get("probe_step", self._probe_step)
         self._frozen_params = list(state_dict.get("frozen_params", self._frozen_params))
         self._eval_norms = list(state_dict.get("eval_norms", self._eval_norms))
+
+
+def candidate_types(model: nn.Module) -> tuple[str, ...]:
+    """Convs, as in the paper; a network without any (an MLP) freezes its hidden ``Linear`` layers instead."""
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return CONV_TYPES if any(isinstance(module, convs) for module in model.modules()) else ("Linear",)
 
 
 def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict[str, str]:

@@ -1,0 +1,109 @@
+"""DenseUnitPruning on transformers in a user's Trainer: loaders passed straight to ``fit``, dict batches, ``.logits``.
+
+The MLP hidden units of each block are pruned, attention and the residual width are left alone and named at
+fit start; a Hugging Face model keeps a config that rebuilds it. The slow test is the acceptance of issue 21:
+at least half the MLP hidden units removed at no more than 1 point of validation accuracy (0.01 validation
+loss for the language model) against the same Trainer without the callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_prune import DenseUnitPruning, load_pruned
+from lightning_prune.core import model_io
+from tests.callbacks.odf2nna.transformers_zoo import MLP_WIDTH, UserModule, build, mlp_units
+
+pytest.importorskip("transformers")
+
+
+def quick_trainer(trainer_kwargs: dict, callbacks: list, **overrides: object) -> pl.Trainer:
+    kwargs = {**trainer_kwargs, "limit_train_batches": 4, "limit_val_batches": 1, **overrides}
+    return pl.Trainer(callbacks=callbacks, **kwargs)
+
+
+def test_a_gated_lm_is_pruned_on_plain_loaders_and_reloads(trainer_kwargs: dict, tmp_path: Path, caplog) -> None:
+    model, train, val = build("llama")
+    pruning = DenseUnitPruning(
+        epsilon=0.5, wide_epochs=1, retrain_epochs=1, monitor="val_loss", export_dir=str(tmp_path)
+    )
+    with caplog.at_level(logging.INFO, logger="lightning_prune"):
+        quick_trainer(trainer_kwargs, [pruning], max_epochs=3).fit(model, train, val)
+    assert "skipped: " in caplog.text
+    assert "net.model.layers.0.mlp.down_proj" in caplog.text  # named at fit start, with its reason
+    assert "residual" in pruning.skipped_layers["net.model.layers.0.mlp.down_proj"]
+    widths = list(pruning.widths_after.values())
+    assert max(widths) < MLP_WIDTH
+    mlp = model.net.model.layers[0].mlp
+    assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == widths[0]
+    config = model.net.config
+    assert config.intermediate_size == max(widths)
+    assert getattr(config, "intermediate_sizes", widths) == widths
+    summary = json.loads((tmp_path / "summary.json").read_text())["odf2nna"]
+    assert summary["hf_configs"] == {"net": pruning.hf_configs["net"]}
+    assert "net.model.layers.1.self_attn.o_proj" in summary["skipped_layers"]
+
+    fresh = UserModule(type(model.net)(type(config).from_dict(config.to_dict())), classify=False)
+    load_pruned(fresh, tmp_path / "pruned_model.pt")
+    batch = next(iter(val))
+    inputs = model_io.split_batch(model, batch)[0]
+    torch.testing.assert_close(fresh.eval()(**inputs).logits, model.eval()(**inputs).logits)
+
+
+def test_attention_layers_alone_are_refused_before_any_step(trainer_kwargs: dict) -> None:
+    model, train, val = build("bert")
+    trainer = quick_trainer(trainer_kwargs, [DenseUnitPruning(wide_epochs=1, include_names="attention")], max_epochs=2)
+    with pytest.raises(
+        ValueError, match=r"no hidden layer matching include_names='attention'.*self.query': its output"
+    ):
+        trainer.fit(model, train, val)
+    assert trainer.global_step == 0
+
+
+# name -> epsilon: the largest tried in steps of 0.1 that keeps the bar on this model
+ACCEPTANCE = {"vit": 0.5, "bert": 0.5, "hf_vit": 0.5, "llama": 0.4}
+WIDE_EPOCHS, RETRAIN_EPOCHS = 5, 6
+
+
+def fit_scored(name: str, tmp_path: Path, callbacks: list) -> tuple[UserModule, dict[str, float]]:
+    model, train, val = build(name)
+    trainer = pl.Trainer(
+        max_epochs=WIDE_EPOCHS + RETRAIN_EPOCHS,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, train, val)
+    return model, {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val_")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ACCEPTANCE))
+def test_half_the_mlp_units_go_at_no_validation_cost(name: str, tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # small models: one thread is fastest on a shared machine
+    dense, dense_metrics = fit_scored(name, tmp_path / "dense", [])
+    pruning = DenseUnitPruning(
+        epsilon=ACCEPTANCE[name],
+        wide_epochs=WIDE_EPOCHS,
+        retrain_epochs=RETRAIN_EPOCHS,
+        monitor="val_loss",
+        reference_quantile=0.99,
+        export_dir=str(tmp_path / "export"),
+    )
+    pruned, metrics = fit_scored(name, tmp_path / "pruned", [pruning])
+    removed = 1 - mlp_units(pruned.net) / mlp_units(dense.net)
+    assert removed >= 0.5, f"{name}: {removed:.1%} of the MLP hidden units removed"
+    if "val_acc" in dense_metrics:
+        assert metrics["val_acc"] >= dense_metrics["val_acc"] - 0.01, (name, metrics, dense_metrics)
+    else:
+        assert metrics["val_loss"] <= dense_metrics["val_loss"] + 0.01, (name, metrics, dense_metrics)

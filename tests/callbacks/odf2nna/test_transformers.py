@@ -67,8 +67,8 @@ def test_attention_layers_alone_are_refused_before_any_step(trainer_kwargs: dict
 
 
 # name -> epsilon: the largest tried in steps of 0.1 that keeps the bar on this model
-ACCEPTANCE = {"vit": 0.5, "bert": 0.5, "hf_vit": 0.5, "llama": 0.4}
-WIDE_EPOCHS, RETRAIN_EPOCHS = 5, 6
+ACCEPTANCE = {"vit": 0.5, "bert": 0.55, "hf_vit": 0.5, "llama": 0.25}
+WIDE_EPOCHS, RETRAIN_EPOCHS = 3, 8
 
 
 def fit_scored(name: str, tmp_path: Path, callbacks: list) -> tuple[UserModule, dict[str, float]]:

@@ -138,6 +138,8 @@ def test_the_margin_asks_room_in_proportion_to_the_seeds_disagreement() -> None:
     ("overrides", "match"),
     [
         (["reference_quantile=2"], r"reference_quantile must be in \(0, 1\], got 2"),
+        (["margin=-1"], r"margin must be a number of standard errors >= 0, got -1"),
+        (["faithful_retrain_lr_scales=[0]"], r"retrain_lr_scale must be in \(0, 1\], got 0"),
         (["epsilons=[0.5,1.5]"], r"epsilon must be in \[0, 1\), got 1.5"),
         (["retrain_lr_scales=[1,0]"], r"retrain_lr_scale must be in \(0, 1\], got 0"),
         (["compensation=median"], r"compensation must be one of \['least_squares', 'mean', 'none'\]"),

@@ -52,6 +52,10 @@ def check_settings(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.datasets) - set(DATASETS))
     if unknown or not cfg.datasets:
         raise ValueError(f"datasets must be a non-empty list of {list(DATASETS)}, got {list(cfg.datasets)}")
+    if not isinstance(cfg.margin, (int, float)) or isinstance(cfg.margin, bool) or cfg.margin < 0:
+        raise ValueError(f"margin must be a number of standard errors >= 0, got {cfg.margin!r}")
+    for scale in cfg.faithful_retrain_lr_scales:
+        DenseUnitPruning(retrain_lr_scale=scale, compensation="none")
     for epsilon, scale in itertools.product(cfg.epsilons, cfg.retrain_lr_scales):
         DenseUnitPruning(
             epsilon=epsilon,

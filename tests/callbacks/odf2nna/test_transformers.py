@@ -122,3 +122,22 @@ def test_half_the_mlp_units_go_at_no_validation_cost(name: str, tmp_path: Path) 
         assert metrics["val_acc"] >= dense_metrics["val_acc"] - 0.01, (name, metrics, dense_metrics)
     else:
         assert metrics["val_loss"] <= dense_metrics["val_loss"] + 0.01, (name, metrics, dense_metrics)
+
+
+def test_a_resumed_hf_model_gets_its_pruned_config_back(trainer_kwargs: dict, tmp_path: Path) -> None:
+    """A fresh wide model resumed from a checkpoint after the rebuild is narrowed by the load; its config follows."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(ckpt_path: str | None, max_epochs: int) -> tuple[UserModule, DenseUnitPruning]:
+        model, train, val = build("bert")
+        pruning = DenseUnitPruning(epsilon=0.5, wide_epochs=1, retrain_epochs=2, monitor="val_loss", export_dir=None)
+        every = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+        kwargs = {**trainer_kwargs, "enable_checkpointing": True, "default_root_dir": str(tmp_path)}
+        quick_trainer(kwargs, [pruning, every], max_epochs=max_epochs).fit(model, train, val, ckpt_path=ckpt_path)
+        return model, pruning
+
+    model, pruning = fit(None, 3)  # rebuilt at the start of epoch 1, checkpointed at its end
+    resumed, resumed_pruning = fit(str(tmp_path / "epoch=1.ckpt"), 3)
+    assert resumed_pruning.widths_after == pruning.widths_after
+    assert resumed.net.config.intermediate_size == model.net.config.intermediate_size < MLP_WIDTH
+    assert resumed.net.config.intermediate_sizes == model.net.config.intermediate_sizes

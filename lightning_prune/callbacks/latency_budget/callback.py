@@ -26,7 +26,7 @@ from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.devices import device_name, resolve_device
 from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled
 from lightning_prune.core.latency_budget.network import weight_count
-from lightning_prune.core.latency_budget.planner import BudgetPlanner, step_with_corrections
+from lightning_prune.core.latency_budget.planner import BudgetPlanner, simd_channels, step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.structured import architecture_spec, count_parameters, remove_out_channels
@@ -66,7 +66,9 @@ class LatencyBudgetPruning(StepwisePruning):
         num_steps: pruning steps (HALP's exponential schedule of budgets from dense to the budget).
         finetune_epochs: training epochs after each step (0: all steps at once).
         warmup_epochs: dense epochs before the first step.
-        round_to: channel counts move in multiples of this (the latency table's grid).
+        round_to: channel counts move in multiples of this (the latency table's grid); ``None``: the
+            multiple the device's kernels are blocked by (16 on an AVX-512 CPU, 8 with AVX2 or on a GPU),
+            where CPU latency drops; between two multiples it barely moves or rises.
         min_channels: fewest channels a group may keep.
         batch_size: batch size latency is measured and tabled at.
         device: where latency is measured (``"cpu"``, ``"cuda:0"``); ``None``: the model's device.
@@ -123,7 +125,7 @@ class LatencyBudgetPruning(StepwisePruning):
         num_steps: int = 5,
         finetune_epochs: int = 1,
         warmup_epochs: int = 1,
-        round_to: int = 4,
+        round_to: int | None = None,
         min_channels: int = 4,
         batch_size: int = 64,
         device: str | None = None,
@@ -159,6 +161,7 @@ class LatencyBudgetPruning(StepwisePruning):
         self._final: dict[str, Any] | None = None
         self._reference: nn.Module | None = None
         self._planner: BudgetPlanner | None = None
+        self._calibration: dict[str, Any] = {}  # seconds, entries timed, layer shapes, round_to (summary)
         self._epochs_seen = 0  # training epochs of the latest fit (a second fit's epochs count on from them)
 
     @property
@@ -189,14 +192,20 @@ class LatencyBudgetPruning(StepwisePruning):
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Measure the dense model, fix the budget and the schedule; fail on budgets that make no sense."""
         example, planner = example_input(trainer, pl_module), self._rank_zero(trainer, pl_module)
-        numbers = broadcast(trainer, planner and planner.calibrate(pl_module, example, self._budget_for))
+        numbers = broadcast(trainer, planner and planner.calibrate(pl_module, example, self._budget_for, progress))
+        self._calibration = {key: numbers[key] for key in ("calibration_s", "entries_timed", "layer_shapes")}
+        self._calibration["round_to"] = planner.round_to if planner else self.round_to
         budget = self._budget_for(numbers["dense"])
         where = f"on {device_name(resolve_device(self.device, pl_module))} at batch {self.batch_size}"
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
         self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape)
-        info(log, f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}")
+        info(
+            log,
+            f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}; latency "
+            f"table calibrated in {numbers['calibration_s']:.1f} s ({int(numbers['entries_timed'])} entries timed)",
+        )
 
     def _budget_for(self, dense_ms: float) -> float:
         return self.latency_budget_ms or self.budget_fraction * dense_ms
@@ -207,7 +216,8 @@ class LatencyBudgetPruning(StepwisePruning):
             path = self.lut_path or output_dir(trainer, self.export_dir) / "latency_lut.json"
             settings = self._meter.settings(self.lut_repeats, warmup=3)
             table = LatencyTable(resolve_device(self.device, pl_module), settings, self.batch_size, path)
-            rules = (self.round_to, self.min_channels, self.resolution, self.exclude_names)
+            round_to = self.round_to or simd_channels(table.device)
+            rules = (round_to, self.min_channels, self.resolution, self.exclude_names)
             self._planner = BudgetPlanner(self._reference, table, self._meter, *rules)
         return self._planner
 

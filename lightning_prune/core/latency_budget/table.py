@@ -16,18 +16,23 @@ import json
 import logging
 import os
 import statistics
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from lightning_prune.core.devices import device_name
+from lightning_prune.core.latency_budget.fit import AffineFit, fit_affine, sample_shapes
 from lightning_prune.core.timing import TimingSettings, call_times_ms
 
 log = logging.getLogger(__name__)
 FORMAT = 1
+# One entry is timed for at most this long (at least 3 calls): a wide layer at a large batch must not make
+# calibration's cost grow with lut_repeats.
+ENTRY_CAP_S = 0.4
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORMS = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -157,8 +162,10 @@ class LatencyTable:
         self.key = device_key(device, settings, batch_size)
         self.timer = timer or self._time_layer
         self.entries: dict[str, dict[str, float]] = {}
-        self.timed = 0
+        self.fits: dict[str, AffineFit] = {}  # signature -> fitted model; looked up instead of exact cells
+        self.timed, self.timing_s = 0, 0.0
         self.on_timed: Callable[[], object] | None = None  # e.g. a progress bar's advance
+        self._sampled: dict[str, list[tuple[int, int]]] = {}
         self.loaded = self._load()
 
     def _load(self) -> int:
@@ -173,19 +180,49 @@ class LatencyTable:
         return count
 
     def __call__(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
-        """The layer's latency in ms at these channel counts, timed now if the table lacks it."""
+        """The layer's latency in ms at these channel counts: its fit if it has one, else the exact cell.
+
+        An exact cell the table lacks is timed now.
+        """
+        fit = self.fits.get(spec.signature)
+        return fit(c_in, c_out) if fit is not None else self.cell(spec, c_in, c_out)
+
+    def cell(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
+        """The timed entry at exactly these channel counts (timed now if missing)."""
         column = self.entries.setdefault(spec.signature, {})
         cell = f"{c_in}x{c_out}"
         if cell not in column:
             layer = spec.build(c_in, c_out)
+            started = time.perf_counter()
             column[cell] = float(self.timer(layer, spec.example(self.batch_size, c_in)))
+            self.timing_s += time.perf_counter() - started
             self.timed += 1
             if self.on_timed is not None:
                 self.on_timed()
         return column[cell]
 
+    def fit_layer(self, spec: LayerSpec, c_in: int, c_out: int, round_to: int, lowest: int) -> AffineFit:
+        """Fit ``spec``'s latency from at most :data:`~lightning_prune.core.latency_budget.fit.POINTS` cells.
+
+        The cells are :func:`sample_shapes` of its widest shape ``(c_in, c_out)`` (those already in the
+        table are not timed again); later lookups of the signature use the fit. A signature met again at
+        another widest shape is refitted on the union of its sampled cells.
+        """
+        shapes = sample_shapes(c_in, c_out, spec.depthwise, round_to, lowest)
+        known = self._sampled.setdefault(spec.signature, [])
+        shapes = list(dict.fromkeys(known + shapes))
+        ms = [self.cell(spec, i, o) for i, o in shapes]
+        self._sampled[spec.signature] = shapes
+        self.fits[spec.signature] = fit_affine(shapes, ms, spec.depthwise)
+        return self.fits[spec.signature]
+
     def _time_layer(self, layer: nn.Module, inputs: Tensor) -> float:
-        times, _, _ = call_times_ms(layer.to(self.device), inputs, self.settings, self.device)
+        """Median of ``settings.repeats`` calls, fewer (at least 3) when they would exceed :data:`ENTRY_CAP_S`."""
+        layer = layer.to(self.device)
+        times, _, _ = call_times_ms(layer, inputs, replace(self.settings, repeats=3), self.device)
+        more = min(self.settings.repeats, int(ENTRY_CAP_S * 1e3 / max(statistics.median(times), 1e-6))) - 3
+        if more >= 3:
+            times += call_times_ms(layer, inputs, replace(self.settings, repeats=more, warmup=0), self.device)[0]
         return statistics.median(times)
 
     def save(self) -> Path | None:

@@ -137,7 +137,7 @@ class LatencyBudgetPruning(StepwisePruning):
         amp_dtype: str | None = None,
         channels_last: bool = False,
         tolerance: float = 0.05,
-        max_corrections: int = 2,
+        max_corrections: int = 3,
         resolution: int = 1000,
         exclude_names: Sequence[str] = (),
         stop_when_done: bool = False,

@@ -37,9 +37,20 @@ class LatencyPlan:
 
 
 def option_counts(size: int, round_to: int, min_channels: int) -> list[int]:
-    """Channel counts a group of ``size`` may keep: multiples of ``round_to`` from ``min_channels``, and all."""
+    """Channel counts a group of ``size`` may keep: multiples of ``round_to`` from ``min_channels``, and all.
+
+    Counts off the grid are left out whenever a multiple of ``round_to`` is allowed: a CPU's kernels are
+    blocked by it, and 4 channels of a depthwise conv can cost what 16 do. Below ``round_to`` channels
+    the fewest allowed count stays an option.
+
+    Example::
+
+        >>> option_counts(64, 16, 4), option_counts(12, 16, 4)
+        ([16, 32, 48, 64], [4, 12])
+    """
     lowest = min(size, max(1, min_channels))
-    return sorted({lowest, size} | {k for k in range(round_to, size + 1, round_to) if k >= lowest})
+    grid = {k for k in range(round_to, size + 1, round_to) if k >= lowest}
+    return sorted(grid | {size}) if grid else sorted({lowest, size})
 
 
 def predict_ms(network: Network, table: LatencyTable, keep: Mapping[str, int], scale: float = 1.0) -> float:

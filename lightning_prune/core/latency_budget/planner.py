@@ -191,10 +191,19 @@ def step_with_corrections(
         {'measured_ms': 1.5, 'removed': 11, 'corrections': 1}
     """
     record = {**shrink(target_ms, last), "corrections": 0}
+    tries = [_try(record)]
     while last and record["measured_ms"] > budget_ms and record["corrections"] < max_corrections:
         outcome = shrink(budget_ms, True)
+        tries.append(_try(outcome))
         removed = record["removed"] + outcome["removed"]
         record.update(outcome, removed=removed, corrections=record["corrections"] + 1)
         if not outcome["removed"]:
             break
+    if len(tries) > 1:
+        record["tries"] = tries
     return record
+
+
+def _try(outcome: dict[str, Any]) -> dict[str, Any]:
+    """What one plan of a step predicted, measured and removed (the summary keeps every correction's)."""
+    return {key: outcome[key] for key in ("predicted_ms", "measured_ms", "removed") if key in outcome}

@@ -200,7 +200,9 @@ class LatencyBudgetPruning(StepwisePruning):
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
-        self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape)
+        self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape, numbers["overhead"])
+        self._calibration.update(overhead_ms=numbers["overhead"], smallest_ms=numbers["smallest"])
+        self._calibration["attention_kept"] = numbers["attention_kept"]
         info(
             log,
             f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}; latency "
@@ -264,7 +266,8 @@ class LatencyBudgetPruning(StepwisePruning):
             self._budget.architecture = architecture_spec(pl_module)
         taken = broadcast(trainer, planner and planner.measure(pl_module, example, self._budget.dense_ms))
         predicted, measured = decision["predicted_ms"], taken["measured_ms"]
-        self._budget.scale, recalibrated = rescaled(self._budget.scale, measured, predicted, force=rescale)
+        fixed = self._budget.overhead  # the rescale moves the part that shrinks with channels
+        self._budget.scale, recalibrated = rescaled(self._budget.scale, measured - fixed, predicted - fixed, rescale)
         return {
             "predicted_ms": predicted,
             "measured_ms": measured,
@@ -279,7 +282,8 @@ class LatencyBudgetPruning(StepwisePruning):
     ) -> dict[str, Any]:
         """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan."""
         with progress("latency table + knapsack") as advance:
-            return planner.decide(pl_module, example, target_ms, self._budget.scale, on_timed=advance)
+            budget = self._budget
+            return planner.decide(pl_module, example, target_ms, budget.scale, advance, budget.overhead)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         log_state(self, pl_module)

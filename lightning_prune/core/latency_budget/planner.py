@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.core.latency_budget.fit import sample_shapes
-from lightning_prune.core.latency_budget.measure import DENSE_OVER_TABLE, LatencyMeter
+from lightning_prune.core.latency_budget.measure import DENSE_OVER_TABLE, LatencyMeter, whole_model_fit
 from lightning_prune.core.latency_budget.network import Network, removal_indices, trace_network
 from lightning_prune.core.latency_budget.plan import min_keep, plan_keep_counts, predict_ms
 from lightning_prune.core.latency_budget.table import LatencyTable
@@ -76,20 +76,28 @@ class BudgetPlanner:
         """The dense latency, the table's scale to it, the smallest allowed network's latency, and calibration's cost.
 
         Every layer signature's latency is fitted first (:meth:`fit_layers`, shown by ``progress``).
-        The smallest network's figure is the table's, unless that exceeds ``budget_for(dense)``: a table
-        timed on a busy machine can be pessimistic, so before a budget is called unreachable that
-        network is built on a copy and timed side by side with the dense one.
+        The smallest allowed network is built on a copy and timed side by side with the dense one: its
+        figure decides whether the budget is reachable, and with the dense one it fits the whole model's
+        latency as ``overhead + scale x table`` (:func:`whole_model_fit`): what the table does not hold
+        (attention a plan cannot prune, activations, dispatch) is not all proportional to the channels.
+        ``budget_for`` is kept for callers that pass it; the smallest network is always measured now.
         """
         network = trace_network(model, example, self.exclude_names)
+        if network.attention:
+            log.info(
+                "latency budget: attention kept whole (%s): its heads are not pruned, MLP units and other "
+                "channel groups meet the budget",
+                ", ".join(network.attention),
+            )
         cost = self.fit_layers(network, progress)
         tabled = predict_ms(network, self.table, {})
         dense = self.meter.alone(model, example, expected_ms=DENSE_OVER_TABLE * tabled)
-        scale = dense / tabled
-        smallest = predict_ms(network, self.table, min_keep(network, self.round_to, self.min_channels), scale)
+        keep = min_keep(network, self.round_to, self.min_channels)
+        smallest = self._measure_smallest(model, network, example, dense)
+        overhead, scale = whole_model_fit(dense, tabled, smallest, predict_ms(network, self.table, keep))
         self.table.save()
-        if smallest > budget_for(dense):
-            smallest = self._measure_smallest(model, network, example, dense)
-        return {"dense": dense, "scale": scale, "smallest": smallest, **cost}
+        numbers = {"dense": dense, "scale": scale, "overhead": overhead, "smallest": smallest, **cost}
+        return {**numbers, "attention_kept": list(network.attention)}
 
     def fit_layers(self, network: Network, progress: Progress | None = None) -> dict[str, float]:
         """Fit the latency of every layer signature not fitted yet, at its widest shape in ``network``.
@@ -132,6 +140,7 @@ class BudgetPlanner:
         target_ms: float,
         scale: float,
         on_timed: Callable[[], object] | None = None,
+        overhead: float = 0.0,
     ) -> dict[str, Any]:
         """The channels each group removes for ``target_ms``, the predicted latency and whether it fits.
 
@@ -143,7 +152,7 @@ class BudgetPlanner:
         self.table.on_timed = on_timed
         try:
             plan = plan_keep_counts(
-                network, self.table, target_ms, scale, self.round_to, self.min_channels, self.resolution
+                network, self.table, target_ms - overhead, scale, self.round_to, self.min_channels, self.resolution
             )
         finally:
             self.table.on_timed = None
@@ -151,7 +160,7 @@ class BudgetPlanner:
         removals = {g: removal_indices(network.scores[g], k) for g, k in plan.keep.items()}
         return {
             "removals": {g: idxs for g, idxs in removals.items() if idxs},
-            "predicted_ms": plan.predicted_ms,
+            "predicted_ms": plan.predicted_ms + overhead,
             "feasible": plan.feasible,
         }
 

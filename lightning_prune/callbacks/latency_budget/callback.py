@@ -240,7 +240,8 @@ class LatencyBudgetPruning(StepwisePruning):
                 return self._shrink_to(trainer, pl_module, example, target_ms, rescale)
 
             budget_ms = self._budget.budget_ms
-            record.update(step_with_corrections(shrink, target, budget_ms, last, self.max_corrections))
+            margin = self.tolerance / 2  # the final check's room, half of it kept for its own noise
+            record.update(step_with_corrections(shrink, target, budget_ms, last, self.max_corrections, margin))
             state.step += 1
             state.last_step_epoch = trainer.current_epoch
             state.sparsity = 1.0 - weight_count(pl_module) / self._budget.original_weights

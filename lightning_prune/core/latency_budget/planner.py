@@ -115,13 +115,14 @@ class BudgetPlanner:
         started, timed = time.perf_counter(), self.table.timed
         if todo:
             log.info("latency table: fitting %d layer shapes from at most %d timed entries", len(todo), total)
+        previous = self.table.on_timed  # decide's callback, when it fits a resumed run's layers
         with progress("latency table", total) if progress and todo else _no_progress() as advance:
-            self.table.on_timed = advance
+            self.table.on_timed = previous or advance
             try:
                 for spec, c_in, c_out in todo.values():
                     self.table.fit_layer(spec, c_in, c_out, self.round_to, self.min_channels)
             finally:
-                self.table.on_timed = None
+                self.table.on_timed = previous
         seconds, timed = time.perf_counter() - started, self.table.timed - timed
         if todo:
             log.info("latency table: %d entries timed in %.1f s", timed, seconds)
@@ -148,9 +149,9 @@ class BudgetPlanner:
         and the knapsack of :func:`plan_keep_counts`.
         """
         network = trace_network(model, example, self.exclude_names)
-        self.fit_layers(network)  # a resumed run's planner starts without fits
         self.table.on_timed = on_timed
         try:
+            self.fit_layers(network)  # a resumed run's planner starts without fits
             plan = plan_keep_counts(
                 network, self.table, target_ms - overhead, scale, self.round_to, self.min_channels, self.resolution
             )
@@ -183,7 +184,7 @@ Shrink = Callable[[float, bool], dict[str, Any]]
 
 
 def step_with_corrections(
-    shrink: Shrink, target_ms: float, budget_ms: float, last: bool, max_corrections: int
+    shrink: Shrink, target_ms: float, budget_ms: float, last: bool, max_corrections: int, margin: float = 0.0
 ) -> dict[str, Any]:
     """One pruning step: ``shrink(target_ms, rescale)`` and, on the ``last`` step, corrections toward the budget.
 
@@ -192,6 +193,9 @@ def step_with_corrections(
     for ``budget_ms`` itself (the tolerance is the final check's room for timing noise) up to
     ``max_corrections`` times while the measurement exceeds it, stopping early when a re-plan removes
     nothing. ``removed`` counts the whole step: a correction that removes nothing must not hide the first cut.
+    With ``margin``, the last step and its corrections plan for ``budget_ms x (1 - margin)`` (still stopping
+    once a measurement is within ``budget_ms``): the final check is one more noisy measurement, and a plan
+    aimed exactly at the budget lands above it about half the time.
 
     Example::
 
@@ -199,10 +203,11 @@ def step_with_corrections(
         >>> step_with_corrections(lambda target, rescale: next(outcomes), 1.8, 1.0, True, max_corrections=1)
         {'measured_ms': 1.5, 'removed': 11, 'corrections': 1}
     """
-    record = {**shrink(target_ms, last), "corrections": 0}
+    aim = budget_ms * (1.0 - margin)
+    record = {**shrink(target_ms * (1.0 - margin) if last else target_ms, last), "corrections": 0}
     tries = [_try(record)]
     while last and record["measured_ms"] > budget_ms and record["corrections"] < max_corrections:
-        outcome = shrink(budget_ms, True)
+        outcome = shrink(aim, True)
         tries.append(_try(outcome))
         removed = record["removed"] + outcome["removed"]
         record.update(outcome, removed=removed, corrections=record["corrections"] + 1)

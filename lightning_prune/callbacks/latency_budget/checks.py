@@ -91,8 +91,9 @@ def check_budget(cb: Any, budget_ms: float, dense_ms: float, smallest_ms: float,
             f"{dense_ms:.4g} ms {where}: nothing to prune for"
         )
     if smallest_ms > budget_ms:
+        round_to = cb._calibration.get("round_to", cb.round_to)
         raise ValueError(
             f"the latency budget {budget_ms:.4g} ms is unreachable: the smallest network allowed (min_channels="
-            f"{cb.min_channels}, round_to={cb._calibration.get('round_to', cb.round_to)}) measures {smallest_ms:.4g} ms {where} "
+            f"{cb.min_channels}, round_to={round_to}) measures {smallest_ms:.4g} ms {where} "
             f"(dense: {dense_ms:.4g} ms); raise the budget or lower min_channels"
         )

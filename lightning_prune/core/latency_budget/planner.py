@@ -111,12 +111,13 @@ class BudgetPlanner:
             spec, c_in, c_out = widest.get(layer.spec.signature, (layer.spec, 0, 0))
             widest[layer.spec.signature] = (spec, max(c_in, layer.c_in), max(c_out, layer.c_out))
         todo = {sig: shape for sig, shape in widest.items() if sig not in self.table.fits}
-        total = sum(len(sample_shapes(i, o, s.depthwise, self.round_to, self.min_channels)) for s, i, o in todo.values())
+        rules = (self.round_to, self.min_channels)
+        total = sum(len(sample_shapes(i, o, spec.depthwise, *rules)) for spec, i, o in todo.values())
         started, timed = time.perf_counter(), self.table.timed
         if todo:
             log.info("latency table: fitting %d layer shapes from at most %d timed entries", len(todo), total)
         previous = self.table.on_timed  # decide's callback, when it fits a resumed run's layers
-        with progress("latency table", total) if progress and todo else _no_progress() as advance:
+        with progress("latency table", total) if progress and todo else _NoProgress() as advance:
             self.table.on_timed = previous or advance
             try:
                 for spec, c_in, c_out in todo.values():
@@ -170,7 +171,7 @@ class BudgetPlanner:
         return self.meter.side_by_side(model, self.reference, example, dense_ms, calls_factor)
 
 
-class _no_progress:
+class _NoProgress:
     """A context manager yielding a no-op advance (no bar asked for)."""
 
     def __enter__(self) -> Callable[..., None]:

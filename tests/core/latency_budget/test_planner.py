@@ -25,13 +25,16 @@ def test_calibrate_measures_the_dense_model_and_saves_the_table(tmp_path):
     model = MLP((16,), 4, hidden=(64, 64))
     planner = planner_for(model, tmp_path)
     numbers = planner.calibrate(model, torch.zeros(1, 16), budget_for=lambda dense: 0.5 * dense)
-    assert numbers["dense"] > 0 and numbers["smallest"] > 0
+    assert numbers["dense"] > 0
+    assert numbers["smallest"] > 0
     # The whole model is fitted through the dense and the smallest network: overhead + scale x table.
     tabled = 3 * 0.01 + (16 * 64 + 64 * 64 + 64 * 4) / 1e4
-    assert numbers["overhead"] >= 0 and numbers["scale"] > 0
+    assert numbers["overhead"] >= 0
+    assert numbers["scale"] > 0
     assert numbers["overhead"] + numbers["scale"] * tabled == pytest.approx(numbers["dense"])
     # Calibration is bounded: the three linears share one signature, fitted from at most 5 timed shapes.
-    assert numbers["layer_shapes"] == 1 and numbers["entries_timed"] <= 5
+    assert numbers["layer_shapes"] == 1
+    assert numbers["entries_timed"] <= 5
     assert numbers["calibration_s"] >= 0
     assert (tmp_path / "lut.json").exists()
 

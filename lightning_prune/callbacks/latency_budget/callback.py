@@ -202,7 +202,7 @@ class LatencyBudgetPruning(StepwisePruning):
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
         self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape, numbers["overhead"])
         self._calibration.update(overhead_ms=numbers["overhead"], smallest_ms=numbers["smallest"])
-        self._calibration["attention_kept"] = numbers["attention_kept"]
+        self._calibration.update(attention_kept=numbers["attention_kept"], grouped_kept=numbers["grouped_kept"])
         info(
             log,
             f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}; latency "

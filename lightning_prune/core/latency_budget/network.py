@@ -48,6 +48,7 @@ class Network:
     groups: dict[str, int]
     scores: dict[str, Tensor] = field(default_factory=dict)
     attention: list[str] = field(default_factory=list)  # attention modules whose channels are kept whole
+    grouped: list[str] = field(default_factory=list)  # grouped convs (not depthwise) whose channels are kept whole
 
     def widths(self) -> dict[str, int]:
         return dict(self.groups)
@@ -63,11 +64,12 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
     head = head_module_name(model)
     ignored = [m for m, n in names.items() if isinstance(m, _TIMED) and (n == head or _matches(n, exclude_names))]
     attention = attention_modules(model)
-    inside = {sub for module in attention.values() for sub in module.modules()}
+    grouped = {n: m for m, n in names.items() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and _grouped(m)}
+    inside = {sub for module in attention.values() for sub in module.modules()} | set(grouped.values())
     groups, out_group, in_group, scores = {}, {}, {}, {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_TIMED):
         if any(item.dep.target.module in inside for item in group):
-            continue  # heads' widths are tied to num_heads x head_dim: the group is kept whole
+            continue  # tied to num_heads x head_dim, or to a conv's groups: the group is kept whole
         root = names[group[0].dep.target.module]
         groups[root] = len(group[0].idxs)
         scores[root] = group_sp_lamp(graph, group)
@@ -81,7 +83,12 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
         layer.out_group, layer.in_group = out_group.get(layer.name), in_group.get(layer.name)
         if layer.in_group is not None and not layer.spec.depthwise:
             layer.in_per_channel = layer.c_in // groups[layer.in_group]
-    return Network(layers, groups, scores, sorted(attention))
+    return Network(layers, groups, scores, sorted(attention), sorted(grouped))
+
+
+def _grouped(conv: nn.Module) -> bool:
+    """A grouped conv other than depthwise: its channels move only in whole groups (kept whole here)."""
+    return conv.groups > 1 and not (conv.groups == conv.in_channels == conv.out_channels)
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -83,11 +83,12 @@ class BudgetPlanner:
         ``budget_for`` is kept for callers that pass it; the smallest network is always measured now.
         """
         network = trace_network(model, example, self.exclude_names)
-        if network.attention:
+        if network.attention or network.grouped:
             log.info(
-                "latency budget: attention kept whole (%s): its heads are not pruned, MLP units and other "
-                "channel groups meet the budget",
-                ", ".join(network.attention),
+                "latency budget: channels kept whole around attention (%s) and grouped convs (%s): heads and "
+                "conv groups are not pruned; MLP units and the other channel groups meet the budget",
+                ", ".join(network.attention) or "none",
+                ", ".join(network.grouped) or "none",
             )
         cost = self.fit_layers(network, progress)
         tabled = predict_ms(network, self.table, {})
@@ -97,7 +98,7 @@ class BudgetPlanner:
         overhead, scale = whole_model_fit(dense, tabled, smallest, predict_ms(network, self.table, keep))
         self.table.save()
         numbers = {"dense": dense, "scale": scale, "overhead": overhead, "smallest": smallest, **cost}
-        return {**numbers, "attention_kept": list(network.attention)}
+        return {**numbers, "attention_kept": list(network.attention), "grouped_kept": list(network.grouped)}
 
     def fit_layers(self, network: Network, progress: Progress | None = None) -> dict[str, float]:
         """Fit the latency of every layer signature not fitted yet, at its widest shape in ``network``.

@@ -48,6 +48,8 @@ class LayerSpec:
         depthwise: a conv with ``groups == in_channels == out_channels`` (its c_in follows its c_out).
         bias: whether the layer has a bias.
         norm: whether a BatchNorm directly follows (timed together: it runs once per output channel).
+        groups: a grouped conv's ``groups`` other than depthwise (ResNeXt, RegNet); the planner keeps the
+            channel groups such a conv touches whole, so it is only ever timed at its own shape.
     """
 
     kind: str
@@ -59,6 +61,7 @@ class LayerSpec:
     depthwise: bool = False
     bias: bool = False
     norm: bool = False
+    groups: int = 1
 
     @property
     def signature(self) -> str:
@@ -70,6 +73,7 @@ class LayerSpec:
             for k, v in (("k", self.kernel_size), ("s", self.stride), ("p", self.padding), ("d", self.dilation))
         )
         flags = f"dw={int(self.depthwise)},bias={int(self.bias)},norm={int(self.norm)}"
+        flags += f",g={self.groups}" if self.groups > 1 else ""
         return f"conv{len(self.spatial)}d({geometry},{flags})@{dims}"
 
     def build(self, c_in: int, c_out: int) -> nn.Module:
@@ -85,7 +89,7 @@ class LayerSpec:
                 stride=self.stride,
                 padding=self.padding,
                 dilation=self.dilation,
-                groups=c_out if self.depthwise else 1,
+                groups=c_out if self.depthwise else self.groups,
                 bias=self.bias,
             )
         if not self.norm:
@@ -101,15 +105,12 @@ class LayerSpec:
 def layer_spec(module: nn.Module, input_shape: tuple[int, ...], norm: bool) -> LayerSpec:
     """The :class:`LayerSpec` of a real ``Conv{1,2,3}d``/``Linear`` seen with input of ``input_shape``.
 
-    Raises:
-        ValueError: for grouped convolutions other than depthwise, whose channel counts cannot move freely.
+    A grouped conv other than depthwise keeps its ``groups`` (see :attr:`LayerSpec.groups`).
     """
     bias = getattr(module, "bias", None) is not None
     if isinstance(module, nn.Linear):
         return LayerSpec("linear", tuple(input_shape[1:-1]), bias=bias, norm=norm)
     depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-    if module.groups > 1 and not depthwise:
-        raise ValueError(f"grouped convolutions (groups={module.groups}) other than depthwise are not supported")
     padding = module.padding if isinstance(module.padding, tuple) else (module.padding,) * len(module.kernel_size)
     return LayerSpec(
         "conv",
@@ -121,6 +122,7 @@ def layer_spec(module: nn.Module, input_shape: tuple[int, ...], norm: bool) -> L
         depthwise,
         bias,
         norm,
+        1 if depthwise else module.groups,
     )
 
 
@@ -208,7 +210,8 @@ class LatencyTable:
         table are not timed again); later lookups of the signature use the fit. A signature met again at
         another widest shape is refitted on the union of its sampled cells.
         """
-        shapes = sample_shapes(c_in, c_out, spec.depthwise, round_to, lowest)
+        grouped = spec.groups > 1  # its groups are kept whole: only its own shape is ever asked for
+        shapes = [(c_in, c_out)] if grouped else sample_shapes(c_in, c_out, spec.depthwise, round_to, lowest)
         known = self._sampled.setdefault(spec.signature, [])
         shapes = list(dict.fromkeys(known + shapes))
         ms = [self.cell(spec, i, o) for i, o in shapes]

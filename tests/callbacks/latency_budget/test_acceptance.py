@@ -131,7 +131,7 @@ def resnet18():
 def run(model, loaders, fraction, tmp_path, **kwargs):
     """One user fit with the callback; returns the summary section and the share of parameters removed."""
     pruning = LatencyBudgetPruning(
-        budget_fraction=fraction, num_steps=1, warmup_epochs=0, threads=1, batch_size=64, repeats=12, rounds=3,
+        budget_fraction=fraction, num_steps=1, warmup_epochs=0, threads=1, batch_size=32, repeats=8, rounds=3,
         lut_repeats=5, tolerance=TOLERANCE, monitor="val_acc", export_dir=str(tmp_path), **kwargs,
     )  # fmt: skip
     before = count_parameters(model)

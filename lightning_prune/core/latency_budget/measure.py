@@ -154,8 +154,8 @@ def whole_model_fit(dense_ms: float, dense_table: float, small_ms: float, small_
 
     Example::
 
-        >>> whole_model_fit(10.0, 8.0, 6.0, 2.0)
-        (4.666666666666666, 0.6666666666666666)
+        >>> [round(x, 4) for x in whole_model_fit(10.0, 8.0, 6.0, 2.0)]
+        [4.6667, 0.6667]
         >>> whole_model_fit(10.0, 8.0, 1.0, 2.0)
         (0.0, 1.25)
     """

@@ -20,7 +20,7 @@ from lightning_prune.core.latency_budget.fit import sample_shapes
 from lightning_prune.core.latency_budget.measure import DENSE_OVER_TABLE, LatencyMeter, whole_model_fit
 from lightning_prune.core.latency_budget.network import Network, removal_indices, trace_network
 from lightning_prune.core.latency_budget.plan import min_keep, plan_keep_counts, predict_ms
-from lightning_prune.core.latency_budget.table import LatencyTable
+from lightning_prune.core.latency_budget.table import LatencyTable, LayerSpec
 from lightning_prune.core.structured import remove_out_channels
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,12 @@ class BudgetPlanner:
             spec, c_in, c_out = widest.get(layer.spec.signature, (layer.spec, 0, 0))
             widest[layer.spec.signature] = (spec, max(c_in, layer.c_in), max(c_out, layer.c_out))
         todo = {sig: shape for sig, shape in widest.items() if sig not in self.table.fits}
-        rules = (self.round_to, self.min_channels)
-        total = sum(len(sample_shapes(i, o, spec.depthwise, *rules)) for spec, i, o in todo.values())
+        total = sum(self._untimed(spec, c_in, c_out) for spec, c_in, c_out in todo.values())
         started, timed = time.perf_counter(), self.table.timed
-        if todo:
-            log.info("latency table: fitting %d layer shapes from at most %d timed entries", len(todo), total)
+        if total:
+            log.info("latency table: fitting %d layer shapes, timing %d entries", len(todo), total)
         previous = self.table.on_timed  # decide's callback, when it fits a resumed run's layers
-        with progress("latency table", total) if progress and todo else _NoProgress() as advance:
+        with progress("latency table", total) if progress and total else _NoProgress() as advance:
             self.table.on_timed = previous or advance
             try:
                 for spec, c_in, c_out in todo.values():
@@ -126,9 +125,19 @@ class BudgetPlanner:
             finally:
                 self.table.on_timed = previous
         seconds, timed = time.perf_counter() - started, self.table.timed - timed
-        if todo:
+        if total:
             log.info("latency table: %d entries timed in %.1f s", timed, seconds)
         return {"calibration_s": seconds, "entries_timed": float(timed), "layer_shapes": float(len(widest))}
+
+    def _untimed(self, spec: LayerSpec, c_in: int, c_out: int) -> int:
+        """How many of the shapes :meth:`LatencyTable.fit_layer` samples for this layer the table lacks."""
+        shapes = [(c_in, c_out)] if spec.groups > 1 else sample_shapes(c_in, c_out, spec.depthwise, *self._grid)
+        column = self.table.entries.get(spec.signature, {})
+        return sum(f"{i}x{o}" not in column for i, o in shapes)
+
+    @property
+    def _grid(self) -> tuple[int, int]:
+        return self.round_to, self.min_channels
 
     def _measure_smallest(self, model: nn.Module, network: Network, example: Tensor, dense_ms: float) -> float:
         smallest = copy.deepcopy(model)
@@ -202,8 +211,9 @@ def step_with_corrections(
     Example::
 
         >>> outcomes = iter([{"measured_ms": 2.0, "removed": 8}, {"measured_ms": 1.5, "removed": 3}])
-        >>> step_with_corrections(lambda target, rescale: next(outcomes), 1.8, 1.0, True, max_corrections=1)
-        {'measured_ms': 1.5, 'removed': 11, 'corrections': 1}
+        >>> record = step_with_corrections(lambda target, rescale: next(outcomes), 1.8, 1.0, True, max_corrections=1)
+        >>> record["measured_ms"], record["removed"], record["corrections"], len(record["tries"])
+        (1.5, 11, 1, 2)
     """
     aim = budget_ms * (1.0 - margin)
     record = {**shrink(target_ms * (1.0 - margin) if last else target_ms, last), "corrections": 0}

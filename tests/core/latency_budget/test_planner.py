@@ -75,3 +75,27 @@ def test_only_the_last_step_corrects_and_only_while_over_budget(last, measured, 
     )
     assert record["corrections"] == corrections
     assert record["removed"] == 1 + corrections
+
+
+def test_calibration_shows_its_progress_and_reports_its_cost(tmp_path):
+    """Every entry calibration times advances the bar whose total it announced; a second calibration times none."""
+    from contextlib import contextmanager
+
+    shown = []
+
+    @contextmanager
+    def progress(description, total):
+        shown.append({"description": description, "total": total, "advanced": 0})
+
+        def advance(steps=1):
+            shown[-1]["advanced"] += steps
+
+        yield advance
+
+    model = MLP((16,), 4, hidden=(64, 32))
+    planner = planner_for(model, tmp_path)
+    numbers = planner.calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
+    assert shown == [{"description": "latency table", "total": numbers["entries_timed"], "advanced": 4 + 1}]
+    again = planner_for(model, tmp_path).calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
+    assert again["entries_timed"] == 0  # the saved table already holds every sampled shape
+    assert len(shown) == 1

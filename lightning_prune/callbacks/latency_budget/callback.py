@@ -39,26 +39,22 @@ class LatencyBudgetPruning(StepwisePruning):
     """Remove channels, physically, until the model's measured inference latency fits a budget.
 
     SP-LAMP (Pan et al., arXiv 2305.14403) with HALP's schedule and latency table (Shen et al., NeurIPS
-    2022): at fit start the dense model's latency is measured on the target device at ``batch_size``;
-    the budget is ``budget_fraction`` of it or ``latency_budget_ms``. Each of ``num_steps`` steps on HALP's
-    exponential schedule scores channels by SP-LAMP over torch-pruning's dependency groups, looks up
-    layer latencies in a table timed on the device (``lut_path``, reused, rebuilt for another device),
-    picks the channels each group keeps by an exact group knapsack, removes the rest physically, rebuilds
-    the optimizer, measures, and rescales the table to the measurement. The last step re-plans up to
+    2022): at fit start the dense model and the smallest allowed network (built on a copy) are timed on the
+    target device at ``batch_size``, and every layer shape is fitted as an affine latency from at most 5 timed
+    shapes (``lut_path``; seconds and entries in the summary's ``calibration``). The budget is
+    ``budget_fraction`` of the dense latency or ``latency_budget_ms``. Each of ``num_steps`` steps scores
+    torch-pruning's channel groups (a depthwise conv with the convs feeding and reading it; residual adds;
+    attention and grouped convs kept whole) by SP-LAMP, picks the channels each keeps by an exact group
+    knapsack on the device's SIMD grid, removes the rest physically, rebuilds the optimizer, measures side
+    by side with an untouched dense copy (rank 0), and rescales. The last step re-plans up to
     ``max_corrections`` times while over budget; at fit end the final measurement is checked against the
-    budget (``tolerance`` for timing noise) and a miss is reported with its size. A budget not below the
-    dense latency, or one the smallest allowed network (built on a copy and timed) cannot reach, is
-    refused before training.
+    budget (``tolerance``) and a miss is reported with its size. A budget not below the dense latency, or
+    below the smallest network's, is refused before training. Steps run at epoch start after
+    ``warmup_epochs``, then every ``finetune_epochs``; checkpoints hold the architecture (resized on load).
 
-    Every measurement after the first is a ratio to an untouched copy of the model as ``fit`` received it
-    (rank 0 only), timed side by side, times the dense latency of fit start: a shared machine's speed drifts
-    within seconds (:mod:`lightning_prune.core.latency_budget.measure`). Steps run at epoch start, after
-    ``warmup_epochs`` dense epochs, then every ``finetune_epochs`` epochs; rank 0 decides, all ranks apply.
-    Checkpoints hold the architecture, and the fresh model is resized on load (``weights_only=True``).
-
-    Requires from your LightningModule: an ``example_input_array`` (or an ``(x, y)`` validation batch)
-    to trace the graph and shape timing inputs; a model torch-pruning can trace; ``configure_optimizers``
-    over all parameters (called again after every shrink; a scheduler restarts).
+    Requires from your LightningModule: an ``example_input_array`` (or a validation batch; tensors, tuples
+    and Hugging Face dicts) to trace the graph and shape timing inputs; a model torch-pruning can trace;
+    ``configure_optimizers`` over all parameters (called again after every shrink; a scheduler restarts).
 
     Args:
         budget_fraction: budget as a fraction of the dense model's measured latency, in (0, 1).
@@ -193,21 +189,16 @@ class LatencyBudgetPruning(StepwisePruning):
         """Measure the dense model, fix the budget and the schedule; fail on budgets that make no sense."""
         example, planner = example_input(trainer, pl_module), self._rank_zero(trainer, pl_module)
         numbers = broadcast(trainer, planner and planner.calibrate(pl_module, example, self._budget_for, progress))
-        self._calibration = {key: numbers[key] for key in ("calibration_s", "entries_timed", "layer_shapes")}
-        self._calibration["round_to"] = planner.round_to if planner else self.round_to
+        self._calibration = numbers["calibration"]
         budget = self._budget_for(numbers["dense"])
         where = f"on {device_name(resolve_device(self.device, pl_module))} at batch {self.batch_size}"
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
         self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape, numbers["overhead"])
-        self._calibration.update(overhead_ms=numbers["overhead"], smallest_ms=numbers["smallest"])
-        self._calibration.update(attention_kept=numbers["attention_kept"], grouped_kept=numbers["grouped_kept"])
-        info(
-            log,
-            f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}; latency "
-            f"table calibrated in {numbers['calibration_s']:.1f} s ({int(numbers['entries_timed'])} entries timed)",
-        )
+        seconds, timed = self._calibration["calibration_s"], int(self._calibration["entries_timed"])
+        message = f"dense {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}"
+        info(log, f"{message}; table: {timed} entries timed in {seconds:.1f} s")
 
     def _budget_for(self, dense_ms: float) -> float:
         return self.latency_budget_ms or self.budget_fraction * dense_ms

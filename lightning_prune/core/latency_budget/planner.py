@@ -72,8 +72,8 @@ class BudgetPlanner:
         example: Tensor,
         budget_for: Callable[[float], float],
         progress: Progress | None = None,
-    ) -> dict[str, float]:
-        """The dense latency, the table's scale to it, the smallest allowed network's latency, and calibration's cost.
+    ) -> dict[str, Any]:
+        """The dense latency, the table's scale to it, the smallest allowed network's latency, and calibration's record.
 
         Every layer signature's latency is fitted first (:meth:`fit_layers`, shown by ``progress``).
         The smallest allowed network is built on a copy and timed side by side with the dense one: its
@@ -97,8 +97,9 @@ class BudgetPlanner:
         smallest = self._measure_smallest(model, network, example, dense)
         overhead, scale = whole_model_fit(dense, tabled, smallest, predict_ms(network, self.table, keep))
         self.table.save()
-        numbers = {"dense": dense, "scale": scale, "overhead": overhead, "smallest": smallest, **cost}
-        return {**numbers, "attention_kept": list(network.attention), "grouped_kept": list(network.grouped)}
+        kept = {"attention_kept": list(network.attention), "grouped_kept": list(network.grouped)}
+        record = {**cost, "round_to": self.round_to, "overhead_ms": overhead, "smallest_ms": smallest, **kept}
+        return {"dense": dense, "scale": scale, "overhead": overhead, "smallest": smallest, "calibration": record}
 
     def fit_layers(self, network: Network, progress: Progress | None = None) -> dict[str, float]:
         """Fit the latency of every layer signature not fitted yet, at its widest shape in ``network``.

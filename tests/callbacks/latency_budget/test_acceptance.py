@@ -9,6 +9,7 @@ parameters actually removed (counted on the model, not read from the report), an
 """
 
 import json
+import os
 
 import lightning.pytorch as pl
 import pytest
@@ -26,6 +27,8 @@ from lightning_prune.models.vit import ViT
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 0.05
+# Timed at batch 32 to keep the four runs near a minute; LATENCY_ACCEPTANCE_BATCH=64 runs the issue's setting.
+BATCH = int(os.environ.get("LATENCY_ACCEPTANCE_BATCH", "32"))
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +134,7 @@ def resnet18():
 def run(model, loaders, fraction, tmp_path, **kwargs):
     """One user fit with the callback; returns the summary section and the share of parameters removed."""
     pruning = LatencyBudgetPruning(
-        budget_fraction=fraction, num_steps=1, warmup_epochs=0, threads=1, batch_size=32, repeats=8, rounds=3,
+        budget_fraction=fraction, num_steps=1, warmup_epochs=0, threads=1, batch_size=BATCH, repeats=8, rounds=3,
         lut_repeats=5, tolerance=TOLERANCE, monitor="val_acc", export_dir=str(tmp_path), **kwargs,
     )  # fmt: skip
     before = count_parameters(model)

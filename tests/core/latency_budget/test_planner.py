@@ -33,9 +33,9 @@ def test_calibrate_measures_the_dense_model_and_saves_the_table(tmp_path):
     assert numbers["scale"] > 0
     assert numbers["overhead"] + numbers["scale"] * tabled == pytest.approx(numbers["dense"])
     # Calibration is bounded: the three linears share one signature, fitted from at most 5 timed shapes.
-    assert numbers["layer_shapes"] == 1
-    assert numbers["entries_timed"] <= 5
-    assert numbers["calibration_s"] >= 0
+    assert numbers["calibration"]["layer_shapes"] == 1
+    assert numbers["calibration"]["entries_timed"] <= 5
+    assert numbers["calibration"]["calibration_s"] >= 0
     assert (tmp_path / "lut.json").exists()
 
 
@@ -95,7 +95,8 @@ def test_calibration_shows_its_progress_and_reports_its_cost(tmp_path):
     model = MLP((16,), 4, hidden=(64, 32))
     planner = planner_for(model, tmp_path)
     numbers = planner.calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
-    assert shown == [{"description": "latency table", "total": numbers["entries_timed"], "advanced": 4 + 1}]
+    timed = numbers["calibration"]["entries_timed"]
+    assert shown == [{"description": "latency table", "total": timed, "advanced": 4 + 1}]
     again = planner_for(model, tmp_path).calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
-    assert again["entries_timed"] == 0  # the saved table already holds every sampled shape
+    assert again["calibration"]["entries_timed"] == 0  # the saved table already holds every sampled shape
     assert len(shown) == 1

@@ -100,3 +100,15 @@ def test_calibration_shows_its_progress_and_reports_its_cost(tmp_path):
     again = planner_for(model, tmp_path).calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
     assert again["calibration"]["entries_timed"] == 0  # the saved table already holds every sampled shape
     assert len(shown) == 1
+
+
+def test_a_last_step_within_budget_is_confirmed_and_corrected_when_the_second_figure_is_over():
+    outcomes = iter([{"removed": 8, "measured_ms": 0.95}, {"removed": 2, "measured_ms": 0.9}])
+    seconds = iter([1.1, 0.97])  # the first network's second opinion is over the budget, the next one's is not
+    record = step_with_corrections(
+        lambda target, rescale: next(outcomes), 1.0, 1.0, True, max_corrections=3, confirm=lambda m: next(seconds)
+    )
+    assert record["corrections"] == 1
+    assert record["removed"] == 10
+    assert record["measured_ms"] == 0.97
+    assert [t.get("confirmed_ms") for t in record["tries"]] == [1.1, 0.97]

@@ -23,15 +23,21 @@ from lightning_prune.callbacks.protocol import PruningListener, PruningState, fi
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.structured import dependency_graph
+from lightning_prune.core.structured_transformers import attention_layouts, fixed_width_attentions
 from lightning_prune.core.validate import check_fraction, check_output_dir
 
 log = logging.getLogger(__name__)
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class LayerFreezing(Callback, PruningListener):
     """Freeze, during each fine-tune, the conv layers whose weights moved least in a one-time probe.
+
+    In a transformer (a model with an ``nn.MultiheadAttention`` or a Hugging Face attention: BERT, ViT,
+    Llama) its Linear layers are candidates too (attention projections and MLP layers; the classifier head
+    excluded), so ICE's block-by-block mode works on transformer blocks as well.
 
     ICE-Pruning (Hu, Henderson, Cano, arXiv 2505.07411), the freezing mechanism. The probe is the first
     fine-tune that runs (it runs unfrozen): for every candidate conv ``l`` it scores
@@ -112,7 +118,8 @@ class LayerFreezing(Callback, PruningListener):
                 "LayerFreezing changes requires_grad during training, which DDP only allows with "
                 "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (or 'ddp_find_unused_parameters_true')"
             )
-        weights = select_parameters(pl_module, CONV_TYPES, self.include_names, self.exclude_names)
+        types = (*CONV_TYPES, "Linear") if _is_transformer(pl_module) else CONV_TYPES
+        weights = select_parameters(pl_module, types, self.include_names, self.exclude_names)
         self.candidates = [name.rpartition(".")[0] for name in weights]
 
     # ---------------------------------------------------------------- pruner events
@@ -166,8 +173,7 @@ class LayerFreezing(Callback, PruningListener):
             }
             count = math.ceil(self.fraction * len(scores) - 1e-9)
             frozen = sorted(scores, key=lambda name: (scores[name], self.candidates.index(name)))[:count]
-            graph = dependency_graph(pl_module, example_input(trainer, pl_module))
-            decision = {"scores": scores, "frozen": frozen, "norm_of": _following_norms(pl_module, graph, frozen)}
+            decision = {"scores": scores, "frozen": frozen, "norm_of": _norms_after(trainer, pl_module, frozen)}
         decision = broadcast(trainer, decision)
         self.scores, self.frozen, self._norm_of = decision["scores"], decision["frozen"], decision["norm_of"]
         info(log, f"layer freezing: probe after step {self._probe_step} froze {len(self.frozen)} convs: {self.frozen}")
@@ -245,6 +251,18 @@ class LayerFreezing(Callback, PruningListener):
         self._probe_step = state_dict.get("probe_step", self._probe_step)
         self._frozen_params = list(state_dict.get("frozen_params", self._frozen_params))
         self._eval_norms = list(state_dict.get("eval_norms", self._eval_norms))
+
+
+def _is_transformer(model: nn.Module) -> bool:
+    return bool(fixed_width_attentions(model) or attention_layouts(model))
+
+
+def _norms_after(trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: Sequence[str]) -> dict[str, str]:
+    """The BatchNorm after each frozen conv; Linear layers have none to find, so no graph is traced for them."""
+    convs = [name for name in frozen if isinstance(pl_module.get_submodule(name), _CONVS)]
+    if not convs:
+        return {}
+    return _following_norms(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), convs)
 
 
 def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict[str, str]:

@@ -30,7 +30,6 @@ from lightning_prune.core.structured_transformers import (
 )
 from lightning_prune.core.validate import check_fraction
 
-
 BLOCK_TYPES = ("BasicBlock", "EncoderBlock", "TransformerEncoderLayer", "BertLayer", "ViTLayer", "LlamaDecoderLayer")
 
 
@@ -45,14 +44,15 @@ class BlockPruning(StepwisePruning):
     :mod:`~lightning_prune.core.structured_transformers` recognises) loses instead ``step_ratio`` of its
     attention heads (whole key/value groups under grouped-query attention, at least one kept) and of its
     MLP hidden units, the lowest L1 norms; heads of ``nn.MultiheadAttention`` stay (its projections are the
-    residual width), only its block's MLP units go. A step runs at the start of an epoch, after ``warmup_epochs`` dense epochs and then every
-    ``finetune_epochs`` epochs; after the last block's fine-tune, training goes on to ``max_epochs`` (or
-    stops there with ``stop_when_done=True``, as the ICE recipe does). ICE's
+    residual width), only its block's MLP units go. A step runs at the start of an epoch, after
+    ``warmup_epochs`` dense epochs and then every ``finetune_epochs`` epochs; after the last block's
+    fine-tune, training goes on to ``max_epochs`` (or stops there with ``stop_when_done=True``, as the ICE
+    recipe does). ICE's
     :class:`~lightning_prune.AccuracyGate`, :class:`~lightning_prune.LayerFreezing` and
     :class:`~lightning_prune.PruningAwareLR` act around these steps.
 
-    Requires from your LightningModule: an ``example_input_array`` or an ``(x, y)`` validation batch (to
-    trace the graph), and a ``configure_optimizers`` over all parameters (it is called again after each
+    Requires from your LightningModule: for conv blocks, an ``example_input_array`` or an ``(x, y)``
+    validation batch (to trace the graph; transformer blocks need none), and a ``configure_optimizers`` over all parameters (it is called again after each
     shrink). Under ``ddp_spawn``, call :func:`~lightning_prune.resize_on_load` on the model before ``fit``.
 
     Args:

@@ -52,8 +52,9 @@ class BlockPruning(StepwisePruning):
     :class:`~lightning_prune.PruningAwareLR` act around these steps.
 
     Requires from your LightningModule: for conv blocks, an ``example_input_array`` or an ``(x, y)``
-    validation batch (to trace the graph; transformer blocks need none), and a ``configure_optimizers`` over all parameters (it is called again after each
-    shrink). Under ``ddp_spawn``, call :func:`~lightning_prune.resize_on_load` on the model before ``fit``.
+    validation batch (to trace the graph; transformer blocks need none), and a ``configure_optimizers``
+    over all parameters (it is called again after each shrink). Under ``ddp_spawn``, call
+    :func:`~lightning_prune.resize_on_load` on the model before ``fit``.
 
     Args:
         step_ratio: fraction of each block's inner filters removed at its step, in (0, 1) (the paper's r).

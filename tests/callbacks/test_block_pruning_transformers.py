@@ -100,3 +100,23 @@ def test_vit_encoder_blocks_lose_mlp_units_and_keep_multihead_attention(digits, 
     reloaded = load_model(tmp_path / "pruned_model.pt")
     x = digits.val_dataloader().dataset[0][0].unsqueeze(0)
     torch.testing.assert_close(reloaded(x), model.eval()(x))
+
+
+def test_llama_resumes_from_a_checkpoint_taken_after_heads_were_removed(trainer_kwargs, tmp_path):
+    """Lightning loads the shrunk state into a fresh full-size model: layers and head counts follow, no pickle."""
+    torch.manual_seed(0)
+    first = HFModule(tiny_llama())
+    args = {"step_ratio": 0.5, "warmup_epochs": 1, "monitor": "val_loss", "export_dir": None}
+    kwargs = {**trainer_kwargs, "enable_checkpointing": True}
+    pl.Trainer(max_epochs=3, callbacks=[BlockPruning(**args)], **kwargs).fit(first, *token_loaders(True))
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["state_dict"]["model.model.layers.1.self_attn.k_proj.weight"].shape[0] == 8
+
+    resumed, pruning = HFModule(tiny_llama()), BlockPruning(**args)
+    pl.Trainer(max_epochs=4, callbacks=[pruning], **kwargs).fit(resumed, *token_loaders(True), ckpt_path=ckpt)
+    assert pruning.pruning_state.step == 2
+    attn = resumed.model.model.layers[1].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.num_key_value_groups) == (16, 8, 2)
+    assert resumed.model.config.num_key_value_heads == 1
+    ids = next(iter(token_loaders(True)[1]))["input_ids"][:2, :8]
+    assert resumed.model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (2, 11)

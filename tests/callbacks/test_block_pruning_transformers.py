@@ -110,7 +110,8 @@ def test_llama_resumes_from_a_checkpoint_taken_after_heads_were_removed(trainer_
     kwargs = {**trainer_kwargs, "enable_checkpointing": True}
     pl.Trainer(max_epochs=3, callbacks=[BlockPruning(**args)], **kwargs).fit(first, *token_loaders(True))
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
-    assert torch.load(ckpt, weights_only=True)["state_dict"]["model.model.layers.1.self_attn.k_proj.weight"].shape[0] == 8
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert state["model.model.layers.1.self_attn.k_proj.weight"].shape[0] == 8
 
     resumed, pruning = HFModule(tiny_llama()), BlockPruning(**args)
     pl.Trainer(max_epochs=4, callbacks=[pruning], **kwargs).fit(resumed, *token_loaders(True), ckpt_path=ckpt)

@@ -28,16 +28,12 @@ from lightning_prune.core.validate import check_fraction, check_output_dir
 
 log = logging.getLogger(__name__)
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class LayerFreezing(Callback, PruningListener):
     """Freeze, during each fine-tune, the conv layers whose weights moved least in a one-time probe.
-
-    In a transformer (a model with an ``nn.MultiheadAttention`` or a Hugging Face attention: BERT, ViT,
-    Llama) its Linear layers are candidates too (attention projections and MLP layers; the classifier head
-    excluded), so ICE's block-by-block mode works on transformer blocks as well.
 
     ICE-Pruning (Hu, Henderson, Cano, arXiv 2505.07411), the freezing mechanism. The probe is the first
     fine-tune that runs (it runs unfrozen): for every candidate conv ``l`` it scores
@@ -45,6 +41,13 @@ class LayerFreezing(Callback, PruningListener):
     and before the first pruning step), and the ``ceil(fraction * N)`` candidates with the smallest
     ``d_l`` are frozen in every later fine-tune, then released when it ends (and at the end of
     training). Layers are remembered by name, since structured steps replace their parameters.
+
+    A network without convolutions (an MLP) has its hidden ``Linear`` layers as candidates instead (the
+    head is never one).
+
+    A transformer (a model with an ``nn.MultiheadAttention`` or a Hugging Face attention: BERT, ViT,
+    Llama) has its Linear layers as candidates too, beside any convs (attention projections and MLP
+    layers), so ICE's block-by-block mode works on transformer blocks as well.
 
     Freezing follows Lightning's ``BaseFinetuning.freeze(train_bn=False)``: ``requires_grad=False`` on
     the conv's parameters and on those of the BatchNorm that reads its output; in addition that
@@ -118,8 +121,7 @@ class LayerFreezing(Callback, PruningListener):
                 "LayerFreezing changes requires_grad during training, which DDP only allows with "
                 "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (or 'ddp_find_unused_parameters_true')"
             )
-        types = (*CONV_TYPES, "Linear") if _is_transformer(pl_module) else CONV_TYPES
-        weights = select_parameters(pl_module, types, self.include_names, self.exclude_names)
+        weights = select_parameters(pl_module, candidate_types(pl_module), self.include_names, self.exclude_names)
         self.candidates = [name.rpartition(".")[0] for name in weights]
 
     # ---------------------------------------------------------------- pruner events
@@ -253,12 +255,19 @@ class LayerFreezing(Callback, PruningListener):
         self._eval_norms = list(state_dict.get("eval_norms", self._eval_norms))
 
 
-def _is_transformer(model: nn.Module) -> bool:
-    return bool(fixed_width_attentions(model) or attention_layouts(model))
+def candidate_types(model: nn.Module) -> tuple[str, ...]:
+    """Convs, as in the paper; a network without any (an MLP) freezes its hidden ``Linear`` layers instead."""
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    if fixed_width_attentions(model) or attention_layouts(model):  # a transformer: its blocks are Linears
+        return (*CONV_TYPES, "Linear")
+    return CONV_TYPES if any(isinstance(module, convs) for module in model.modules()) else ("Linear",)
 
 
 def _norms_after(trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: Sequence[str]) -> dict[str, str]:
-    """The BatchNorm after each frozen conv; Linear layers have none to find, so no graph is traced for them."""
+    """The BatchNorm after each frozen conv; none is looked for after a Linear, so no graph is traced for it.
+
+    Tracing a Hugging Face decoder is what torch-pruning cannot do in reasonable time.
+    """
     convs = [name for name in frozen if isinstance(pl_module.get_submodule(name), _CONVS)]
     if not convs:
         return {}

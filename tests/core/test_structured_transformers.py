@@ -173,3 +173,30 @@ def test_removals_refuse_to_empty_a_layer_and_sync_refuses_broken_shapes():
     layout.k.out_features = 12
     with pytest.raises(ValueError, match="not whole heads of size 8"):
         sync_attention(layout)
+
+
+def test_torch_transformer_encoder_layer_loses_mlp_units_and_keeps_its_attention():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True).eval()
+    mlps = mlp_layouts(layer)
+    assert list(mlps) == [""]
+    assert fixed_width_attentions(layer) == ["self_attn"]
+    x = torch.rand(2, 5, 16)
+    silence_units(mlps[""], [0, 9])
+    before = layer(x)
+    remove_units(mlps[""], [0, 9])
+    assert (layer.linear1.out_features, layer.linear2.in_features) == (30, 30)
+    torch.testing.assert_close(layer(x), before)
+
+
+def test_hf_record_builds_only_transformers_models():
+    from lightning_prune.core.hf_record import from_config, is_pretrained, pretrained_record
+
+    model = tiny_llama()
+    record = pretrained_record(model)
+    rebuilt = from_config(record["class_path"], record["config"])
+    assert is_pretrained(rebuilt)
+    assert not is_pretrained(torch.nn.Linear(2, 2))
+    assert architecture_spec(rebuilt) == architecture_spec(model)
+    with pytest.raises(ValueError, match=r"class_path='torch.nn.Linear' is not a transformers PreTrainedModel"):
+        from_config("torch.nn.Linear", {})

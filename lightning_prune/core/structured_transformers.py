@@ -1,0 +1,305 @@
+"""Physical removal of attention heads and MLP hidden units in transformer blocks, attributes kept consistent.
+
+Why not torch-pruning's dependency graph here: tracing a Hugging Face decoder (rotary embeddings, caches,
+masks) did not finish in 5 minutes for a 2-layer Llama, and ``nn.MultiheadAttention`` ties its projection
+width to the residual width. Transformer blocks have a known layout instead, so the layers are found by
+name (q/k/v/o projections, the MLP's input and output Linears) and sliced with torch-pruning's own
+per-layer functions (``tp.prune_linear_out_channels`` / ``prune_linear_in_channels``). Heads are scored
+and removed in whole key/value groups (grouped-query attention: a KV head and the query heads that share
+it), so ``num_key_value_groups`` stays valid; the residual width never changes.
+
+After a removal :func:`sync_attention` makes the module's attributes agree with its weights
+(``num_attention_heads``, ``all_head_size``, ``num_key_value_heads``, ``num_key_value_groups``; the head
+size never changes) and :func:`sync_config` writes uniform counts into a Hugging Face ``config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
+
+
+@dataclass
+class AttentionLayout:
+    """Where the parts of one attention layer are: the module holding its attributes and its projections."""
+
+    module: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+
+    @property
+    def head_dim(self) -> int:
+        return next(int(getattr(self.module, a)) for a in _HEAD_DIM_ATTRS if hasattr(self.module, a))
+
+    @property
+    def num_heads(self) -> int:
+        return self.q.out_features // self.head_dim
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k.out_features // self.head_dim
+
+
+@dataclass
+class MLPLayout:
+    """A block's MLP: Linears whose outputs are the hidden units (``gate``/``up``), and the one reading them."""
+
+    ins: list[nn.Linear]
+    out: nn.Linear
+
+    @property
+    def units(self) -> int:
+        return self.out.in_features
+
+
+def _linears(module: nn.Module, *names: str) -> list[nn.Linear] | None:
+    found = [getattr(module, name, None) for name in names]
+    return found if all(isinstance(m, nn.Linear) for m in found) else None
+
+
+def attention_layout(model: nn.Module, name: str) -> AttentionLayout | None:
+    """The layout of ``name`` if it is an attention whose heads can be removed (Llama- or BERT-style), else None.
+
+    Llama/Mistral/Qwen style: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and ``head_dim`` on one module.
+    BERT/ViT style: ``query``, ``key``, ``value`` and ``attention_head_size`` on the module, the output
+    projection in its parent's ``output.dense``.
+    """
+    module = model.get_submodule(name)
+    if not any(hasattr(module, a) for a in _HEAD_DIM_ATTRS):
+        return None
+    if (qkvo := _linears(module, "q_proj", "k_proj", "v_proj", "o_proj")) is not None:
+        return AttentionLayout(module, *qkvo)
+    qkv = _linears(module, "query", "key", "value")
+    if qkv is None or not name:
+        return None
+    output = getattr(model.get_submodule(name.rpartition(".")[0]), "output", None)
+    dense = getattr(output, "dense", None)
+    return AttentionLayout(module, *qkv, dense) if isinstance(dense, nn.Linear) else None
+
+
+def attention_layouts(model: nn.Module, under: str = "") -> dict[str, AttentionLayout]:
+    """Every head-removable attention of ``model`` (only those inside ``under`` when given), by module name."""
+    prefix = f"{under}." if under else ""
+    found = {}
+    for name, _ in model.named_modules():
+        if name.startswith(prefix) or name == under:
+            layout = attention_layout(model, name)
+            if layout is not None:
+                found[name] = layout
+    return found
+
+
+def fixed_width_attentions(model: nn.Module, under: str = "") -> list[str]:
+    """``nn.MultiheadAttention`` layers: their projection width is the residual width, so no head can go."""
+    prefix = f"{under}." if under else ""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and n.startswith(prefix)]
+
+
+def mlp_layouts(block: nn.Module, prefix: str = "") -> dict[str, MLPLayout]:
+    """The MLPs inside ``block`` (by full name, ``prefix`` + name), in the layouts :func:`mlp_layout` knows."""
+    found = {}
+    for name, module in block.named_modules():
+        if (layout := mlp_layout(module)) is not None:
+            found[f"{prefix}{name}" if name else prefix.rstrip(".")] = layout
+    return found
+
+
+def mlp_layout(module: nn.Module) -> MLPLayout | None:
+    """``module`` as an MLP whose hidden units can go, or None.
+
+    Gated (``gate_proj``/``up_proj`` -> ``down_proj``: Llama), ``fc1`` -> ``fc2`` (ViT, CLIP), BERT-style
+    (``intermediate.dense`` -> ``output.dense``), ``nn.TransformerEncoderLayer`` (``linear1`` -> ``linear2``)
+    and an ``nn.Sequential`` of two Linears with parameter-free layers between them.
+    """
+    if (gated := _linears(module, "gate_proj", "up_proj", "down_proj")) is not None:
+        return MLPLayout(gated[:2], gated[2])
+    if isinstance(module, nn.TransformerEncoderLayer):
+        return MLPLayout([module.linear1], module.linear2)
+    pair = _linears(module, "fc1", "fc2") or _bert_mlp(module)
+    if pair is None and isinstance(module, nn.Sequential):
+        pair = _two_linear_sequential(module)
+    if pair is not None and pair[0].out_features == pair[1].in_features:
+        return MLPLayout([pair[0]], pair[1])
+    return None
+
+
+def _bert_mlp(module: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    inner = getattr(getattr(module, "intermediate", None), "dense", None)
+    outer = getattr(getattr(module, "output", None), "dense", None)
+    if isinstance(inner, nn.Linear) and isinstance(outer, nn.Linear) and inner.out_features == outer.in_features:
+        return inner, outer
+    return None
+
+
+def _two_linear_sequential(module: nn.Sequential) -> tuple[nn.Linear, nn.Linear] | None:
+    layers = list(module)
+    if len(layers) < 2 or not isinstance(layers[0], nn.Linear) or not isinstance(layers[-1], nn.Linear):
+        return None
+    if any(list(m.parameters()) for m in layers[1:-1]) or layers[0].out_features != layers[-1].in_features:
+        return None  # a norm or a third Linear between them: not a plain MLP
+    return layers[0], layers[-1]
+
+
+# ---------------------------------------------------------------- scores
+
+
+def head_group_scores(layout: AttentionLayout) -> Tensor:
+    """L1 norm of each key/value group's weights: its query heads, its key and value heads, their output columns.
+
+    Without grouped-query attention each group is one head (Michel et al. 2019 prune single heads; the
+    weight norm is the data-free proxy torch-pruning's ``GroupMagnitudeImportance`` uses).
+    """
+    groups = layout.num_kv_heads
+    with torch.no_grad():
+        q = layout.q.weight.abs().view(groups, -1).sum(1)
+        k = layout.k.weight.abs().view(groups, -1).sum(1)
+        v = layout.v.weight.abs().view(groups, -1).sum(1)
+        o = layout.o.weight.abs().t().reshape(groups, -1).sum(1)
+    return q + k + v + o
+
+
+def unit_scores(layout: MLPLayout) -> Tensor:
+    """L1 norm of each hidden unit's incoming rows (every input Linear) and outgoing column."""
+    with torch.no_grad():
+        score = layout.out.weight.abs().sum(0)
+        for linear in layout.ins:
+            score = score + linear.weight.abs().sum(1)
+    return score
+
+
+# ---------------------------------------------------------------- removal
+
+
+def remove_head_groups(layout: AttentionLayout, groups: list[int]) -> None:
+    """Remove whole key/value groups (each: one KV head and the query heads sharing it), then sync attributes.
+
+    Raises:
+        ValueError: when every group would go, or an index is out of range.
+    """
+    total = layout.num_kv_heads
+    if not groups:
+        return
+    if len(set(groups)) >= total or not all(0 <= g < total for g in groups):
+        raise ValueError(f"cannot remove head groups {sorted(groups)} of {total}: at least one must stay")
+    dim, rep = layout.head_dim, layout.num_heads // total
+    kv_idx = [g * dim + i for g in sorted(set(groups)) for i in range(dim)]
+    q_idx = [g * rep * dim + i for g in sorted(set(groups)) for i in range(rep * dim)]
+    tp.prune_linear_out_channels(layout.q, q_idx)
+    tp.prune_linear_out_channels(layout.k, kv_idx)
+    tp.prune_linear_out_channels(layout.v, kv_idx)
+    tp.prune_linear_in_channels(layout.o, q_idx)
+    sync_attention(layout)
+
+
+def remove_units(layout: MLPLayout, idxs: list[int]) -> None:
+    """Remove MLP hidden units: rows of every input Linear, columns of the output Linear.
+
+    Raises:
+        ValueError: when every unit would go.
+    """
+    if not idxs:
+        return
+    if len(set(idxs)) >= layout.units:
+        raise ValueError(f"cannot remove {len(set(idxs))} of {layout.units} hidden units: at least one must stay")
+    for linear in layout.ins:
+        tp.prune_linear_out_channels(linear, list(idxs))
+    tp.prune_linear_in_channels(layout.out, list(idxs))
+
+
+def sync_attention(layout: AttentionLayout, head_dim: int | None = None) -> None:
+    """Set the head-count attributes the module has from its weights (``head_dim`` too when given).
+
+    Raises:
+        ValueError: when the projections are not whole heads, or query heads are not whole KV groups.
+    """
+    module = layout.module
+    if head_dim is not None:
+        for attr in _HEAD_DIM_ATTRS:
+            if hasattr(module, attr):
+                setattr(module, attr, int(head_dim))
+    dim = layout.head_dim
+    heads, kv = layout.num_heads, layout.num_kv_heads
+    if layout.q.out_features != heads * dim or layout.k.out_features != kv * dim or kv == 0 or heads % kv:
+        raise ValueError(
+            f"{type(module).__name__}: projections q={layout.q.out_features}, k={layout.k.out_features} are not "
+            f"whole heads of size {dim} with query heads in whole key/value groups"
+        )
+    values = {
+        "num_attention_heads": heads,
+        "num_heads": heads,
+        "all_head_size": heads * dim,
+        "num_key_value_heads": kv,
+        "num_key_value_groups": heads // kv,
+    }
+    for attr, value in values.items():
+        if hasattr(module, attr):
+            setattr(module, attr, value)
+
+
+def sync_config(model: nn.Module) -> dict[str, int]:
+    """Write head counts and MLP width into every Hugging Face ``config`` in ``model`` when uniform over layers.
+
+    Counts that differ per layer are left as they were (the export's architecture spec carries them per
+    layer). ``num_attention_heads`` is only written where a fresh model would get the same head size
+    (the config has ``head_dim``, or ``hidden_size`` divides into the new count at the old head size).
+    Returns what was written.
+    """
+    written: dict[str, int] = {}
+    configs: dict[int, tuple[str, object]] = {}
+    for name, module in model.named_modules():  # outermost first: the whole model a config describes
+        if _is_hf_config(module):
+            configs.setdefault(id(module.config), (name, module.config))
+    for name, config in configs.values():
+        root = model.get_submodule(name)
+        attn = list(attention_layouts(root).values())
+        mlps = list(mlp_layouts(root).values())
+        updates = {}
+        if mlps and len({m.units for m in mlps}) == 1 and hasattr(config, "intermediate_size"):
+            updates["intermediate_size"] = mlps[0].units
+        if attn and len({(a.num_heads, a.num_kv_heads, a.head_dim) for a in attn}) == 1:
+            heads, kv, dim = attn[0].num_heads, attn[0].num_kv_heads, attn[0].head_dim
+            if getattr(config, "head_dim", None) is not None or heads * dim == getattr(config, "hidden_size", -1):
+                updates["num_attention_heads"] = heads
+                if getattr(config, "head_dim", None) is not None:
+                    updates["head_dim"] = dim
+            if getattr(config, "num_key_value_heads", None) is not None:
+                updates["num_key_value_heads"] = kv
+        for key, value in updates.items():
+            setattr(config, key, value)
+        written.update(updates)
+    return written
+
+
+def sync_all(model: nn.Module, head_dims: dict[str, int] | None = None) -> None:
+    """What a model reloaded into resized layers needs: every attention's and config's counts from the weights.
+
+    Head sizes come from ``head_dims`` (by layer name) where given, else from the modules themselves.
+    """
+    for name, layout in attention_layouts(model).items():
+        sync_attention(layout, (head_dims or {}).get(name))
+    sync_config(model)
+
+
+def attention_spec(model: nn.Module) -> dict[str, dict[str, object]]:
+    """Per attention layer: its type, heads, KV heads and head size (part of the export's architecture spec)."""
+    return {
+        name: {
+            "type": type(layout.module).__name__,
+            "num_heads": layout.num_heads,
+            "num_kv_heads": layout.num_kv_heads,
+            "head_dim": layout.head_dim,
+        }
+        for name, layout in attention_layouts(model).items()
+    }
+
+
+def _is_hf_config(module: nn.Module) -> bool:
+    config = getattr(module, "config", None)
+    return config is not None and hasattr(config, "to_dict") and hasattr(config, "model_type")

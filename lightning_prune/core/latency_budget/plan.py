@@ -166,7 +166,8 @@ def _fill(
 def _width_ladder(network: Network, table: LatencyTable, budget_ms: float, scale: float, fewest: int) -> list[float]:
     """Width ratios to assume for layer inputs: 1, then sqrt(budget / now), shrinking by 0.8 per rung."""
     ladder = [1.0]
-    ratio = min(1.0, (budget_ms / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
+    # a budget at or below the fixed part (a planner's target minus its overhead) asks for the narrowest rung
+    ratio = min(1.0, (max(budget_ms, 0.0) / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
     floor = fewest / max(network.groups.values(), default=1)
     while ratio > floor and len(ladder) < 8:
         ladder.append(ratio)

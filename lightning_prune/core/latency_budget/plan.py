@@ -1,9 +1,9 @@
 """Deciding how many channels each group keeps under a latency budget (SP-LAMP + LUT + group knapsack).
 
 A network (:class:`Network`: channel groups and timed layers) is predicted as the sum of its layers'
-latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale`` calibrated against a
-real measurement of the whole model (activations, pooling, adds and dispatch grow roughly in proportion,
-and a loaded machine slows everything alike, which an additive offset would misattribute).
+latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale``; the planner adds the
+whole model's fixed part (``overhead``, fitted through the dense and the smallest network's measurements,
+:func:`~lightning_prune.core.latency_budget.measure.whole_model_fit`) by planning for ``target - overhead``.
 
 The choice per group is a group knapsack: options "keep the top k channels" (k on a ``round_to``
 grid), value = the SP-LAMP scores kept, cost = the latency of the layers writing to the group (and of

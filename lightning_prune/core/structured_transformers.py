@@ -39,12 +39,26 @@ class AttentionLayout:
         return next(int(getattr(self.module, a)) for a in _HEAD_DIM_ATTRS if hasattr(self.module, a))
 
     @property
+    def fused(self) -> bool:
+        """One ``qkv`` Linear (timm): its rows are the query, key and value heads one after the other."""
+        return self.q is self.k
+
+    @property
     def num_heads(self) -> int:
-        return self.q.out_features // self.head_dim
+        return self.q.out_features // (3 if self.fused else 1) // self.head_dim
 
     @property
     def num_kv_heads(self) -> int:
-        return self.k.out_features // self.head_dim
+        return self.num_heads if self.fused else self.k.out_features // self.head_dim
+
+    def rows(self, groups: list[int]) -> tuple[dict[nn.Linear, list[int]], list[int]]:
+        """Output rows of each projection, and input columns of the output projection, of these KV groups."""
+        dim, rep, width = self.head_dim, self.num_heads // self.num_kv_heads, self.num_heads * self.head_dim
+        q_idx = [g * rep * dim + i for g in groups for i in range(rep * dim)]
+        kv_idx = [g * dim + i for g in groups for i in range(dim)]
+        if self.fused:
+            return {self.q: [section * width + i for section in range(3) for i in q_idx]}, q_idx
+        return {self.q: q_idx, self.k: kv_idx, self.v: kv_idx}, q_idx
 
 
 @dataclass
@@ -69,19 +83,28 @@ def attention_layout(model: nn.Module, name: str) -> AttentionLayout | None:
 
     Llama/Mistral/Qwen style: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and ``head_dim`` on one module.
     BERT/ViT style: ``query``, ``key``, ``value`` and ``attention_head_size`` on the module, the output
-    projection in its parent's ``output.dense``.
+    projection in its parent's ``output.dense``. timm style: one ``qkv`` Linear, ``proj``, ``num_heads``,
+    ``head_dim`` and ``attn_dim`` (read by its forward), no ``norm`` or ``gate`` over the heads.
     """
     module = model.get_submodule(name)
     if not any(hasattr(module, a) for a in _HEAD_DIM_ATTRS):
         return None
     if (qkvo := _linears(module, "q_proj", "k_proj", "v_proj", "o_proj")) is not None:
         return AttentionLayout(module, *qkvo)
+    if (fused := _timm_attention(module)) is not None:
+        return AttentionLayout(module, fused[0], fused[0], fused[0], fused[1])
     qkv = _linears(module, "query", "key", "value")
     if qkv is None or not name:
         return None
     output = getattr(model.get_submodule(name.rpartition(".")[0]), "output", None)
     dense = getattr(output, "dense", None)
     return AttentionLayout(module, *qkv, dense) if isinstance(dense, nn.Linear) else None
+
+
+def _timm_attention(module: nn.Module) -> list[nn.Linear] | None:
+    norm = getattr(module, "norm", None)
+    plain = (norm is None or isinstance(norm, nn.Identity)) and getattr(module, "gate", None) is None
+    return _linears(module, "qkv", "proj") if plain and hasattr(module, "attn_dim") else None
 
 
 def attention_layouts(model: nn.Module, under: str = "") -> dict[str, AttentionLayout]:
@@ -156,13 +179,13 @@ def head_group_scores(layout: AttentionLayout) -> Tensor:
     Without grouped-query attention each group is one head (Michel et al. 2019 prune single heads; the
     weight norm is the data-free proxy torch-pruning's ``GroupMagnitudeImportance`` uses).
     """
-    groups = layout.num_kv_heads
+    scores = []
     with torch.no_grad():
-        q = layout.q.weight.abs().view(groups, -1).sum(1)
-        k = layout.k.weight.abs().view(groups, -1).sum(1)
-        v = layout.v.weight.abs().view(groups, -1).sum(1)
-        o = layout.o.weight.abs().t().reshape(groups, -1).sum(1)
-    return q + k + v + o
+        for group in range(layout.num_kv_heads):
+            rows, columns = layout.rows([group])
+            score = sum(linear.weight[idx].abs().sum() for linear, idx in rows.items())
+            scores.append(score + layout.o.weight[:, columns].abs().sum())
+    return torch.stack(scores)
 
 
 def unit_scores(layout: MLPLayout) -> Tensor:
@@ -188,13 +211,10 @@ def remove_head_groups(layout: AttentionLayout, groups: list[int]) -> None:
         return
     if len(set(groups)) >= total or not all(0 <= g < total for g in groups):
         raise ValueError(f"cannot remove head groups {sorted(groups)} of {total}: at least one must stay")
-    dim, rep = layout.head_dim, layout.num_heads // total
-    kv_idx = [g * dim + i for g in sorted(set(groups)) for i in range(dim)]
-    q_idx = [g * rep * dim + i for g in sorted(set(groups)) for i in range(rep * dim)]
-    tp.prune_linear_out_channels(layout.q, q_idx)
-    tp.prune_linear_out_channels(layout.k, kv_idx)
-    tp.prune_linear_out_channels(layout.v, kv_idx)
-    tp.prune_linear_in_channels(layout.o, q_idx)
+    rows, columns = layout.rows(sorted(set(groups)))
+    for linear, idx in rows.items():
+        tp.prune_linear_out_channels(linear, idx)
+    tp.prune_linear_in_channels(layout.o, columns)
     sync_attention(layout)
 
 
@@ -226,7 +246,8 @@ def sync_attention(layout: AttentionLayout, head_dim: int | None = None) -> None
                 setattr(module, attr, int(head_dim))
     dim = layout.head_dim
     heads, kv = layout.num_heads, layout.num_kv_heads
-    if layout.q.out_features != heads * dim or layout.k.out_features != kv * dim or kv == 0 or heads % kv:
+    whole = layout.q.out_features == heads * dim * (3 if layout.fused else 1) and layout.k.out_features % dim == 0
+    if not whole or kv == 0 or heads % kv:
         raise ValueError(
             f"{type(module).__name__}: projections q={layout.q.out_features}, k={layout.k.out_features} are not "
             f"whole heads of size {dim} with query heads in whole key/value groups"
@@ -235,6 +256,7 @@ def sync_attention(layout: AttentionLayout, head_dim: int | None = None) -> None
         "num_attention_heads": heads,
         "num_heads": heads,
         "all_head_size": heads * dim,
+        "attn_dim": heads * dim,
         "num_key_value_heads": kv,
         "num_key_value_groups": heads // kv,
     }

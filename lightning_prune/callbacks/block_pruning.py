@@ -20,14 +20,13 @@ from lightning_prune.core.structured import (
     remove_out_channels,
 )
 from lightning_prune.core.structured_transformers import (
-    attention_layouts,
     head_group_scores,
-    mlp_layouts,
     remove_head_groups,
     remove_units,
     sync_config,
     unit_scores,
 )
+from lightning_prune.core.transformer_layout import attention_layouts, mlp_layouts
 from lightning_prune.core.validate import check_fraction
 
 BLOCK_TYPES = ("BasicBlock", "EncoderBlock", "TransformerEncoderLayer", "BertLayer", "ViTLayer", "LlamaDecoderLayer")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_prune import BlockPruning, LayerFreezing, load_model
 from lightning_prune.core.structured import count_parameters
-from lightning_prune.core.structured_transformers import attention_layouts, mlp_layouts
+from lightning_prune.core.transformer_layout import attention_layouts, mlp_layouts
 from lightning_prune.models import Classifier
 from lightning_prune.models.vit import ViT
 from tests.hf_models import digit_tokens, tiny_bert, tiny_llama

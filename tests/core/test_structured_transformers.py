@@ -9,16 +9,14 @@ import torch
 
 from lightning_prune.core.structured import architecture_spec, count_parameters
 from lightning_prune.core.structured_transformers import (
-    attention_layouts,
-    fixed_width_attentions,
     head_group_scores,
-    mlp_layouts,
     remove_head_groups,
     remove_units,
     sync_attention,
     sync_config,
     unit_scores,
 )
+from lightning_prune.core.transformer_layout import attention_layouts, fixed_width_attentions, mlp_layouts
 from lightning_prune.models.vit import ViT
 from tests.hf_models import digit_tokens, tiny_bert, tiny_hf_vit, tiny_llama
 

@@ -141,3 +141,11 @@ def test_timm_vit_blocks_lose_fused_heads_and_units(digits, trainer_kwargs, tmp_
     fresh = load_pruned(Classifier(tiny_timm_vit(), 10, (1, 8, 8)), tmp_path / "pruned_model.pt").eval()
     x = torch.rand(2, 1, 8, 8)
     torch.testing.assert_close(fresh(x), model.eval()(x))
+
+
+def test_blocks_with_nothing_to_remove_are_refused_before_training(digits, trainer_kwargs):
+    model = Classifier(ViT((1, 8, 8), 10, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32), 10, (1, 8, 8))
+    trainer = pl.Trainer(max_epochs=3, callbacks=[BlockPruning(block_types=["LayerNorm"])], **trainer_kwargs)
+    with pytest.raises(ValueError, match=r"block\(s\) \['net.blocks.0.norm1', .*\] hold nothing it can remove"):
+        trainer.fit(model, datamodule=digits)
+    assert trainer.global_step == 0

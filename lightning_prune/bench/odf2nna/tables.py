@@ -83,11 +83,10 @@ def main() -> str:
     rows = []
     for name, data in result["datasets"].items():
         metric = result["metric"][name]
-        for arm in ARMS:
+        for arm in [arm for arm in ARMS if arm in data]:  # runs before the faithful arm have none
             figures = data[arm]
-            label = (
-                f"rebuilt ({_setting(figures)})" if arm == "rebuilt" else "control (ε=0)" if arm == "control" else arm
-            )
+            label = f"{arm} ({_setting(figures)})" if arm in ("rebuilt", "faithful") else arm
+            label = "control (ε=0)" if arm == "control" else label
             spread = f"{figures['test_metric']:.4f} ± {figures['test_metric_std']:.4f}".replace("-", MINUS)
             latency = [f"{figures['latency_ms_b1']:.4f}", f"{figures['latency_ms_b256']:.3f}"]
             rows.append([f"{name} ({metric})", label, f"{round(figures['params']):,}", spread, *latency])

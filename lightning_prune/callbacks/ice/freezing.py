@@ -42,9 +42,11 @@ class LayerFreezing(Callback, PruningListener):
     ``d_l`` are frozen in every later fine-tune, then released when it ends (and at the end of
     training). Layers are remembered by name, since structured steps replace their parameters.
 
-    A transformer (a model with an ``nn.MultiheadAttention`` or a Hugging Face attention: BERT, ViT,
-    Llama) has its Linear layers as candidates too, beside any convs (attention projections and MLP
-    layers; the head is never one), so ICE's block-by-block mode works on transformer blocks as well.
+    A network without convolutions (an MLP) has its hidden ``Linear`` layers as candidates instead (the
+    head is never one). A transformer (a model with an ``nn.MultiheadAttention`` or a Hugging Face
+    attention: BERT, ViT, Llama) has its Linear layers as candidates too, beside any convs (attention
+    projections and MLP layers; the head is never one), so ICE's block-by-block mode works on transformer
+    blocks as well.
 
     Freezing follows Lightning's ``BaseFinetuning.freeze(train_bn=False)``: ``requires_grad=False`` on
     the conv's parameters and on those of the BatchNorm that reads its output; in addition that
@@ -253,10 +255,10 @@ class LayerFreezing(Callback, PruningListener):
 
 
 def candidate_types(model: nn.Module) -> tuple[str, ...]:
-    """Convs, as in the paper; a transformer's Linear layers too (its blocks are made of them)."""
+    """Convs, as in the paper; a transformer's Linears too (its blocks are made of them); an MLP's Linears."""
     if fixed_width_attentions(model) or attention_layouts(model):
         return (*CONV_TYPES, "Linear")
-    return CONV_TYPES
+    return CONV_TYPES if any(isinstance(module, _CONVS) for module in model.modules()) else ("Linear",)
 
 
 def _norms_after(trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: Sequence[str]) -> dict[str, str]:

@@ -59,9 +59,12 @@ def test_unreachable_budget_gives_the_smallest_plan_marked_infeasible():
 
 
 def test_option_counts_and_removal_indices():
-    assert option_counts(10, 4, 1) == [1, 4, 8, 10]
+    # On the grid (what a CPU's blocked kernels reward); below one grid step, powers of two from the fewest.
+    assert option_counts(10, 4, 1) == [1, 2, 4, 8, 10]
     assert option_counts(16, 4, 6) == [6, 8, 12, 16]
     assert option_counts(3, 4, 4) == [3]
+    assert option_counts(64, 16, 4) == [4, 8, 16, 32, 48, 64]
+    assert option_counts(12, 16, 4) == [4, 8, 12]
     assert removal_indices(torch.tensor([0.5, 0.1, 1.0, 0.3]), keep=2) == [1, 3]
 
 

@@ -89,6 +89,9 @@ class Distillation(Callback, PruningListener):
         True
     """
 
+    # Works beside pruners that report no steps too (the teacher is then the model at fit start).
+    acts_on_steps = False
+
     def __init__(self, temperature: float = 2.0, weight: float = 1.0) -> None:
         if not is_number(temperature) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0 (the paper's code uses 2), got {temperature!r}")

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_prune import BlockPruning, Distillation, IterativePruning, PruningListener
 from lightning_prune.callbacks.distillation import kd_grad, kd_loss
 from tests.callbacks.iterative.helpers import StopAt
+from tests.faults.setups import SETUPS
 from tests.helpers import resnet_classifier
 from tests.test_recipes import compose_recipe
 
@@ -158,3 +159,17 @@ def test_the_ice_recipe_takes_distillation_as_an_option(tmp_path: Path) -> None:
     node = compose_recipe("ice_pruning", tmp_path, ("+callbacks=distillation",)).callbacks.distillation
     distill = instantiate(node)
     assert (distill.temperature, distill.weight) == (2.0, 1.0)
+
+
+@pytest.mark.parametrize("name", ["AnytimeProgressivePruning", "InstantSoupPruning", "DenseUnitPruning"])
+def test_distillation_beside_every_other_pruner(name: str, trainer_kwargs: dict, tmp_path: Path) -> None:
+    """Pruners with their own schedules: the teacher is the model before their first pruning, the term is added."""
+    setup = SETUPS[name]
+    distill = Distillation(temperature=2.0, weight=1.0)
+    pl.seed_everything(0, verbose=False)
+    model = setup.model()
+    kwargs = {**trainer_kwargs, "default_root_dir": str(tmp_path), "max_epochs": setup.max_epochs, **setup.trainer}
+    pl.Trainer(callbacks=[setup.make(export_dir=str(tmp_path)), distill], **kwargs).fit(model, datamodule=setup.data())
+    assert distill.teacher is not None
+    assert not any(p.requires_grad for p in distill.teacher.parameters())
+    assert distill.last_kd is not None

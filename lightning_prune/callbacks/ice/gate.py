@@ -66,7 +66,8 @@ class AccuracyGate(Callback, PruningListener):
         hold_untrained: when the first step is due while accuracy is at chance level (a from-scratch run with
             the pruner's default ``warmup_epochs=0``), hold it until validation accuracy levels off (gains below
             ``threshold`` per epoch) or the latest epoch from which the schedule fits ``max_epochs``, with a
-            warning (:mod:`~lightning_prune.callbacks.ice.hold`). ``False``: refuse such an ``A0`` instead.
+            warning (:mod:`~lightning_prune.callbacks.ice.hold`). ``False``: refuse such an ``A0`` instead. With a
+            custom ``metric_fn`` (no chance level known) the step is never held.
         finetune_last: always fine-tune after the last step, whatever its drop, so the model the run
             ends with has been fine-tuned since its last prune (the paper's DenseNet pipeline ends with a
             final fine-tune too). With it a large ``threshold`` costs less accuracy: drops can pile up

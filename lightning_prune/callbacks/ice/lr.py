@@ -84,7 +84,7 @@ class PruningAwareLR(Callback, PruningListener):
         export_dir: str | None = None,
     ) -> None:
         if delta is None:  # the paper's ratio (7e-4 of 1e-3) on its rate; a milder cut of a from-scratch user's own
-            delta = PAPER_DELTA_RATIO * base_lr if base_lr is not None else SCALE_DELTA
+            delta = PAPER_DELTA_RATIO * base_lr if is_number(base_lr) else SCALE_DELTA
         for name, value in (("base_lr", base_lr), ("delta", delta), ("p", p), ("beta", beta)):
             if not is_number(value) and not (name == "base_lr" and value is None):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")

@@ -127,19 +127,17 @@ class FrozenMLP(UserMLP):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def test_gate_holds_an_untrained_start_then_refuses_at_the_last_epoch_the_schedule_fits(
-    digits, trainer_kwargs: dict
-) -> None:
+def test_gate_holds_an_untrained_start_then_refuses_at_its_latest_start(digits, trainer_kwargs: dict) -> None:
     pruner = IterativePruning(target_sparsity=0.75, step_ratio=0.5, monitor="val_acc")  # 2 steps, 1 epoch each
     gate = AccuracyGate(val_batches=2)
-    trainer = pl.Trainer(max_epochs=5, callbacks=[pruner, gate], **trainer_kwargs)
+    trainer = pl.Trainer(max_epochs=8, callbacks=[pruner, gate], **trainer_kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(ValueError, match=r"A0 = 0\.\d+, .* at chance"):
             trainer.fit(FrozenMLP(), *loaders(digits))
     held = [str(w.message) for w in caught if "holding it until validation accuracy levels off" in str(w.message)]
     assert len(held) == 1
-    assert "or epoch 3, the latest from which the schedule fits max_epochs=5" in held[0]
+    assert "or epoch 3 (halfway to the last from which the schedule fits max_epochs=8)" in held[0]  # (8 - 2) // 2
     assert [m["epoch"] for m in gate.hold.measured] == [0, 1, 2, 3]  # asked at each epoch start until the deadline
     assert trainer.global_step == 3 * len(loaders(digits)[0])  # three epochs trained while held, then refused
     assert pruner.pruning_state.step == 0

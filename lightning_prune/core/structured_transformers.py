@@ -126,8 +126,10 @@ def sync_config(model: nn.Module) -> dict[str, int]:
     """Write head counts and MLP width into every Hugging Face ``config`` in ``model`` when uniform over layers.
 
     Counts that differ per layer are left as they were (the export's architecture spec carries them per
-    layer). ``num_attention_heads`` is only written where a fresh model would get the same head size
-    (the config has ``head_dim``, or ``hidden_size`` divides into the new count at the old head size).
+    layer). ``num_attention_heads`` is only written where a fresh model would get the same head size: the
+    config has ``head_dim`` (Llama), or heads x head size still equals ``hidden_size``. A BERT-style config
+    (head size = ``hidden_size / num_attention_heads``) keeps its count after heads go; the architecture
+    spec holds the real one and loading sets it on the modules.
     Returns what was written.
     """
     written: dict[str, int] = {}

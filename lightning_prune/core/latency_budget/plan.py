@@ -1,9 +1,9 @@
 """Deciding how many channels each group keeps under a latency budget (SP-LAMP + LUT + group knapsack).
 
 A network (:class:`Network`: channel groups and timed layers) is predicted as the sum of its layers'
-latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale`` calibrated against a
-real measurement of the whole model (activations, pooling, adds and dispatch grow roughly in proportion,
-and a loaded machine slows everything alike, which an additive offset would misattribute).
+latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale``; the planner adds the
+whole model's fixed part (``overhead``, fitted through the dense and the smallest network's measurements,
+:func:`~lightning_prune.core.latency_budget.measure.whole_model_fit`) by planning for ``target - overhead``.
 
 The choice per group is a group knapsack: options "keep the top k channels" (k on a ``round_to``
 grid), value = the SP-LAMP scores kept, cost = the latency of the layers writing to the group (and of
@@ -166,7 +166,8 @@ def _fill(
 def _width_ladder(network: Network, table: LatencyTable, budget_ms: float, scale: float, fewest: int) -> list[float]:
     """Width ratios to assume for layer inputs: 1, then sqrt(budget / now), shrinking by 0.8 per rung."""
     ladder = [1.0]
-    ratio = min(1.0, (budget_ms / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
+    # a budget at or below the fixed part (a planner's target minus its overhead) asks for the narrowest rung
+    ratio = min(1.0, (max(budget_ms, 0.0) / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
     floor = fewest / max(network.groups.values(), default=1)
     while ratio > floor and len(ladder) < 8:
         ladder.append(ratio)

@@ -3,9 +3,11 @@
 HALP and SP-LAMP estimate a network's latency as the sum of its layers' latencies, each looked up by
 the layer's shape. A :class:`LayerSpec` is what fixes a layer's cost apart from its channel counts
 (kind, kernel, stride, padding, input feature-map size, bias, whether a BatchNorm follows); its
-``signature`` string keys the table, with ``"c_in x c_out"`` under it. Entries are timed on first use
-on the target device by building the layer afresh at those channel counts and timing it on an input
-of its real shape, so the table holds exactly the shapes a pruning run asks for. The JSON file keeps
+``signature`` string keys the table, with ``"c_in x c_out"`` under it. Entries are timed on the target
+device by building the layer afresh at those channel counts and timing it on an input of its real shape.
+A calibrated run times only a few shapes per signature and looks every other width up in the signature's
+affine fit (:meth:`LatencyTable.fit_layer`, :mod:`~lightning_prune.core.latency_budget.fit`); a signature
+without a fit is timed cell by cell on first use. The JSON file keeps
 one table per device key (device name, threads, batch size, dtype, memory format): a table is reused
 when the key matches and built anew when the device or settings differ, without losing the others.
 """

@@ -74,3 +74,12 @@ def test_exponential_latency_schedule():
     assert exponential_latency(4.0, 1.0, 1) == [pytest.approx(1.0)]
     with pytest.raises(ValueError):
         exponential_latency(4.0, 0.0, 2)
+
+
+def test_a_budget_below_the_fixed_part_returns_the_smallest_network_as_infeasible():
+    """The planner passes ``target - overhead``: at or below zero nothing fits, the plan is the narrowest."""
+    network = trace_network(MLP((1, 8, 8), 10, hidden=(32, 32)), torch.zeros(1, 1, 8, 8))
+    lut = LatencyTable(torch.device("cpu"), TimingSettings(1, 3, threads=1), 8, timer=lambda layer, x: 1.0)
+    plan = plan_keep_counts(network, lut, -0.5, 1.0, round_to=8, min_channels=4)
+    assert not plan.feasible
+    assert plan.keep == min_keep(network, 8, 4)

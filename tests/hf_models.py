@@ -58,3 +58,12 @@ def digit_tokens(count: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     order = torch.randperm(len(digits.target), generator=torch.Generator().manual_seed(seed))[:count]
     ids = torch.as_tensor(digits.data, dtype=torch.long)[order]
     return ids, torch.as_tensor(digits.target, dtype=torch.long)[order]
+
+
+def tiny_timm_vit(num_classes: int = 10) -> torch.nn.Module:
+    """timm's VisionTransformer (fused ``qkv`` attention, ``fc1``/``fc2`` MLP) on 1x8x8 images."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=8, patch_size=4, in_chans=1, num_classes=num_classes, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2
+    )

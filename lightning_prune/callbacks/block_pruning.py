@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from torch import nn
 
 from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.callbacks._trainer import check_spawn_reload, example_input, rebuild_after_shrink, resize_on_load
@@ -20,16 +21,16 @@ from lightning_prune.core.structured import (
     remove_out_channels,
 )
 from lightning_prune.core.structured_transformers import (
-    attention_layouts,
     head_group_scores,
-    mlp_layouts,
     remove_head_groups,
     remove_units,
     sync_config,
     unit_scores,
 )
+from lightning_prune.core.transformer_layout import attention_layouts, mlp_layouts
 from lightning_prune.core.validate import check_fraction
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BLOCK_TYPES = ("BasicBlock", "EncoderBlock", "TransformerEncoderLayer", "BertLayer", "ViTLayer", "LlamaDecoderLayer")
 
 
@@ -82,7 +83,8 @@ class BlockPruning(StepwisePruning):
 
     Raises:
         ValueError: for arguments out of range (numbers given as strings included), an ``export_dir`` that
-            cannot be a directory; at fit start for ``block_types`` matching no module, a selection matching
+            cannot be a directory; at fit start for ``block_types`` matching no module or a block holding
+            nothing a step can remove, a selection matching
             nothing, a Trainer whose ``max_epochs``/``max_steps`` cannot fit one step per block or whose
             training data yields no batch, a second pruning callback, or a model other than the one pruned.
         FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
@@ -154,6 +156,7 @@ class BlockPruning(StepwisePruning):
                 f"block_types={self.block_types} matched no module of {type(pl_module).__name__}: pass the class "
                 "names of your model's residual or transformer blocks, e.g. block_types=['MyBlock']"
             )
+        _check_prunable(pl_module, self._blocks)
         check_spawn_reload(trainer, pl_module, "BlockPruning")
         resize_on_load(pl_module)
         if not keep:
@@ -211,3 +214,24 @@ class BlockPruning(StepwisePruning):
 
     def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
         return {n: 1.0 - pl_module.get_parameter(n).numel() / self._original_numel[n] for n in self._names}
+
+
+def _check_prunable(pl_module: pl.LightningModule, blocks: Sequence[str]) -> None:
+    """Refuse at fit start a block that holds nothing a step could remove, so no run "succeeds" removing nothing.
+
+    Raises:
+        ValueError: naming the blocks with no conv, no attention with removable heads and no MLP recognised.
+    """
+    empty = [
+        name
+        for name in blocks
+        if not any(isinstance(m, _CONVS) for m in pl_module.get_submodule(name).modules())
+        and not attention_layouts(pl_module, name)
+        and not mlp_layouts(pl_module.get_submodule(name))
+    ]
+    if empty:
+        raise ValueError(
+            f"BlockPruning: block(s) {empty[:3]} hold nothing it can remove: no conv, no attention whose heads can "
+            "go (Hugging Face q/k/v/o or query/key/value, timm qkv) and no MLP it recognises (Linear -> activation "
+            "-> Linear, gate/up -> down, fc1 -> fc2, intermediate -> output); name other blocks in block_types"
+        )

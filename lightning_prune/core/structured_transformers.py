@@ -15,137 +15,17 @@ size never changes) and :func:`sync_config` writes uniform counts into a Hugging
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
-
-
-@dataclass
-class AttentionLayout:
-    """Where the parts of one attention layer are: the module holding its attributes and its projections."""
-
-    module: nn.Module
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
-
-    @property
-    def head_dim(self) -> int:
-        return next(int(getattr(self.module, a)) for a in _HEAD_DIM_ATTRS if hasattr(self.module, a))
-
-    @property
-    def num_heads(self) -> int:
-        return self.q.out_features // self.head_dim
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.k.out_features // self.head_dim
-
-
-@dataclass
-class MLPLayout:
-    """A block's MLP: Linears whose outputs are the hidden units (``gate``/``up``), and the one reading them."""
-
-    ins: list[nn.Linear]
-    out: nn.Linear
-
-    @property
-    def units(self) -> int:
-        return self.out.in_features
-
-
-def _linears(module: nn.Module, *names: str) -> list[nn.Linear] | None:
-    found = [getattr(module, name, None) for name in names]
-    return found if all(isinstance(m, nn.Linear) for m in found) else None
-
-
-def attention_layout(model: nn.Module, name: str) -> AttentionLayout | None:
-    """The layout of ``name`` if it is an attention whose heads can be removed (Llama- or BERT-style), else None.
-
-    Llama/Mistral/Qwen style: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and ``head_dim`` on one module.
-    BERT/ViT style: ``query``, ``key``, ``value`` and ``attention_head_size`` on the module, the output
-    projection in its parent's ``output.dense``.
-    """
-    module = model.get_submodule(name)
-    if not any(hasattr(module, a) for a in _HEAD_DIM_ATTRS):
-        return None
-    if (qkvo := _linears(module, "q_proj", "k_proj", "v_proj", "o_proj")) is not None:
-        return AttentionLayout(module, *qkvo)
-    qkv = _linears(module, "query", "key", "value")
-    if qkv is None or not name:
-        return None
-    output = getattr(model.get_submodule(name.rpartition(".")[0]), "output", None)
-    dense = getattr(output, "dense", None)
-    return AttentionLayout(module, *qkv, dense) if isinstance(dense, nn.Linear) else None
-
-
-def attention_layouts(model: nn.Module, under: str = "") -> dict[str, AttentionLayout]:
-    """Every head-removable attention of ``model`` (only those inside ``under`` when given), by module name."""
-    prefix = f"{under}." if under else ""
-    found = {}
-    for name, _ in model.named_modules():
-        if name.startswith(prefix) or name == under:
-            layout = attention_layout(model, name)
-            if layout is not None:
-                found[name] = layout
-    return found
-
-
-def fixed_width_attentions(model: nn.Module, under: str = "") -> list[str]:
-    """``nn.MultiheadAttention`` layers: their projection width is the residual width, so no head can go."""
-    prefix = f"{under}." if under else ""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and n.startswith(prefix)]
-
-
-def mlp_layouts(block: nn.Module, prefix: str = "") -> dict[str, MLPLayout]:
-    """The MLPs inside ``block`` (by full name, ``prefix`` + name), in the layouts :func:`mlp_layout` knows."""
-    found = {}
-    for name, module in block.named_modules():
-        if (layout := mlp_layout(module)) is not None:
-            found[f"{prefix}{name}" if name else prefix.rstrip(".")] = layout
-    return found
-
-
-def mlp_layout(module: nn.Module) -> MLPLayout | None:
-    """``module`` as an MLP whose hidden units can go, or None.
-
-    Gated (``gate_proj``/``up_proj`` -> ``down_proj``: Llama), ``fc1`` -> ``fc2`` (ViT, CLIP), BERT-style
-    (``intermediate.dense`` -> ``output.dense``), ``nn.TransformerEncoderLayer`` (``linear1`` -> ``linear2``)
-    and an ``nn.Sequential`` of two Linears with parameter-free layers between them.
-    """
-    if (gated := _linears(module, "gate_proj", "up_proj", "down_proj")) is not None:
-        return MLPLayout(gated[:2], gated[2])
-    if isinstance(module, nn.TransformerEncoderLayer):
-        return MLPLayout([module.linear1], module.linear2)
-    pair = _linears(module, "fc1", "fc2") or _bert_mlp(module)
-    if pair is None and isinstance(module, nn.Sequential):
-        pair = _two_linear_sequential(module)
-    if pair is not None and pair[0].out_features == pair[1].in_features:
-        return MLPLayout([pair[0]], pair[1])
-    return None
-
-
-def _bert_mlp(module: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
-    inner = getattr(getattr(module, "intermediate", None), "dense", None)
-    outer = getattr(getattr(module, "output", None), "dense", None)
-    if isinstance(inner, nn.Linear) and isinstance(outer, nn.Linear) and inner.out_features == outer.in_features:
-        return inner, outer
-    return None
-
-
-def _two_linear_sequential(module: nn.Sequential) -> tuple[nn.Linear, nn.Linear] | None:
-    layers = list(module)
-    if len(layers) < 2 or not isinstance(layers[0], nn.Linear) or not isinstance(layers[-1], nn.Linear):
-        return None
-    if any(list(m.parameters()) for m in layers[1:-1]) or layers[0].out_features != layers[-1].in_features:
-        return None  # a norm or a third Linear between them: not a plain MLP
-    return layers[0], layers[-1]
-
+from lightning_prune.core.transformer_layout import (
+    HEAD_DIM_ATTRS,
+    AttentionLayout,
+    MLPLayout,
+    attention_layouts,
+    mlp_layouts,
+)
 
 # ---------------------------------------------------------------- scores
 
@@ -156,13 +36,13 @@ def head_group_scores(layout: AttentionLayout) -> Tensor:
     Without grouped-query attention each group is one head (Michel et al. 2019 prune single heads; the
     weight norm is the data-free proxy torch-pruning's ``GroupMagnitudeImportance`` uses).
     """
-    groups = layout.num_kv_heads
+    scores = []
     with torch.no_grad():
-        q = layout.q.weight.abs().view(groups, -1).sum(1)
-        k = layout.k.weight.abs().view(groups, -1).sum(1)
-        v = layout.v.weight.abs().view(groups, -1).sum(1)
-        o = layout.o.weight.abs().t().reshape(groups, -1).sum(1)
-    return q + k + v + o
+        for group in range(layout.num_kv_heads):
+            rows, columns = layout.rows([group])
+            score = sum(linear.weight[idx].abs().sum() for linear, idx in rows.items())
+            scores.append(score + layout.o.weight[:, columns].abs().sum())
+    return torch.stack(scores)
 
 
 def unit_scores(layout: MLPLayout) -> Tensor:
@@ -188,13 +68,10 @@ def remove_head_groups(layout: AttentionLayout, groups: list[int]) -> None:
         return
     if len(set(groups)) >= total or not all(0 <= g < total for g in groups):
         raise ValueError(f"cannot remove head groups {sorted(groups)} of {total}: at least one must stay")
-    dim, rep = layout.head_dim, layout.num_heads // total
-    kv_idx = [g * dim + i for g in sorted(set(groups)) for i in range(dim)]
-    q_idx = [g * rep * dim + i for g in sorted(set(groups)) for i in range(rep * dim)]
-    tp.prune_linear_out_channels(layout.q, q_idx)
-    tp.prune_linear_out_channels(layout.k, kv_idx)
-    tp.prune_linear_out_channels(layout.v, kv_idx)
-    tp.prune_linear_in_channels(layout.o, q_idx)
+    rows, columns = layout.rows(sorted(set(groups)))
+    for linear, idx in rows.items():
+        tp.prune_linear_out_channels(linear, idx)
+    tp.prune_linear_in_channels(layout.o, columns)
     sync_attention(layout)
 
 
@@ -221,12 +98,13 @@ def sync_attention(layout: AttentionLayout, head_dim: int | None = None) -> None
     """
     module = layout.module
     if head_dim is not None:
-        for attr in _HEAD_DIM_ATTRS:
+        for attr in HEAD_DIM_ATTRS:
             if hasattr(module, attr):
                 setattr(module, attr, int(head_dim))
     dim = layout.head_dim
     heads, kv = layout.num_heads, layout.num_kv_heads
-    if layout.q.out_features != heads * dim or layout.k.out_features != kv * dim or kv == 0 or heads % kv:
+    whole = layout.q.out_features == heads * dim * (3 if layout.fused else 1) and layout.k.out_features % dim == 0
+    if not whole or kv == 0 or heads % kv:
         raise ValueError(
             f"{type(module).__name__}: projections q={layout.q.out_features}, k={layout.k.out_features} are not "
             f"whole heads of size {dim} with query heads in whole key/value groups"
@@ -235,6 +113,7 @@ def sync_attention(layout: AttentionLayout, head_dim: int | None = None) -> None
         "num_attention_heads": heads,
         "num_heads": heads,
         "all_head_size": heads * dim,
+        "attn_dim": heads * dim,
         "num_key_value_heads": kv,
         "num_key_value_groups": heads // kv,
     }
@@ -247,8 +126,10 @@ def sync_config(model: nn.Module) -> dict[str, int]:
     """Write head counts and MLP width into every Hugging Face ``config`` in ``model`` when uniform over layers.
 
     Counts that differ per layer are left as they were (the export's architecture spec carries them per
-    layer). ``num_attention_heads`` is only written where a fresh model would get the same head size
-    (the config has ``head_dim``, or ``hidden_size`` divides into the new count at the old head size).
+    layer). ``num_attention_heads`` is only written where a fresh model would get the same head size: the
+    config has ``head_dim`` (Llama), or heads x head size still equals ``hidden_size``. A BERT-style config
+    (head size = ``hidden_size / num_attention_heads``) keeps its count after heads go; the architecture
+    spec holds the real one and loading sets it on the modules.
     Returns what was written.
     """
     written: dict[str, int] = {}

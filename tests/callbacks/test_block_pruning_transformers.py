@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_prune import BlockPruning, LayerFreezing, load_model
 from lightning_prune.core.structured import count_parameters
-from lightning_prune.core.structured_transformers import attention_layouts, mlp_layouts
+from lightning_prune.core.transformer_layout import attention_layouts, mlp_layouts
 from lightning_prune.models import Classifier
 from lightning_prune.models.vit import ViT
 from tests.hf_models import digit_tokens, tiny_bert, tiny_llama
@@ -121,3 +121,31 @@ def test_llama_resumes_from_a_checkpoint_taken_after_heads_were_removed(trainer_
     assert resumed.model.config.num_key_value_heads == 1
     ids = next(iter(token_loaders(True)[1]))["input_ids"][:2, :8]
     assert resumed.model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (2, 11)
+
+
+def test_timm_vit_blocks_lose_fused_heads_and_units(digits, trainer_kwargs, tmp_path):
+    from lightning_prune import load_pruned
+    from tests.hf_models import tiny_timm_vit
+
+    torch.manual_seed(0)
+    model = Classifier(tiny_timm_vit(), 10, (1, 8, 8), optimizer="adamw", lr=3e-3)
+    pruning = BlockPruning(step_ratio=0.5, block_types=["Block"], warmup_epochs=1, stop_when_done=True)
+    callbacks = [pruning, LayerFreezing(fraction=0.3)]
+    trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, limit_train_batches=8, **trainer_kwargs)
+    trainer.fit(model, datamodule=digits)
+    attn = model.net.blocks[1].attn
+    assert (attn.num_heads, attn.attn_dim, attn.qkv.out_features, attn.proj.in_features) == (2, 16, 48, 16)
+    assert [block.mlp.fc1.out_features for block in model.net.blocks] == [32, 32]
+    record = json.loads((tmp_path / "pruned_model.json").read_text())
+    assert record["model"] is None  # timm's VisionTransformer records no constructor arguments: you build it
+    fresh = load_pruned(Classifier(tiny_timm_vit(), 10, (1, 8, 8)), tmp_path / "pruned_model.pt").eval()
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(fresh(x), model.eval()(x))
+
+
+def test_blocks_with_nothing_to_remove_are_refused_before_training(digits, trainer_kwargs):
+    model = Classifier(ViT((1, 8, 8), 10, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32), 10, (1, 8, 8))
+    trainer = pl.Trainer(max_epochs=3, callbacks=[BlockPruning(block_types=["LayerNorm"])], **trainer_kwargs)
+    with pytest.raises(ValueError, match=r"block\(s\) \['net.blocks.0.norm1', .*\] hold nothing it can remove"):
+        trainer.fit(model, datamodule=digits)
+    assert trainer.global_step == 0

@@ -8,14 +8,13 @@ from lightning_prune.core.deploy import load_safetensors, save_safetensors
 from lightning_prune.core.export import export_pruned, load_model
 from lightning_prune.core.structured import count_parameters
 from lightning_prune.core.structured_transformers import (
-    attention_layouts,
     head_group_scores,
-    mlp_layouts,
     remove_head_groups,
     remove_units,
     sync_config,
     unit_scores,
 )
+from lightning_prune.core.transformer_layout import attention_layouts, mlp_layouts
 from tests.hf_models import digit_tokens, tiny_bert, tiny_llama
 
 IDS, LABELS = digit_tokens(8)

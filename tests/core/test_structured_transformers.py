@@ -9,16 +9,14 @@ import torch
 
 from lightning_prune.core.structured import architecture_spec, count_parameters
 from lightning_prune.core.structured_transformers import (
-    attention_layouts,
-    fixed_width_attentions,
     head_group_scores,
-    mlp_layouts,
     remove_head_groups,
     remove_units,
     sync_attention,
     sync_config,
     unit_scores,
 )
+from lightning_prune.core.transformer_layout import attention_layouts, fixed_width_attentions, mlp_layouts
 from lightning_prune.models.vit import ViT
 from tests.hf_models import digit_tokens, tiny_bert, tiny_hf_vit, tiny_llama
 
@@ -200,3 +198,32 @@ def test_hf_record_builds_only_transformers_models():
     assert architecture_spec(rebuilt) == architecture_spec(model)
     with pytest.raises(ValueError, match=r"class_path='torch.nn.Linear' is not a transformers PreTrainedModel"):
         from_config("torch.nn.Linear", {})
+
+
+def test_timm_fused_qkv_heads_go_and_a_fresh_model_reloads_the_shrunk_weights(tmp_path):
+    from lightning_prune.core.export import export_pruned, load_pruned
+    from tests.hf_models import tiny_timm_vit
+
+    torch.manual_seed(0)
+    model = tiny_timm_vit().eval()
+    x = torch.rand(2, 1, 8, 8)
+    attn = attention_layouts(model)
+    assert sorted(attn) == ["blocks.0.attn", "blocks.1.attn"]
+    for layout in attn.values():
+        silence_group(layout, 3)
+    mlps = mlp_layouts(model)
+    assert sorted(mlps) == ["blocks.0.mlp", "blocks.1.mlp"]
+    before = model(x)
+    for layout in attn.values():
+        remove_head_groups(layout, [3])
+    torch.testing.assert_close(model(x), before)  # the silenced head, and only it, went from the fused rows
+    for layout in mlps.values():
+        remove_units(layout, list(range(8)))
+    block = model.blocks[0]
+    assert (block.attn.num_heads, block.attn.attn_dim, block.attn.qkv.out_features) == (3, 24, 72)
+    assert block.mlp.fc1.out_features == 56
+    silenced_only = model(x)
+    path = export_pruned(model, tmp_path / "timm.pt")
+    fresh = load_pruned(tiny_timm_vit().eval(), path)  # a plain nn.Module: you build it, the load resizes it
+    assert fresh.blocks[1].attn.num_heads == 3
+    torch.testing.assert_close(fresh(x), silenced_only)

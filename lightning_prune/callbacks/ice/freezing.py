@@ -23,7 +23,7 @@ from lightning_prune.callbacks.protocol import PruningListener, PruningState, fi
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.structured import dependency_graph
-from lightning_prune.core.structured_transformers import attention_layouts, fixed_width_attentions
+from lightning_prune.core.transformer_layout import attention_layouts, fixed_width_attentions
 from lightning_prune.core.validate import check_fraction, check_output_dir
 
 log = logging.getLogger(__name__)

@@ -85,6 +85,9 @@ def linear_call_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
 
     A Linear whose weight is used directly (``nn.MultiheadAttention``'s ``out_proj``) counts 0; one that runs
     twice shares its weights across two places.
+
+    Raises:
+        ValueError: when the forward fails on ``example_inputs``, naming the model, the error and the input.
     """
     calls: dict[str, int] = {}
     handles = [
@@ -94,6 +97,12 @@ def linear_call_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     ]
     try:
         eval_forward(model, [example_inputs])
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as error:
+        raise ValueError(
+            f"{type(model).__name__} does not run on its example input ({type(error).__name__}: {error}); "
+            f"it is passed as forward(x), forward(*x) or forward(**x) for a tensor, tuple or mapping "
+            f"({model_io.describe(example_inputs)} here)"
+        ) from error
     finally:
         for handle in handles:
             handle.remove()

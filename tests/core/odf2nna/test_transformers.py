@@ -140,3 +140,9 @@ def test_a_gpt2_is_refused_naming_it() -> None:
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=16))
     with pytest.raises(ValueError, match=r"GPT2LMHeadModel (has no hidden layer|cannot be traced on its example)"):
         scan_linears(model, {"input_ids": torch.randint(0, 20, (1, 8))})
+
+
+def test_an_input_the_forward_does_not_take_is_refused_naming_it() -> None:
+    model, _ = setup_model("bert")
+    with pytest.raises(ValueError, match=r"BertForSequenceClassification does not run on its example input .*pixels"):
+        scan_linears(model, {"pixels": torch.zeros(1, 16)})

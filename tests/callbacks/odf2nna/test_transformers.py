@@ -19,7 +19,7 @@ import torch
 from lightning_prune import DenseUnitPruning, load_pruned
 from lightning_prune.core import model_io
 from lightning_prune.core.structured import count_parameters
-from tests.callbacks.odf2nna.transformers_zoo import MLP_WIDTH, UserModule, build, mlp_units
+from tests.callbacks.odf2nna.transformers_zoo import MLP_WIDTH, WIDTH, UserModule, build, mlp_units
 
 pytest.importorskip("transformers")
 
@@ -70,6 +70,9 @@ def test_each_transformer_is_rebuilt_and_trains_on(name: str, trainer_kwargs: di
     assert pruning.rebuilt
     assert mlp_units(model.net) < units
     assert count_parameters(model) == pruning.params_after < width
+    writers = [m for n, m in model.net.named_modules() if n.endswith(("mlp.2", "layer.0.output.dense", "mlp.fc2"))]
+    assert writers
+    assert all(module.out_features == WIDTH for module in writers)  # the residual width is untouched
     assert trainer.global_step == 8  # both epochs trained, the second on the rebuilt net
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["val_loss"])))
     assert (tmp_path / "pruned_model.pt").is_file()

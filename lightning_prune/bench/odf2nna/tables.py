@@ -201,36 +201,42 @@ def faithful() -> str:
 
 
 def rules() -> str:
-    """The default arm as each choice rule picks it from 10 seeds' validation figures (bold: misses the bar).
+    """The default and faithful arms as each choice rule picks them from 10 seeds' validation figures.
 
-    Margins need the per-seed differences that only the faithful run keeps; its missing sets come from the
-    older 10-seed run, where the size-target rule (seed means only) can still be applied.
+    Bold: misses the bar's size and accuracy parts. Margins need the per-seed differences that only the
+    faithful run keeps; a set it lacks comes from the older 10-seed run (seed means: no margins, no faithful arm).
     """
     new, old = _result(FAITHFUL), _result("seeds10")
     rows = []
     for name in old["datasets"]:
         result = new if name in new["datasets"] else old
-        data, metric, tolerance = result["datasets"][name], result["metric"][name], result["protocol"]["tolerance"]
-        wide, grid = data["wide"], data["grid"]
-        per_seed = "val_delta_seeds" in next(iter(grid.values()))
-        deltas = {
-            _setting_of(key): point["val_delta_seeds"] if per_seed else [point["val_metric"] - wide["val_metric"]]
-            for key, point in grid.items()
-        }
-        removed = {_setting_of(key): 1 - point["params"] / wide["params"] for key, point in grid.items()}
-        cells = [f"{name} ({metric}){'' if per_seed else ' (older run)'}"]
-        for margin, target in ((0.0, None), (1.0, None), (2.0, None), (0.0, BAR_REDUCTION)):
-            if margin and not per_seed:
-                cells.append("no per-seed figures")
-                continue
-            chosen = choose_setting(deltas, tolerance, margin, removed, target)
-            point = grid[grid_name(chosen)]
-            reduction, delta = removed[chosen], point["test_metric"] - wide["test_metric"]
-            cell = f"ε {chosen[0]} lr{TIMES}{chosen[1]}: {reduction:.1%} fewer, {_delta(delta, metric)}"
-            cells.append(cell if _bar(reduction, delta) else f"**{cell}**")
-        rows.append(cells)
-    header = ["data set (metric)", "margin 0", "margin 1", "margin 2", "size target 70 %, margin 0"]
+        for arm, grid_key in (("rebuilt", "grid"), ("faithful", "faithful_grid")):
+            if grid_key in result["datasets"][name]:
+                rows.append(_rule_row(result, name, arm, grid_key))
+    header = ["data set (metric)", "arm", "margin 0", "margin 1", "margin 2", "size target 70 %, margin 0"]
     return _table(header, rows, right=0)
+
+
+def _rule_row(result: dict[str, Any], name: str, arm: str, grid_key: str) -> list[str]:
+    """One arm's choice under each rule, with its fewer parameters and test difference to the wide net."""
+    data, metric, tolerance = result["datasets"][name], result["metric"][name], result["protocol"]["tolerance"]
+    wide, grid = data["wide"], data[grid_key]
+    per_seed = "val_delta_seeds" in next(iter(grid.values()))
+    deltas = {
+        _setting_of(key): point["val_delta_seeds"] if per_seed else [point["val_metric"] - wide["val_metric"]]
+        for key, point in grid.items()
+    }
+    removed = {_setting_of(key): 1 - point["params"] / wide["params"] for key, point in grid.items()}
+    cells = [f"{name} ({metric})", arm if per_seed else f"{arm} (older run)"]
+    for margin, target in ((0.0, None), (1.0, None), (2.0, None), (0.0, BAR_REDUCTION)):
+        if margin and not per_seed:
+            cells.append("no per-seed figures")
+            continue
+        chosen = choose_setting(deltas, tolerance, margin, removed, target)
+        reduction, delta = removed[chosen], grid[grid_name(chosen)]["test_metric"] - wide["test_metric"]
+        cell = f"ε {chosen[0]} lr{TIMES}{chosen[1]}: {reduction:.1%} fewer, {_delta(delta, metric)}"
+        cells.append(cell if _bar(reduction, delta) else f"**{cell}**")
+    return cells
 
 
 def _setting_of(key: str) -> tuple[float, float]:

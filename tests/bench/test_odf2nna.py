@@ -134,11 +134,20 @@ def test_the_margin_asks_room_in_proportion_to_the_seeds_disagreement() -> None:
     assert choose_setting(grid, tolerance=0.005, margin=1.0) == (0.6, 1.0)  # 0.7: -0.004 - 0.0081 < -0.005
 
 
+def test_a_size_target_takes_the_least_pruning_that_reaches_it() -> None:
+    deltas = {(0.5, 1.0): [0.0], (0.6, 1.0): [0.0], (0.7, 1.0): [-0.004], (0.8, 1.0): [-0.02]}
+    removed = {(0.5, 1.0): 0.6, (0.6, 1.0): 0.72, (0.7, 1.0): 0.9, (0.8, 1.0): 0.97}
+    assert choose_setting(deltas, 0.005, reductions=removed) == (0.7, 1.0)  # no target: the largest within
+    assert choose_setting(deltas, 0.005, reductions=removed, target_reduction=0.7) == (0.6, 1.0)
+    assert choose_setting(deltas, 0.005, reductions=removed, target_reduction=0.95) == (0.7, 1.0)  # none within
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
         (["reference_quantile=2"], r"reference_quantile must be in \(0, 1\], got 2"),
         (["margin=-1"], r"margin must be a number of standard errors >= 0, got -1"),
+        (["target_reduction=1.5"], r"target_reduction must be null or a fraction in \(0, 1\), got 1.5"),
         (["faithful_retrain_lr_scales=[0]"], r"retrain_lr_scale must be in \(0, 1\], got 0"),
         (["epsilons=[0.5,1.5]"], r"epsilon must be in \[0, 1\), got 1.5"),
         (["retrain_lr_scales=[1,0]"], r"retrain_lr_scale must be in \(0, 1\], got 0"),

@@ -54,6 +54,9 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError(f"datasets must be a non-empty list of {list(DATASETS)}, got {list(cfg.datasets)}")
     if not isinstance(cfg.margin, (int, float)) or isinstance(cfg.margin, bool) or cfg.margin < 0:
         raise ValueError(f"margin must be a number of standard errors >= 0, got {cfg.margin!r}")
+    target = cfg.target_reduction
+    if target is not None and (not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1):
+        raise ValueError(f"target_reduction must be null or a fraction in (0, 1), got {target!r}")
     for scale in cfg.faithful_retrain_lr_scales:
         DenseUnitPruning(retrain_lr_scale=scale, compensation="none")
     for epsilon, scale in itertools.product(cfg.epsilons, cfg.retrain_lr_scales):

@@ -35,13 +35,23 @@ def run_dataset(name: str, cfg: Any) -> list[dict[str, Any]]:
     """
     with tempfile.TemporaryDirectory() as root:
         seeds = [_wide_and_grid(name, cfg.seed + offset, f"{root}/{offset}", cfg) for offset in range(cfg.seeds)]
-        setting = choose_setting(val_deltas(seeds, "grid"), cfg.tolerance, cfg.margin)
-        faithful = choose_setting(val_deltas(seeds, "faithful_grid"), cfg.tolerance, cfg.margin)
+        rule = {"tolerance": cfg.tolerance, "margin": cfg.margin, "target_reduction": cfg.target_reduction}
+        setting = choose_setting(val_deltas(seeds, "grid"), reductions=reductions(seeds, "grid"), **rule)
+        faithful = choose_setting(
+            val_deltas(seeds, "faithful_grid"), reductions=reductions(seeds, "faithful_grid"), **rule
+        )
         for result in seeds:
             _pruned_baselines(result, setting, cfg)
             result["faithful"] = {**result["faithful_grid"][faithful], "epsilon": faithful[0]}
             result["faithful"]["retrain_lr_scale"] = faithful[1]
     return seeds
+
+
+def reductions(seeds: list[dict[str, Any]], grid: str) -> dict[tuple[float, float], float]:
+    """Per grid setting, the seed-mean fraction of the wide net's parameters removed."""
+    return {
+        key: statistics.mean(1 - s[grid][key]["params"] / s["wide"]["params"] for s in seeds) for key in seeds[0][grid]
+    }
 
 
 def val_deltas(seeds: list[dict[str, Any]], grid: str) -> dict[tuple[float, float], list[float]]:
@@ -148,20 +158,32 @@ def _train_wide(datamodule: TabularDataModule, seed: int, best: BestValidation, 
 
 
 def choose_setting(
-    deltas: dict[tuple[float, float], list[float]], tolerance: float, margin: float = 0.0
+    deltas: dict[tuple[float, float], list[float]],
+    tolerance: float,
+    margin: float = 0.0,
+    reductions: dict[tuple[float, float], float] | None = None,
+    target_reduction: float | None = None,
 ) -> tuple[float, float]:
-    """The ``(epsilon, retrain_lr_scale)`` to report, from *validation* metrics only.
+    """The ``(epsilon, retrain_lr_scale)`` to report, from *validation* metrics (and parameter counts) only.
 
     ``deltas`` holds, per setting, each seed's validation metric minus its wide net's. A setting is within
     when its seed mean, less ``margin`` standard errors of that mean, is at least ``-tolerance``: with a small
     validation split a mean that merely touches the tolerance is as likely below it on the test split, and
     the margin asks for room in proportion to how much the seeds disagree. The largest epsilon with a setting
     within, and of its settings the best mean (ties: the first listed); when none is within, the best setting
-    of the smallest epsilon. The test split plays no part: the paper's "well-chosen epsilon", on validation.
+    of the smallest epsilon. With ``target_reduction`` (and ``reductions``, each setting's seed-mean fraction
+    of parameters removed) the *smallest* epsilon within that removes at least that fraction is taken instead
+    when there is one: no more pruning than the size goal asks for, the rest kept as accuracy margin. The test
+    split plays no part: the paper's "well-chosen epsilon", on validation.
     """
     mean = {key: statistics.mean(values) for key, values in deltas.items()}
     eligible = [key for key, values in deltas.items() if mean[key] - margin * standard_error(values) >= -tolerance]
-    epsilon = max(key[0] for key in eligible) if eligible else min(key[0] for key in deltas)
+    enough = [key for key in eligible if reductions and target_reduction is not None]
+    enough = [key for key in enough if reductions[key] >= target_reduction]  # type: ignore[index]
+    if enough:
+        epsilon = min(key[0] for key in enough)
+    else:
+        epsilon = max(key[0] for key in eligible) if eligible else min(key[0] for key in deltas)
     candidates = [key for key in (eligible or deltas) if key[0] == epsilon]
     return max(candidates, key=lambda key: (mean[key], -list(deltas).index(key)))
 

@@ -25,6 +25,9 @@ def trace_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
 
     Eval mode, so tracing moves no BatchNorm statistics and dropout is not traced; every tensor of the
     output is traced (a cache object in it is not a tensor: torch-pruning cannot flatten it).
+
+    Raises:
+        ValueError: when the forward or torch-pruning's tracing fails, naming the model and the error.
     """
     was_training = model.training
     model.eval()
@@ -37,6 +40,12 @@ def trace_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
                 output_transform=tensor_outputs,
                 verbose=False,
             )
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as error:
+        raise ValueError(
+            f"{type(model).__name__} cannot be traced on its example input ({type(error).__name__}: {error}); "
+            "the Linear stacks are found in torch-pruning's traced graph, so the forward must run on "
+            "example_input_array (or a validation batch) and torch-pruning must follow it"
+        ) from error
     finally:
         model.train(was_training)
 
@@ -76,6 +85,9 @@ def linear_call_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
 
     A Linear whose weight is used directly (``nn.MultiheadAttention``'s ``out_proj``) counts 0; one that runs
     twice shares its weights across two places.
+
+    Raises:
+        ValueError: when the forward fails on ``example_inputs``, naming the model, the error and the input.
     """
     calls: dict[str, int] = {}
     handles = [
@@ -85,6 +97,12 @@ def linear_call_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     ]
     try:
         eval_forward(model, [example_inputs])
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as error:
+        raise ValueError(
+            f"{type(model).__name__} does not run on its example input ({type(error).__name__}: {error}); "
+            f"it is passed as forward(x), forward(*x) or forward(**x) for a tensor, tuple or mapping "
+            f"({model_io.describe(example_inputs)} here)"
+        ) from error
     finally:
         for handle in handles:
             handle.remove()

@@ -18,7 +18,8 @@ import torch
 
 from lightning_prune import DenseUnitPruning, load_pruned
 from lightning_prune.core import model_io
-from tests.callbacks.odf2nna.transformers_zoo import MLP_WIDTH, UserModule, build, mlp_units
+from lightning_prune.core.structured import count_parameters
+from tests.callbacks.odf2nna.transformers_zoo import MLP_WIDTH, WIDTH, UserModule, build, mlp_units
 
 pytest.importorskip("transformers")
 
@@ -54,6 +55,27 @@ def test_a_gated_lm_is_pruned_on_plain_loaders_and_reloads(trainer_kwargs: dict,
     batch = next(iter(val))
     inputs = model_io.split_batch(model, batch)[0]
     torch.testing.assert_close(fresh.eval()(**inputs).logits, model.eval()(**inputs).logits)
+
+
+@pytest.mark.parametrize("name", ["vit", "bert", "hf_vit"])
+def test_each_transformer_is_rebuilt_and_trains_on(name: str, trainer_kwargs: dict, tmp_path: Path) -> None:
+    """A short real fit per model: the MLPs shrink, the residual width stays, the rebuilt net trains and exports."""
+    model, train, val = build(name)
+    units, width = mlp_units(model.net), count_parameters(model)
+    pruning = DenseUnitPruning(
+        epsilon=0.5, wide_epochs=1, retrain_epochs=1, monitor="val_loss", export_dir=str(tmp_path)
+    )
+    trainer = quick_trainer(trainer_kwargs, [pruning], max_epochs=2)
+    trainer.fit(model, train, val)
+    assert pruning.rebuilt
+    assert mlp_units(model.net) < units
+    assert count_parameters(model) == pruning.params_after < width
+    writers = [m for n, m in model.net.named_modules() if n.endswith(("mlp.2", "layer.0.output.dense", "mlp.fc2"))]
+    assert writers
+    assert all(module.out_features == WIDTH for module in writers)  # the residual width is untouched
+    assert trainer.global_step == 8  # both epochs trained, the second on the rebuilt net
+    assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["val_loss"])))
+    assert (tmp_path / "pruned_model.pt").is_file()
 
 
 def test_attention_layers_alone_are_refused_before_any_step(trainer_kwargs: dict) -> None:

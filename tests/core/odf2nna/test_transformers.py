@@ -131,3 +131,18 @@ def test_rebuilt_hf_model_runs_trains_and_reloads_from_its_config(name: str, tmp
     torch.testing.assert_close(
         model_io.forward_logits(reloaded.eval(), inputs[0]), model_io.forward_logits(model.eval(), inputs[0])
     )
+
+
+def test_a_gpt2_is_refused_naming_it() -> None:
+    """GPT-2's MLP is two ``Conv1D`` (not ``nn.Linear``), and torch-pruning 1.6 cannot trace it: a clear refusal."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=16))
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel (has no hidden layer|cannot be traced on its example)"):
+        scan_linears(model, {"input_ids": torch.randint(0, 20, (1, 8))})
+
+
+def test_an_input_the_forward_does_not_take_is_refused_naming_it() -> None:
+    model, _ = setup_model("bert")
+    with pytest.raises(ValueError, match=r"BertForSequenceClassification does not run on its example input .*pixels"):
+        scan_linears(model, {"pixels": torch.zeros(1, 16)})

@@ -51,7 +51,7 @@ def matrix(path: str = RESULT) -> str:
     lines += [
         "",
         f"✓ works: target reached (sparsity {settings['target_sparsity']}, parameters removed, latency vs dense) and "
-        f"validation accuracy vs plain training in the same Trainer (bound −{settings['acc_bound_pt']:g} pt); "
+        f"validation accuracy vs plain training in the same Trainer (bound -{settings['acc_bound_pt']:g} pt); "
         f"refuses: at fit start, before any step; ✗ a known bug (strict xfail). {counts}. "
         f"Measured by `{result['command']}` ({result['zoo_wall_s']:.0f} s on {result['host']['cpus']} cores, "
         f"commit {result['commit'][:7]}); messages and figures: [docs/zoo.md](docs/zoo.md).",
@@ -79,7 +79,8 @@ def cells(path: str = RESULT) -> str:
     lines += [
         "",
         f"Plain training (validation accuracy, the reference of every cell): {baselines}. Every cell trains "
-        f"{settings['max_epochs']} epochs from scratch; a cell is stopped after {settings['cell_limit_s']} s. "
+        f"{settings['max_epochs']} epochs from scratch; a cell is stopped after {settings['cell_limit_s']} s of CPU "
+        "time. "
         f"`{result['command']}` at commit {result['commit'][:7]}, {result['date']}, {result['zoo_wall_s']:.0f} s "
         f"in all on {result['host']['cpus']} cores (load {result['host']['load_at_end']:.1f} at the end).",
     ]

@@ -31,7 +31,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[s
 def _outcome(item: pytest.Item, report: pytest.TestReport) -> str:
     expected = EXPECTED.get(item.callspec.params["cell"])
     if hasattr(report, "wasxfail"):
-        return "xfail" if report.skipped else "xpass"
+        return "xfail" if report.skipped else "xpass"  # a non-strict xfail that passed this time
     if isinstance(expected, XFail) and report.failed and str(report.longrepr).startswith("[XPASS"):
         return "xpass"
     if report.skipped:

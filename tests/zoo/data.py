@@ -2,7 +2,7 @@
 
 Images: the 8x8 digits scaled to [0, 1], upsampled (bilinear) and repeated to the channels a model wants;
 as ``(x, y)`` tuples for plain nets or ``{"pixel_values", "labels"}`` dicts for Hugging Face. Text: each image,
-average-pooled to 4x4, read row by row as a sequence of 16 pixel-intensity tokens (0..16), after a ``[CLS]`` token for BERT
+average-pooled to 4x4, read row by row as 16 pixel-intensity tokens (0..16), after a ``[CLS]`` token for BERT
 (``{"input_ids", "attention_mask", "labels"}``, the digit as the label) or alone for the causal LM (``labels``
 are the input ids: Hugging Face shifts them to score the next token). The train/val split is the project's
 (:class:`~lightning_prune.data.DigitsDataModule`, seeded and stratified).
@@ -75,7 +75,9 @@ def image_loaders(size: int = 8, channels: int = 1, hf: bool = False) -> tuple[D
     x_train, y_train, x_val, y_val = digits()
     x_train, x_val = _images(x_train, size, channels), _images(x_val, size, channels)
     if hf:
-        return _loaders(DictDataset(pixel_values=x_train, labels=y_train), DictDataset(pixel_values=x_val, labels=y_val))
+        return _loaders(
+            DictDataset(pixel_values=x_train, labels=y_train), DictDataset(pixel_values=x_val, labels=y_val)
+        )
     return _loaders(PairDataset(x_train, y_train), PairDataset(x_val, y_val))
 
 

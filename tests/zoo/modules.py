@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 
 def _warmup_linear(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> dict:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (``get_linear_schedule_with_warmup``)."""
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (HF's linear schedule with warm-up)."""
 
     def factor(step: int) -> float:
         if step < warmup:

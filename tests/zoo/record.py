@@ -23,7 +23,7 @@ COMMAND = "ZOO_RECORD=1 python -m pytest tests/zoo -m zoo"
 CELLS: dict[tuple[str, str], dict[str, Any]] = {}
 BASELINES: dict[str, dict[str, Any]] = {}
 CLOCK: dict[str, float] = {}  # first zoo test's start, last one's end (perf_counter)
-EXPECTED_OUTCOMES = ("pass", "refused", "xfail")
+EXPECTED_OUTCOMES = ("pass", "refused", "xfail", "xpass")  # xpass: a non-strict (timing-dependent) xfail passed
 
 
 def cell(model: str, column: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.zoo import cells, record
-from tests.zoo.expected import ACC_BOUND_PT, EXPECTED, Refused, XFail, all_cells
+from tests.zoo.expected import ACC_BOUND_PT, ACC_BOUND_PT_BY_MODEL, EXPECTED, Refused, XFail, all_cells
 from tests.zoo.models import ZOO
 
 
@@ -76,7 +76,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         message = f"{record.ENV}=1: {record.OUT} not written, the matrix did not run whole and as expected: {problems}"
     else:
         settings = {"max_epochs": cells.MAX_EPOCHS, "cell_limit_s": cells.CELL_LIMIT_S, "acc_bound_pt": ACC_BOUND_PT,
-                    "target_sparsity": cells.TARGET}  # fmt: skip
+                    "acc_bound_pt_by_model": ACC_BOUND_PT_BY_MODEL, "target_sparsity": cells.TARGET}  # fmt: skip
         names = {"columns": {c.name: c.title for c in cells.COLUMNS.values()},
                  "models": {m.name: m.title for m in ZOO.values()}}  # fmt: skip
         path = record.write(all_cells(), {"settings": settings, **names})

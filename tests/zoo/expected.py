@@ -144,28 +144,31 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
         "-19 pt",
     ),
     # -- LatencyBudgetPruning (budget 0.8 of dense)
+    # (the planner's cuts follow the timing of a shared CPU: the outcome of a cut varies from run to run, so these
+    # are not strict; the crashes and time-outs below are)
     ("depthwise_cnn", "latency_budget"): XFail(
-        "overshoots a 0.8 budget on depthwise blocks: 0.66 of dense latency, 93 % of the parameters removed, "
-        "validation accuracy 0.33 vs 0.95",
-        "-62 pt",
+        "overshoots a 0.8 budget on depthwise blocks: 0.66-0.75 of dense latency with 78-93 % of the parameters "
+        "removed, accuracy 44-62 pt below plain training",
+        "overshoots",
+        strict=False,
     ),
     ("resnet", "latency_budget"): XFail(
-        "overshoots a 0.8 budget: 0.67 of dense latency with 60-83 % of the parameters removed, accuracy 4.5 to 21.5 "
-        "pt below plain training from run to run (the cut follows the timing of a shared CPU, hence not strict)",
+        "overshoots a 0.8 budget: 0.67-0.78 of dense latency with 60-83 % of the parameters removed, accuracy 4.5 to "
+        "21.5 pt below plain training from run to run",
+        "overshoots",
+        strict=False,
+    ),
+    ("vit", "latency_budget"): XFail(
+        "overshoots a 0.8 budget on the ViT: 0.22-0.75 of dense latency with 74-98 % of the parameters removed, "
+        "accuracy 5 to 73 pt below plain training from run to run",
         "overshoots",
         strict=False,
     ),
     ("tv_convnext", "latency_budget"): XFail(
         "on ConvNeXt's depthwise 7x7 blocks the planner either overshoots (0.73 of dense for a 0.8 budget, 61 % of "
-        "the parameters removed, -8 pt) or misses the budget (1.08 of dense) from run to run (timing-dependent, "
-        "hence not strict)",
+        "the parameters removed, -8 pt) or misses the budget (1.08-1.12 of dense, 9 % removed) from run to run",
         "overshoots / misses",
         strict=False,
-    ),
-    ("vit", "latency_budget"): XFail(
-        "overshoots a 0.8 budget on the ViT: 0.22 of dense latency, 98 % of the parameters removed, validation "
-        "accuracy 0.21 vs 0.94",
-        "-73 pt",
     ),
     ("tv_resnet18", "latency_budget"): XFail(
         "calibration (dense timing and the latency table) on ResNet-18 runs past the cell's CPU time limit with no "

@@ -144,8 +144,8 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
         "-19 pt",
     ),
     # -- LatencyBudgetPruning (budget 0.8 of dense)
-    # (the planner's cuts follow the timing of a shared CPU: the outcome of a cut varies from run to run, so these
-    # are not strict; the crashes and time-outs below are)
+    # (the planner's cuts and its calibration time follow the timing of a shared CPU: their outcome varies from run
+    # to run, so these are not strict; its crashes are)
     ("depthwise_cnn", "latency_budget"): XFail(
         "overshoots a 0.8 budget on depthwise blocks: 0.66-0.75 of dense latency with 78-93 % of the parameters "
         "removed, accuracy 44-62 pt below plain training",
@@ -171,12 +171,16 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
         strict=False,
     ),
     ("tv_resnet18", "latency_budget"): XFail(
-        "calibration (dense timing and the latency table) on ResNet-18 runs past the cell's CPU time limit with no "
-        "step taken",
+        "calibration (dense timing and the latency table) on ResNet-18 runs past the cell's 30 s CPU limit with no "
+        "step taken (over 22 s of CPU before the first step in every run seen)",
         "too slow",
+        strict=False,
     ),
     ("tv_mobilenet_v3", "latency_budget"): XFail(
-        "calibration and planning on MobileNetV3's grouped convs run past the cell's CPU time limit", "too slow"
+        "calibration and planning on MobileNetV3's grouped convs take 20-30+ s of CPU: past the cell's limit in two "
+        "runs of three, within it (budget met) in the third",
+        "too slow",
+        strict=False,
     ),
     ("timm_vit", "latency_budget"): XFail(
         "crashes in the first fine-tune after a step: the qkv Linear is cut without the heads' attributes, timm's "

@@ -53,3 +53,5 @@ def test_a_working_cell_shows_what_it_reached(kind: str) -> None:
 def test_refusals_and_bugs_read_as_such() -> None:
     assert zoo._cell_text({"outcome": "refused"}) == "refuses"
     assert zoo._cell_text({"outcome": "xfail", "short": "crash"}) == "✗ crash"
+    passed = {"outcome": "xpass", "short": "overshoots", "figures": {"acc_delta_pt": -2.0}}
+    assert zoo._cell_text(passed) == "✗ overshoots (this run: -2.0 pt)"

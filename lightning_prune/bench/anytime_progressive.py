@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,6 +33,7 @@ from lightning_prune.data.arrays import ArrayDataModule
 from lightning_prune.models import Classifier, SmallCNN
 
 RESULT = "docs/bench/anytime_progressive/anytime_progressive.json"
+FEW_SHOT = "docs/bench/anytime_progressive/few_shot.json"  # regime=few_shot
 DATASETS = {"digits": DigitsDataModule, "mnist": MNISTDataModule}
 RECORD_KEYS = ("step", "sparsity", "train_samples", "train_acc", "val_acc", "test_acc", "gen_gap", "errors", "cer")
 
@@ -180,9 +182,9 @@ def _arms(result: dict[str, Any]) -> list[str]:
     return [name for name in ARM_LABELS if name in result]
 
 
-def setup_table() -> str:
+def setup_table(path: str = RESULT) -> str:
     """The protocol the committed numbers come from."""
-    r = load_result(RESULT)
+    r = load_result(path)
     s = r["setup"]
     lines = [
         "| data | train / val / test images | megabatches x epochs | replay | target sparsity | model | optimizer "
@@ -190,15 +192,24 @@ def setup_table() -> str:
         "|---|---|---|---|---:|---|---|---|",
         f"| {r['dataset']} ({s['train_fraction']:.0%} of the training split) | {s['train_samples']:,} / "
         f"{s['val_samples']:,} / {s['test_samples']:,} | {s['num_megabatches']} x {s['epochs_per_megabatch']} | "
-        f"{s['replay']} | {s['target_sparsity']:.4f} | {s['model']} | {s['optimizer']} | "
+        f"{_protocol(s)} | {s['target_sparsity']:.4f} | {s['model']} | {s['optimizer']} | "
         f"{', '.join(str(seed) for seed in s['seeds'])} |",
     ]
     return "\n".join(lines)
 
 
-def arms_table() -> str:
+def _protocol(setup: dict[str, Any]) -> str:
+    """Replay, plus the paper's per-megabatch holdout and best reload when the run used them."""
+    holdout = setup.get("holdout_fraction", 0.0)
+    if not holdout:
+        return setup["replay"]
+    reload = ", best held-out epoch reloaded" if setup.get("restore_best") else ""
+    return f"{setup['replay']}, {holdout:.0%} of each megabatch held out{reload}"
+
+
+def arms_table(path: str = RESULT) -> str:
     """Final numbers per arm: kept weights, test accuracy per seed and mean, generalisation gap, CER, time."""
-    r = load_result(RESULT)
+    r = load_result(path)
     tau = app_exponent(r["setup"]["target_sparsity"])
     seeds = " / ".join(str(seed) for seed in r["setup"]["seeds"])
     lines = [
@@ -217,9 +228,9 @@ def arms_table() -> str:
     return "\n".join(lines)
 
 
-def per_megabatch_table() -> str:
+def per_megabatch_table(path: str = RESULT) -> str:
     """The anytime view (first seed): sparsity, test accuracy and CER of every arm after each megabatch."""
-    r = load_result(RESULT)
+    r = load_result(path)
     arms = _arms(r)
     names = " / ".join(arms)
     seed = r["setup"]["seeds"][0]
@@ -236,7 +247,14 @@ def per_megabatch_table() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"setup": setup_table, "arms": arms_table, "per_megabatch": per_megabatch_table}
+TABLES = {
+    "setup": setup_table,
+    "arms": arms_table,
+    "per_megabatch": per_megabatch_table,
+    "few_shot_setup": partial(setup_table, FEW_SHOT),
+    "few_shot_arms": partial(arms_table, FEW_SHOT),
+    "few_shot_per_megabatch": partial(per_megabatch_table, FEW_SHOT),
+}
 
 
 def headline() -> dict[str, str]:

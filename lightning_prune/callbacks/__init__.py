@@ -2,6 +2,7 @@
 
 from lightning_prune.callbacks.anytime_progressive import AnytimeProgressivePruning
 from lightning_prune.callbacks.block_pruning import BlockPruning
+from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.ice import AccuracyGate, LayerFreezing, PruningAwareLR
 from lightning_prune.callbacks.instant_soup import InstantSoupPruning
 from lightning_prune.callbacks.iterative import IterativePruning
@@ -15,6 +16,7 @@ __all__ = [
     "AnytimeProgressivePruning",
     "BlockPruning",
     "DenseUnitPruning",
+    "Distillation",
     "InstantSoupPruning",
     "IterativePruning",
     "LatencyBenchmark",

@@ -92,13 +92,20 @@ class StepwisePruning(PruningCallback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._next_epoch = trainer.current_epoch  # a checkpoint restored in this fit set the epochs
-        if self._step_due(trainer.current_epoch):
+        if self._step_due(trainer.current_epoch) and self._listeners_ready(trainer, pl_module):
             contract.check_step_start(trainer, self)
             self._run_steps(trainer, pl_module)
         self._epoch_started = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validated = self._validated or not trainer.sanity_checking  # its metrics are logged from now on
+
+    def _listeners_ready(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Before the first step: every listener agrees (asked each epoch, so none is skipped by ``all``'s shortcut)."""
+        if self.pruning_state.step > 0:
+            return True
+        answers = [listener.ready_to_prune(trainer, pl_module, self.pruning_state) for listener in self._listeners]
+        return all(answers)
 
     def _step_due(self, epoch: int) -> bool:
         state = self.pruning_state

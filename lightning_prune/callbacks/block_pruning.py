@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from torch import nn
 
 from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.callbacks._trainer import check_spawn_reload, example_input, rebuild_after_shrink, resize_on_load
@@ -19,7 +20,18 @@ from lightning_prune.core.structured import (
     lowest_channels,
     remove_out_channels,
 )
+from lightning_prune.core.structured_transformers import (
+    head_group_scores,
+    remove_head_groups,
+    remove_units,
+    sync_config,
+    unit_scores,
+)
+from lightning_prune.core.transformer_layout import attention_layouts, mlp_layouts
 from lightning_prune.core.validate import check_fraction
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BLOCK_TYPES = ("BasicBlock", "EncoderBlock", "TransformerEncoderLayer", "BertLayer", "ViTLayer", "LlamaDecoderLayer")
 
 
 class BlockPruning(StepwisePruning):
@@ -29,19 +41,27 @@ class BlockPruning(StepwisePruning):
     (a module whose class is in ``block_types``) loses ``step_ratio`` of the output filters of its inner
     convs, those with the lowest L1 norms, removed physically through torch-pruning's dependency graph
     (the block's output width, and so the residual path, is untouched); the optimizer is rebuilt after
-    each shrink. A step runs at the start of an epoch, after ``warmup_epochs`` dense epochs and then every
-    ``finetune_epochs`` epochs; after the last block's fine-tune, training goes on to ``max_epochs`` (or
-    stops there with ``stop_when_done=True``, as the ICE recipe does). ICE's
+    each shrink. A transformer block (one holding an attention or an MLP that
+    :mod:`~lightning_prune.core.structured_transformers` recognises) loses instead ``step_ratio`` of its
+    attention heads (whole key/value groups under grouped-query attention, at least one kept) and of its
+    MLP hidden units, the lowest L1 norms; heads of ``nn.MultiheadAttention`` stay (its projections are the
+    residual width), only its block's MLP units go. A step runs at the start of an epoch, after
+    ``warmup_epochs`` dense epochs and then every ``finetune_epochs`` epochs; after the last block's
+    fine-tune, training goes on to ``max_epochs`` (or stops there with ``stop_when_done=True``, as the ICE
+    recipe does). ICE's
     :class:`~lightning_prune.AccuracyGate`, :class:`~lightning_prune.LayerFreezing` and
     :class:`~lightning_prune.PruningAwareLR` act around these steps.
 
-    Requires from your LightningModule: an ``example_input_array`` or an ``(x, y)`` validation batch (to
-    trace the graph), and a ``configure_optimizers`` over all parameters (it is called again after each
-    shrink). Under ``ddp_spawn``, call :func:`~lightning_prune.resize_on_load` on the model before ``fit``.
+    Requires from your LightningModule: for conv blocks, an ``example_input_array`` or an ``(x, y)``
+    validation batch (to trace the graph; transformer blocks need none), and a ``configure_optimizers``
+    over all parameters (it is called again after each shrink). Under ``ddp_spawn``, call
+    :func:`~lightning_prune.resize_on_load` on the model before ``fit``.
 
     Args:
         step_ratio: fraction of each block's inner filters removed at its step, in (0, 1) (the paper's r).
-        block_types: class names of the blocks pruned, one per step.
+        block_types: class names of the blocks pruned, one per step (default: ResNet's ``BasicBlock``, our
+            ViT's ``EncoderBlock``, ``nn.TransformerEncoderLayer``, ``BertLayer``, ``ViTLayer``,
+            ``LlamaDecoderLayer``).
         finetune_epochs: epochs of training after each step (0: all blocks at once, no fine-tune).
         warmup_epochs: dense epochs before the first step. With 0 the first step runs before any training:
             fine from trained weights (loaded or passed in memory), otherwise a warning names the fix.
@@ -63,7 +83,8 @@ class BlockPruning(StepwisePruning):
 
     Raises:
         ValueError: for arguments out of range (numbers given as strings included), an ``export_dir`` that
-            cannot be a directory; at fit start for ``block_types`` matching no module, a selection matching
+            cannot be a directory; at fit start for ``block_types`` matching no module or a block holding
+            nothing a step can remove, a selection matching
             nothing, a Trainer whose ``max_epochs``/``max_steps`` cannot fit one step per block or whose
             training data yields no batch, a second pruning callback, or a model other than the one pruned.
         FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
@@ -89,7 +110,7 @@ class BlockPruning(StepwisePruning):
     def __init__(
         self,
         step_ratio: float = 0.2,
-        block_types: Sequence[str] = ("BasicBlock",),
+        block_types: Sequence[str] = BLOCK_TYPES,
         finetune_epochs: int = 1,
         warmup_epochs: int = 0,
         target_sparsity: float | None = None,
@@ -131,7 +152,11 @@ class BlockPruning(StepwisePruning):
         keep = self._select(trainer, pl_module)
         self._blocks = [name for name, m in pl_module.named_modules() if type(m).__name__ in self.block_types]
         if not self._blocks:
-            raise ValueError(f"block_types={self.block_types} matched no module of {type(pl_module).__name__}")
+            raise ValueError(
+                f"block_types={self.block_types} matched no module of {type(pl_module).__name__}: pass the class "
+                "names of your model's residual or transformer blocks, e.g. block_types=['MyBlock']"
+            )
+        _check_prunable(pl_module, self._blocks)
         check_spawn_reload(trainer, pl_module, "BlockPruning")
         resize_on_load(pl_module)
         if not keep:
@@ -142,17 +167,46 @@ class BlockPruning(StepwisePruning):
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         block = self._blocks[self.pruning_state.step]
+        heads = attention_layouts(pl_module, block)
+        units = mlp_layouts(pl_module.get_submodule(block), f"{block}.")
+        if heads or units:
+            return {"block": block, **self._transformer_plan(heads, units)}
         convs = inner_convs(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), block)
         scores = {name: l1_filter_scores(pl_module.get_submodule(name)) for name in convs}
         check_finite(scores, "filter L1 norms")
         return {"block": block, "channels": {name: lowest_channels(s, self.step_ratio) for name, s in scores.items()}}
 
+    def _transformer_plan(self, heads: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
+        """The lowest-L1 head groups and MLP units of a transformer block (no graph trace: the layout is known)."""
+        head_scores = {name: head_group_scores(layout) for name, layout in heads.items()}
+        unit_score = {name: unit_scores(layout) for name, layout in units.items()}
+        check_finite({**head_scores, **unit_score}, "head and unit L1 norms")
+        return {
+            "heads": {name: lowest_channels(s, self.step_ratio) for name, s in head_scores.items()},
+            "units": {name: lowest_channels(s, self.step_ratio) for name, s in unit_score.items()},
+        }
+
     def _apply(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]
     ) -> None:
-        remove_out_channels(pl_module, example_input(trainer, pl_module), plan["channels"])
+        if "channels" in plan:
+            remove_out_channels(pl_module, example_input(trainer, pl_module), plan["channels"])
+        else:
+            self._apply_transformer(pl_module, plan, record)
         rebuild_after_shrink(trainer)
         record["block"] = plan["block"]
+
+    def _apply_transformer(self, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]) -> None:
+        layouts = attention_layouts(pl_module, plan["block"])
+        for name, groups in plan["heads"].items():
+            per_group = layouts[name].num_heads // layouts[name].num_kv_heads
+            remove_head_groups(layouts[name], groups)
+            record.setdefault("heads_removed", {})[name] = len(groups) * per_group
+        mlps = mlp_layouts(pl_module.get_submodule(plan["block"]), f"{plan['block']}.")
+        for name, idxs in plan["units"].items():
+            remove_units(mlps[name], idxs)
+            record.setdefault("units_removed", {})[name] = len(idxs)
+        sync_config(pl_module)
 
     def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
         present = sum(pl_module.get_parameter(name).numel() for name in self._names)
@@ -160,3 +214,24 @@ class BlockPruning(StepwisePruning):
 
     def _layer_sparsity(self, pl_module: pl.LightningModule) -> dict[str, float]:
         return {n: 1.0 - pl_module.get_parameter(n).numel() / self._original_numel[n] for n in self._names}
+
+
+def _check_prunable(pl_module: pl.LightningModule, blocks: Sequence[str]) -> None:
+    """Refuse at fit start a block that holds nothing a step could remove, so no run "succeeds" removing nothing.
+
+    Raises:
+        ValueError: naming the blocks with no conv, no attention with removable heads and no MLP recognised.
+    """
+    empty = [
+        name
+        for name in blocks
+        if not any(isinstance(m, _CONVS) for m in pl_module.get_submodule(name).modules())
+        and not attention_layouts(pl_module, name)
+        and not mlp_layouts(pl_module.get_submodule(name))
+    ]
+    if empty:
+        raise ValueError(
+            f"BlockPruning: block(s) {empty[:3]} hold nothing it can remove: no conv, no attention whose heads can "
+            "go (Hugging Face q/k/v/o or query/key/value, timm qkv) and no MLP it recognises (Linear -> activation "
+            "-> Linear, gate/up -> down, fc1 -> fc2, intermediate -> output); name other blocks in block_types"
+        )

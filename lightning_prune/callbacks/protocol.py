@@ -72,7 +72,9 @@ class PruningState:
 class PruningListener:
     """Mix-in for callbacks that act around a pruner's steps; every method is optional.
 
-    The pruner calls, in order: :meth:`on_prune_step_start` before each step (the model is still
+    Before the first step is due the pruner asks :meth:`ready_to_prune` at each epoch start (all must say
+    ``True``; e.g. the accuracy gate holds a from-scratch run until accuracy levels off). Then it calls, in
+    order: :meth:`on_prune_step_start` before each step (the model is still
     unpruned for that step), :meth:`on_prune_step_end` once the step is applied, :meth:`skip_finetune`
     (any ``True`` skips the fine-tune and moves on to the next step at once), then
     :meth:`on_finetune_start` / :meth:`on_finetune_end` around the fine-tune epochs that run. All ranks
@@ -82,6 +84,10 @@ class PruningListener:
     # False for a listener that only observes (LatencyBenchmark also measures at fit start and end), so a pruner
     # without steps to report has nothing to refuse it for.
     acts_on_steps: bool = True
+
+    def ready_to_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
+        """Return ``False`` to hold the first pruning step (asked at each epoch start it is due)."""
+        return True
 
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         """Called before a pruning step."""

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.core.hf_record import is_pretrained, pretrained_record
 from lightning_prune.core.structured import architecture_spec, count_parameters, resize_like
 
 RECORD_FORMAT = "lightning_prune.model_record/1"
@@ -60,7 +61,8 @@ def load_checked(model: nn.Module, state: Mapping[str, Tensor], architecture: An
     Raises:
         ValueError: naming the layers whose widths differ from ``architecture`` after loading.
     """
-    resize_like(model, state)
+    head_dims = {k: v["head_dim"] for k, v in (architecture or {}).items() if isinstance(v, dict) and "head_dim" in v}
+    resize_like(model, state, head_dims=head_dims)
     model.load_state_dict(state)
     spec = architecture_spec(model)
     if architecture is not None and spec != architecture:
@@ -136,6 +138,12 @@ class _NotRebuildableError(Exception):
 
 
 def _constructor(obj: nn.Module, where: str) -> dict[str, Any]:
+    if is_pretrained(obj):  # a transformers model: its (pruned) config rebuilds it
+        return pretrained_record(obj)
+    return _arguments(obj, where)
+
+
+def _arguments(obj: nn.Module, where: str) -> dict[str, Any]:
     cls = type(obj)
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise _NotRebuildableError(f"{where} is {cls.__qualname__} from {cls.__module__}: not importable by name")

@@ -15,6 +15,8 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from lightning_prune.core.structured_transformers import attention_spec, sync_all
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -107,14 +109,19 @@ def architecture_spec(model: nn.Module) -> dict[str, dict[str, object]]:
                 "type": type(module).__name__,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()},
             }
+    spec.update(attention_spec(model))  # heads per attention layer: what resized projections alone do not say
     return spec
 
 
-def resize_like(model: nn.Module, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[str]:
+def resize_like(
+    model: nn.Module, state_dict: Mapping[str, Tensor], prefix: str = "", head_dims: Mapping[str, int] | None = None
+) -> list[str]:
     """Reshape ``model``'s layers in place to the shapes in ``state_dict``; returns the resized layers.
 
     This is how a physically shrunk checkpoint or export loads into a freshly built model: only tensors
     and layer attributes change, no module is pickled. Values are left uninitialised for the load.
+    Attention layers whose projections shrank get their head counts (and Hugging Face configs their
+    uniform counts) from the new shapes, at the head size in ``head_dims`` (by layer name) or their own.
     """
     resized = []
     for module_name, module in model.named_modules():
@@ -133,6 +140,8 @@ def resize_like(model: nn.Module, state_dict: Mapping[str, Tensor], prefix: str 
         if changed:
             _sync_shape_attrs(module)
             resized.append(module_name)
+    if resized:
+        sync_all(model, head_dims)
     return resized
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.core import model_io
 from lightning_prune.core.devices import device_name, resolve_device
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -143,14 +144,14 @@ def _prepared(
     """The model and input to time: the model itself when possible, a copy when timing must change it."""
     on_device = next(iter(model.parameters()), torch.empty(0)).device == device
     if on_device and not (settings.channels_last or settings.compile):
-        return model, inputs.to(device)
+        return model, model_io.to_device(inputs, device)
     timed = copy.deepcopy(model).to(device)
-    if settings.channels_last and inputs.dim() == 4:
+    if settings.channels_last and isinstance(inputs, Tensor) and inputs.dim() == 4:
         timed = timed.to(memory_format=torch.channels_last)
         inputs = inputs.to(memory_format=torch.channels_last)
     if settings.compile:
         timed = torch.compile(timed)
-    return timed, inputs.to(device)
+    return timed, model_io.to_device(inputs, device)
 
 
 def _autocast(device: torch.device, settings: TimingSettings) -> contextlib.AbstractContextManager:
@@ -182,7 +183,7 @@ def _timed_forward(
     warmup = settings.warmup if warmup is None else warmup
     try:
         with _cpu_threads(settings.threads) as threads, torch.inference_mode(), _autocast(device, settings):
-            times = time_calls(lambda: timed(inputs), device, warmup, settings.repeats)
+            times = time_calls(lambda: model_io.call(timed, inputs), device, warmup, settings.repeats)
     finally:
         model.train(was_training)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -274,7 +275,7 @@ def interleaved_latency(
         middle = statistics.median(medians[name])
         results[name] = summarize(
             pooled[name],
-            inputs.shape[0],
+            model_io.batch_size_of(inputs),
             where,
             threads[name],
             settings,
@@ -320,7 +321,13 @@ def paired_ratio(model: Latency, reference: Latency) -> float:
     return statistics.median(mine / theirs for mine, theirs in pairs)
 
 
-def batch_of(example: Tensor, batch_size: int) -> Tensor:
-    """A contiguous batch of ``batch_size`` copies of the first sample of ``example``."""
+def batch_of(example: Any, batch_size: int) -> Any:
+    """A contiguous batch of ``batch_size`` copies of the first sample of ``example`` (or of each tensor in it).
+
+    A tuple or mapping of tensors (Hugging Face's ``input_ids``, ``attention_mask``) is passed to the model
+    as Lightning passes ``example_input_array`` (:func:`lightning_prune.core.model_io.call`).
+    """
+    if not isinstance(example, Tensor):
+        return model_io.repeat_samples(model_io.first_samples(example), batch_size)
     sample = example[:1]
     return sample.expand(batch_size, *sample.shape[1:]).contiguous()

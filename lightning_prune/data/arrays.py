@@ -49,6 +49,8 @@ class ArrayDataModule(pl.LightningDataModule):
         batch_size: batch size of every loader.
         seed: seed of the splits and of the per-epoch shuffling.
         num_workers: DataLoader workers (0 is fastest for in-memory tensors).
+        classes: keep only these class labels, renumbered ``0..len(classes)-1`` in the order given (a
+            transfer task: pre-train on some classes, prune while fine-tuning on the others); ``None``: all.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class ArrayDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
@@ -70,6 +73,7 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.val_fraction, self.test_fraction, self.train_fraction = val_fraction, test_fraction, train_fraction
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.classes = _checked_classes(classes)
         self.train_set = self.val_set = self.test_set = None
         self.input_shape: tuple[int, ...] = ()
         self.num_classes = 0
@@ -85,6 +89,8 @@ class ArrayDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         arrays = self.load_arrays()
+        if self.classes is not None:
+            arrays = _only_classes(arrays, self.classes)
         x, y = arrays[0], arrays[1]
         if len(arrays) == 4:
             x_train, y_train, x_test, y_test = arrays
@@ -143,6 +149,30 @@ class NpzDataModule(ArrayDataModule):
             if f"{self.x_key}_test" in data and f"{self.y_key}_test" in data:
                 return tuple(data[k] for k in (self.x_key, self.y_key, f"{self.x_key}_test", f"{self.y_key}_test"))
             return data[self.x_key], data[self.y_key]
+
+
+def _checked_classes(classes: Sequence[int] | None) -> list[int] | None:
+    if classes is None:
+        return None
+    listed = list(classes)
+    if not listed or len(set(listed)) != len(listed) or not all(isinstance(c, int) and c >= 0 for c in listed):
+        raise ValueError(f"classes must be None or distinct integer labels >= 0, got {classes!r}")
+    return listed
+
+
+def _only_classes(arrays: tuple[np.ndarray, ...], classes: list[int]) -> tuple[np.ndarray, ...]:
+    """Each ``(x, y)`` pair of ``arrays`` restricted to ``classes``, labels renumbered by their position."""
+    renumber = {label: index for index, label in enumerate(classes)}
+    kept: list[np.ndarray] = []
+    for x, y in zip(arrays[::2], arrays[1::2]):
+        if not _is_labels(y):
+            raise ValueError(f"classes={classes} needs integer labels; the data's are {y.dtype}")
+        missing = sorted(set(classes) - set(np.unique(y).tolist()))
+        if missing:
+            raise ValueError(f"classes={classes}: labels {missing} do not occur in the data")
+        keep = np.isin(y, classes)
+        kept += [x[keep], np.vectorize(renumber.__getitem__, otypes=[np.int64])(y[keep])]
+    return tuple(kept)
 
 
 def _is_labels(y: np.ndarray) -> bool:

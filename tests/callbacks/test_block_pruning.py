@@ -44,7 +44,12 @@ def test_block_pruning_state_key():
 @pytest.mark.parametrize(
     ("kwargs", "make_model", "max_epochs", "message"),
     [
-        ({}, cnn_classifier, 3, r"block_types=\['BasicBlock'\] matched no module of Classifier"),
+        (
+            {},
+            cnn_classifier,
+            3,
+            r"block_types=\['BasicBlock', 'EncoderBlock', .*\] matched no module of Classifier: pass the class",
+        ),
         (
             {"step_ratio": 0.5, "warmup_epochs": 2, "finetune_epochs": 2},
             resnet_classifier,

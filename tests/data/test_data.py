@@ -42,6 +42,23 @@ def test_train_fraction_keeps_a_seeded_part():
     assert len(dm.val_set) == 270
 
 
+def test_classes_keep_a_task_renumbered_in_the_order_given():
+    full, task = DigitsDataModule(), DigitsDataModule(classes=[7, 5, 6])
+    for dm in (full, task):
+        dm.setup()
+    assert task.num_classes == 3
+    sevens = int((_labels(full.train_set) == 7).sum() + (_labels(full.val_set) == 7).sum())
+    sevens += int((_labels(full.test_set) == 7).sum())
+    task_zeros = sum(int((_labels(ds) == 0).sum()) for ds in (task.train_set, task.val_set, task.test_set))
+    assert task_zeros == sevens  # label 7 became 0, and every 7 was kept
+    assert set(_labels(task.test_set).tolist()) == {0, 1, 2}
+
+
+def test_classes_absent_from_the_data_are_named():
+    with pytest.raises(ValueError, match=r"labels \[11\] do not occur"):
+        DigitsDataModule(classes=[1, 11]).setup()
+
+
 def test_sampler_order_depends_on_seed_and_epoch_only():
     sampler = EpochSeededSampler(10, seed=3)
     first = list(sampler)
@@ -80,6 +97,8 @@ def test_diabetes_is_regression():
         (lambda: DigitsDataModule(val_fraction=0), r"val_fraction must be in \(0, 1\)"),
         (lambda: DigitsDataModule(train_fraction=1.5), r"train_fraction must be in \(0, 1\]"),
         (lambda: DigitsDataModule(batch_size=0), "batch_size must be >= 1"),
+        (lambda: DigitsDataModule(classes=[5, 5]), "classes must be None or distinct integer labels"),
+        (lambda: DigitsDataModule(classes=[]), "classes must be None or distinct integer labels"),
     ],
 )
 def test_bad_data_arguments(factory, message):

@@ -64,6 +64,9 @@ VALID = {
     "retrain_epochs": 2,
     "threads": 1,
     "val_batches": 4,
+    "base_lr": 0.01,  # PruningAwareLR: None scales the user's rate
+    "delta": 0.5,  # PruningAwareLR: None picks the mode's default
+    "round_to": 8,  # LatencyBudgetPruning: None picks the device's SIMD channel block
 }
 # Numeric by annotation, yet a string is legitimate: none today (e.g. a "1:3" slice syntax would go here).
 SKIP: dict[tuple[str, str], str] = {}

@@ -13,11 +13,13 @@ from omegaconf import DictConfig
 
 from lightning_prune import InstantSoupPruning, IterativePruning
 from lightning_prune.bench._common import Stopwatch, default_data, environment, print_table, quiet, trainer
-from lightning_prune.data import MNISTDataModule
+from lightning_prune.bench.instant_soup.models import describe, network
+from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.data.arrays import ArrayDataModule
-from lightning_prune.models import MLP, Classifier
+from lightning_prune.models import Classifier
 
-ARMS = ("oneshot", "isp", "imp")
+ARMS = ("oneshot", "isp", "isp_n0", "imp")
+CLAIMED = ("oneshot", "isp", "imp")  # the arms every claim needs; isp_n0 adds the soup ablation
 
 
 def run(cfg: DictConfig, record: Callable[..., Any]) -> None:
@@ -37,12 +39,13 @@ def run(cfg: DictConfig, record: Callable[..., Any]) -> None:
 def _result(cfg: DictConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     first = runs[0]
     return {
+        "setting": cfg.setting,
         **{key: first[key] for key in ("dataset", "train_samples", "model", "steps_per_epoch")},
         "seeds": [run["pretrain"]["seed"] for run in runs],
         "arms": list(cfg.arms),
         "pretrain": [run["pretrain"] for run in runs],
         "results": [
-            _mean_row(sparsity, list(cfg.arms), [run["rows"][i] for run in runs])
+            {"setting": cfg.setting, **_mean_row(sparsity, list(cfg.arms), [run["rows"][i] for run in runs])}
             for i, sparsity in enumerate(cfg.sparsities)
         ],
         "environment": environment(),
@@ -50,10 +53,16 @@ def _result(cfg: DictConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _one_seed(cfg: DictConfig, seed: int, root: str) -> dict[str, Any]:
-    """Data split, pre-training and every arm at every sparsity for one seed."""
-    datamodule, name = _data(cfg, seed)
+    """Data split, pre-training and every arm at every sparsity for one seed.
+
+    In a transfer setting the model is pre-trained on ``transfer.pretrain_classes`` and every arm prunes it
+    while fine-tuning on ``transfer.task_classes`` (IMP rewinds to the pre-trained weights, as in the paper).
+    """
+    transfer = cfg.get("transfer")
+    pretrain_data, name = _data(cfg, seed, transfer.pretrain_classes if transfer else None)
+    datamodule = _data(cfg, seed, transfer.task_classes)[0] if transfer else pretrain_data
     steps_per_epoch = len(datamodule.train_dataloader())
-    pretrained, pretrain = _pretrain(datamodule, cfg, seed, root)
+    pretrained, pretrain = _pretrain(pretrain_data, cfg, seed, root)
     rows = []
     for sparsity in cfg.sparsities:
         row = {}
@@ -64,7 +73,7 @@ def _one_seed(cfg: DictConfig, seed: int, root: str) -> dict[str, Any]:
     return {
         "dataset": name,
         "train_samples": len(datamodule.train_set),
-        "model": f"MLP {datamodule.input_shape} -> {list(cfg.hidden)} -> {datamodule.num_classes}",
+        "model": describe(cfg, datamodule.input_shape, datamodule.num_classes),
         "steps_per_epoch": steps_per_epoch,
         "pretrain": {"seed": seed, **pretrain},
         "rows": rows,
@@ -84,25 +93,35 @@ def _mean_row(sparsity: float, arms: list[str], per_seed: list[dict[str, Any]]) 
         records = [seed_row[arm] for seed_row in per_seed]
         mean = {key: _mean([r[key] for r in records]) for key in records[0] if key != "sparsity"}
         row[arm] = {**mean, "sparsity": records[0]["sparsity"], "test_acc_per_seed": [r["test_acc"] for r in records]}
-    if set(ARMS) <= set(arms):
+    if set(CLAIMED) <= set(arms):
         row["claims"] = _claims(row)
     return row
 
 
-def _data(cfg: DictConfig, seed: int) -> tuple[ArrayDataModule, str]:
-    """MNIST (a seeded, stratified ``train_fraction`` of its training split) when present, else digits."""
-    datamodule, name = default_data(cfg.data_dir, seed, batch_size=cfg.batch_size)
+def _data(cfg: DictConfig, seed: int, classes: Any = None) -> tuple[ArrayDataModule, str]:
+    """MNIST (a seeded, stratified ``train_fraction`` of its training split) when present, else digits.
+
+    ``classes`` keeps those labels only, renumbered from 0 (one task of a transfer setting).
+    """
+    datamodule, name = default_data(cfg.data_dir, seed, batch_size=cfg.batch_size, digits=cfg.get("digits", False))
+    classes = list(classes) if classes is not None else None
     if name == "mnist":
         datamodule = MNISTDataModule(
-            str(datamodule.data_dir), batch_size=cfg.batch_size, seed=seed, train_fraction=cfg.train_fraction
+            str(datamodule.data_dir),
+            batch_size=cfg.batch_size,
+            seed=seed,
+            train_fraction=cfg.train_fraction,
+            classes=classes,
         )
-        datamodule.setup()
+    elif classes is not None:
+        datamodule = DigitsDataModule(batch_size=cfg.batch_size, seed=seed, classes=classes)
+    datamodule.setup()
     return datamodule, name
 
 
 def _model(datamodule: ArrayDataModule, cfg: DictConfig) -> Classifier:
-    net = MLP(datamodule.input_shape, datamodule.num_classes, hidden=tuple(cfg.hidden))
-    return Classifier(net, datamodule.num_classes, datamodule.input_shape, lr=cfg.lr)
+    net = network(cfg, datamodule.input_shape, datamodule.num_classes)
+    return Classifier(net, datamodule.num_classes, datamodule.input_shape, lr=cfg.lr, optimizer=cfg.optimizer)
 
 
 def _pretrain(datamodule: ArrayDataModule, cfg: DictConfig, seed: int, root: str) -> tuple[dict, dict[str, float]]:
@@ -135,13 +154,14 @@ def _arm(arm: str, sparsity: float, cfg: DictConfig, steps_per_epoch: int, seed:
             stop_when_done=True,
         )
         return imp, budget * (_rounds(sparsity, step_ratio) + 1)
-    if arm != "isp":
+    if arm not in ("isp", "isp_n0"):
         raise ValueError(f"arms must be taken from {list(ARMS)}, got {arm!r}")
+    no_soup = arm == "isp_n0"  # the paper's N = 0: untrained ingredients, so the model's own mask alone
     isp = InstantSoupPruning(
         target_sparsity=sparsity,
         step_ratio=cfg.isp.step_ratio,
-        num_ingredients=cfg.isp.num_ingredients,
-        lookahead_steps=cfg.isp.lookahead_steps,
+        num_ingredients=1 if no_soup else cfg.isp.num_ingredients,
+        lookahead_steps=0 if no_soup else cfg.isp.lookahead_steps,
         combine=cfg.isp.combine,
         calibration_steps=_calibration_steps(sparsity, cfg, steps_per_epoch),
         seed=seed,
@@ -195,9 +215,12 @@ def _mask_steps(callback: pl.Callback, steps_per_epoch: int) -> int:
 
 def _claims(row: dict[str, Any]) -> dict[str, Any]:
     isp, imp, oneshot = row["isp"], row["imp"], row["oneshot"]
+    soup = {"soup_minus_n0_pt": 100 * (isp["test_acc"] - row["isp_n0"]["test_acc"])} if "isp_n0" in row else {}
     return {
+        **soup,
         "isp_minus_imp_pt": 100 * (isp["test_acc"] - imp["test_acc"]),
         "isp_wall_over_imp": isp["wall_s"] / imp["wall_s"],
+        "isp_ge_imp": isp["test_acc"] >= imp["test_acc"],
         "isp_ge_imp_minus_0.5pt": isp["test_acc"] >= imp["test_acc"] - 0.005,
         "isp_wall_le_imp_fifth": isp["wall_s"] <= imp["wall_s"] / 5,
         "isp_gt_oneshot": isp["test_acc"] > oneshot["test_acc"],
@@ -210,5 +233,6 @@ def _print(result: dict[str, Any]) -> None:
         for r in result["results"]
         for arm in result["arms"]
     ]
-    title = f"instant_soup benchmark ({result['dataset']}, {result['train_samples']} training samples)"
+    data = f"{result['dataset']}, {result['train_samples']} training samples"
+    title = f"instant_soup benchmark ({result['setting']}: {data})"
     print_table(title, ["sparsity", "arm", "test_acc", "wall_s", "mask_steps", "total_steps"], rows)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from lightning_prune.bench.docs import load_result
 
 MAIN = "docs/bench/instant_soup/instant_soup.json"
 NO_DENOISING = "docs/bench/instant_soup/instant_soup_no_denoising.json"
+TRANSFER = {
+    "transfer_mnist": "docs/bench/instant_soup/transfer_mnist.json",
+    "transfer_bert": "docs/bench/instant_soup/transfer_bert.json",
+}
 
 LABELS = {"isp": "ISP", "imp": "IMP-rewind", "oneshot": "one-shot"}
 
@@ -108,7 +114,34 @@ def _no_denoising_table() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"setup": _setup_table, "main": _main_table, "claims": _claims_table, "no_denoising": _no_denoising_table}
+def _transfer_table(path: str) -> str:
+    """Issue 19's targets per sparsity: ISP >= IMP-rewind at <= 1/5 of its wall time, the soup ahead of N = 0."""
+    result = load_result(path)
+    seeds = len(result["seeds"])
+    lines = [
+        f"| setting | sparsity | ISP ({seeds} seeds) | IMP-rewind | ISP - IMP | ISP wall / IMP wall | ISP N = 0 "
+        "| soup - N = 0 | one-shot | targets met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["results"]:
+        c, isp, imp = row["claims"], row["isp"], row["imp"]
+        soup_ahead = c["soup_minus_n0_pt"] > 0
+        met = c["isp_ge_imp"] and c["isp_wall_le_imp_fifth"] and soup_ahead
+        lines.append(
+            f"| {row['setting']} | {row['sparsity']} | {_pct(isp['test_acc'])} | {_pct(imp['test_acc'])} "
+            f"| {c['isp_minus_imp_pt']:+.2f} pt | {c['isp_wall_over_imp']:.2f}x | {_pct(row['isp_n0']['test_acc'])} "
+            f"| {c['soup_minus_n0_pt']:+.2f} pt | {_pct(row['oneshot']['test_acc'])} | {'yes' if met else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {
+    "setup": _setup_table,
+    "main": _main_table,
+    "claims": _claims_table,
+    "no_denoising": _no_denoising_table,
+    **{name: partial(_transfer_table, path) for name, path in TRANSFER.items()},
+}
 
 
 def headline() -> dict[str, str]:

@@ -9,7 +9,11 @@ rebuilds from) and every arm trains ``retrain_epochs`` more from it:
 - ``control``: ``DenseUnitPruning(epsilon=0)``: the rebuilt arm's path with every unit kept, so
   ``rebuilt - control`` is what removing units costs and ``control - wide`` what the path itself costs.
 - ``rebuilt``: :class:`~lightning_prune.DenseUnitPruning` at the setting ``(epsilon, retrain_lr_scale)`` chosen
-  on validation from the grid ``epsilons`` x ``retrain_lr_scales`` (:func:`~.protocol.choose_setting`).
+  on validation from the grid ``epsilons`` x ``retrain_lr_scales`` (:func:`~.protocol.choose_setting`: the largest
+  epsilon whose seed-mean validation loss against the wide net, less ``margin`` standard errors, is within
+  ``tolerance``).
+- ``faithful``: the paper's procedure, plain transfer (``compensation="none"``) and the layer-max reference
+  (``reference_quantile=1.0``), its own grid ``epsilons`` x ``faithful_retrain_lr_scales`` chosen by the same rule.
 - ``magnitude``: one-shot global magnitude pruning to the rebuilt arm's parameter count; same shapes.
 - ``scratch``: the rebuilt widths, freshly initialised, trained as long as the whole pipeline.
 
@@ -48,6 +52,13 @@ def check_settings(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.datasets) - set(DATASETS))
     if unknown or not cfg.datasets:
         raise ValueError(f"datasets must be a non-empty list of {list(DATASETS)}, got {list(cfg.datasets)}")
+    if not isinstance(cfg.margin, (int, float)) or isinstance(cfg.margin, bool) or cfg.margin < 0:
+        raise ValueError(f"margin must be a number of standard errors >= 0, got {cfg.margin!r}")
+    target = cfg.target_reduction
+    if target is not None and (not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1):
+        raise ValueError(f"target_reduction must be null or a fraction in (0, 1), got {target!r}")
+    for scale in cfg.faithful_retrain_lr_scales:
+        DenseUnitPruning(retrain_lr_scale=scale, compensation="none")
     for epsilon, scale in itertools.product(cfg.epsilons, cfg.retrain_lr_scales):
         DenseUnitPruning(
             epsilon=epsilon,
@@ -68,7 +79,7 @@ def run(cfg: DictConfig, record: Record) -> None:
     try:
         started, datasets = time.perf_counter(), {}
         for name in cfg.datasets:
-            datasets[name] = summarise(run_dataset(name, cfg), cfg.tolerance)
+            datasets[name] = summarise(run_dataset(name, cfg), cfg.tolerance, cfg.margin)
             record(_result(cfg, datasets, started), complete=name == cfg.datasets[-1])
     finally:
         torch.set_num_threads(threads)
@@ -76,6 +87,7 @@ def run(cfg: DictConfig, record: Record) -> None:
         [name, arm, round(d[arm]["params"]), d[arm]["test_metric"], d[arm]["latency_ms_b1"], d[arm]["latency_ms_b256"]]
         for name, d in datasets.items()
         for arm in ARMS
+        if arm in d
     ]
     print_table("ODF2NNA (DenseUnitPruning)", ["dataset", "arm", "params", "test metric", "ms b1", "ms b256"], rows)
 

@@ -21,7 +21,7 @@ from lightning_prune.data import TabularDataModule
 from lightning_prune.models import MLP, Classifier, Regressor
 
 DATASETS = {"breast_cancer": "acc", "wine": "acc", "digits": "acc", "diabetes": "r2"}
-ARMS = ("wide", "control", "rebuilt", "magnitude", "scratch")
+ARMS = ("wide", "control", "rebuilt", "faithful", "magnitude", "scratch")
 HIDDEN = (256, 256, 256)
 
 

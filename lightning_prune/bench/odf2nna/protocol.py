@@ -3,12 +3,16 @@
 Per data set and seed (split and initialisation) the wide net trains until its validation loss has not
 improved for ``patience`` epochs; that point is shared as a checkpoint (the wide net's best-validation
 weights, or its last with ``restore_best: false``) and every arm trains ``retrain_epochs`` more from it.
-The reported rebuilt arm's ``(epsilon, retrain_lr_scale)`` is chosen once per data set on the seed-mean
-*validation* metric (:func:`choose_setting`); the test split plays no part.
+The reported rebuilt arm's ``(epsilon, retrain_lr_scale)`` is chosen once per data set on the seeds'
+*validation* metrics (:func:`choose_setting`, with a margin of ``margin`` standard errors); the test split
+plays no part. The ``faithful`` arm is the paper's procedure beside it: plain transfer (``compensation="none"``)
+and the layer's largest score as the reference (``reference_quantile=1.0``), its own grid
+(``epsilons`` x ``faithful_retrain_lr_scales``) chosen by the same rule, from the same checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 from typing import Any
@@ -31,12 +35,28 @@ def run_dataset(name: str, cfg: Any) -> list[dict[str, Any]]:
     """
     with tempfile.TemporaryDirectory() as root:
         seeds = [_wide_and_grid(name, cfg.seed + offset, f"{root}/{offset}", cfg) for offset in range(cfg.seeds)]
-        grid_val = {key: statistics.mean(s["grid"][key]["val_metric"] for s in seeds) for key in seeds[0]["grid"]}
-        wide_val = statistics.mean(s["wide"]["val_metric"] for s in seeds)
-        setting = choose_setting(grid_val, wide_val, cfg.tolerance)
+        rule = {"tolerance": cfg.tolerance, "margin": cfg.margin, "target_reduction": cfg.target_reduction}
+        setting = choose_setting(val_deltas(seeds, "grid"), reductions=reductions(seeds, "grid"), **rule)
+        faithful = choose_setting(
+            val_deltas(seeds, "faithful_grid"), reductions=reductions(seeds, "faithful_grid"), **rule
+        )
         for result in seeds:
             _pruned_baselines(result, setting, cfg)
+            result["faithful"] = {**result["faithful_grid"][faithful], "epsilon": faithful[0]}
+            result["faithful"]["retrain_lr_scale"] = faithful[1]
     return seeds
+
+
+def reductions(seeds: list[dict[str, Any]], grid: str) -> dict[tuple[float, float], float]:
+    """Per grid setting, the seed-mean fraction of the wide net's parameters removed."""
+    return {
+        key: statistics.mean(1 - s[grid][key]["params"] / s["wide"]["params"] for s in seeds) for key in seeds[0][grid]
+    }
+
+
+def val_deltas(seeds: list[dict[str, Any]], grid: str) -> dict[tuple[float, float], list[float]]:
+    """Per grid setting, each seed's validation metric minus its wide net's (what the choice is made on)."""
+    return {key: [s[grid][key]["val_metric"] - s["wide"]["val_metric"] for s in seeds] for key in seeds[0][grid]}
 
 
 def _wide_and_grid(name: str, seed: int, root: str, cfg: Any) -> dict[str, Any]:
@@ -54,16 +74,27 @@ def _wide_and_grid(name: str, seed: int, root: str, cfg: Any) -> dict[str, Any]:
         for epsilon in cfg.epsilons
         for scale in cfg.retrain_lr_scales
     }
+    result["faithful_grid"] = {
+        (epsilon, scale): _rebuilt_arm(datamodule, wide_epochs, (epsilon, scale), ckpt, cfg, faithful=True)
+        for epsilon in cfg.epsilons
+        for scale in cfg.faithful_retrain_lr_scales
+    }
     return result
 
 
 def _rebuilt_arm(
-    datamodule: TabularDataModule, wide_epochs: int, setting: tuple[float, float], ckpt: str, cfg: Any
+    datamodule: TabularDataModule,
+    wide_epochs: int,
+    setting: tuple[float, float],
+    ckpt: str,
+    cfg: Any,
+    faithful: bool = False,
 ) -> dict:
     """ODF2NNA from the shared checkpoint with ``setting = (epsilon, retrain_lr_scale)``.
 
     ``epsilon=0`` keeps every unit: the control, with the same rebuild, retraining and selection window
-    as a pruned arm and nothing removed.
+    as a pruned arm and nothing removed. ``faithful``: the paper's plain transfer and layer-max reference
+    instead of ``cfg``'s ``compensation`` and ``reference_quantile``.
     """
     epsilon, scale = setting
     pruning = DenseUnitPruning(
@@ -71,9 +102,9 @@ def _rebuilt_arm(
         wide_epochs=wide_epochs,
         retrain_epochs=cfg.retrain_epochs,
         retrain_lr_scale=scale,
-        reference_quantile=cfg.reference_quantile,
+        reference_quantile=1.0 if faithful else cfg.reference_quantile,
         carry_optimizer_state=not cfg.fresh_optimizer,
-        compensation=cfg.compensation,
+        compensation="none" if faithful else cfg.compensation,
         restore_best=False,  # the shared checkpoint holds the weights restore_best would go back to (or not)
     )
     module = build_module(datamodule, HIDDEN, cfg.lr)
@@ -127,18 +158,39 @@ def _train_wide(datamodule: TabularDataModule, seed: int, best: BestValidation, 
 
 
 def choose_setting(
-    grid_val: dict[tuple[float, float], float], wide_val: float, tolerance: float
+    deltas: dict[tuple[float, float], list[float]],
+    tolerance: float,
+    margin: float = 0.0,
+    reductions: dict[tuple[float, float], float] | None = None,
+    target_reduction: float | None = None,
 ) -> tuple[float, float]:
-    """The ``(epsilon, retrain_lr_scale)`` to report, from *validation* metrics only.
+    """The ``(epsilon, retrain_lr_scale)`` to report, from *validation* metrics (and parameter counts) only.
 
-    The largest epsilon with a setting within ``tolerance`` of the wide net's validation metric, and of its
-    settings the best on validation (ties: the first listed); when none is within, the best setting of
-    the smallest epsilon. The test split plays no part: the paper's "well-chosen epsilon", on validation.
+    ``deltas`` holds, per setting, each seed's validation metric minus its wide net's. A setting is within
+    when its seed mean, less ``margin`` standard errors of that mean, is at least ``-tolerance``: with a small
+    validation split a mean that merely touches the tolerance is as likely below it on the test split, and
+    the margin asks for room in proportion to how much the seeds disagree. The largest epsilon with a setting
+    within, and of its settings the best mean (ties: the first listed); when none is within, the best setting
+    of the smallest epsilon. With ``target_reduction`` (and ``reductions``, each setting's seed-mean fraction
+    of parameters removed) the *smallest* epsilon within that removes at least that fraction is taken instead
+    when there is one: no more pruning than the size goal asks for, the rest kept as accuracy margin. The test
+    split plays no part: the paper's "well-chosen epsilon", on validation.
     """
-    eligible = [key for key, val in grid_val.items() if val >= wide_val - tolerance]
-    epsilon = max(key[0] for key in eligible) if eligible else min(key[0] for key in grid_val)
-    candidates = [key for key in (eligible or grid_val) if key[0] == epsilon]
-    return max(candidates, key=lambda key: (grid_val[key], -list(grid_val).index(key)))
+    mean = {key: statistics.mean(values) for key, values in deltas.items()}
+    eligible = [key for key, values in deltas.items() if mean[key] - margin * standard_error(values) >= -tolerance]
+    enough = [key for key in eligible if reductions and target_reduction is not None]
+    enough = [key for key in enough if reductions[key] >= target_reduction]  # type: ignore[index]
+    if enough:
+        epsilon = min(key[0] for key in enough)
+    else:
+        epsilon = max(key[0] for key in eligible) if eligible else min(key[0] for key in deltas)
+    candidates = [key for key in (eligible or deltas) if key[0] == epsilon]
+    return max(candidates, key=lambda key: (mean[key], -list(deltas).index(key)))
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean (sample standard deviation over sqrt n); 0 for a single seed."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 def grid_name(setting: tuple[float, float]) -> str:

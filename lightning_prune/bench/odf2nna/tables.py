@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning_prune.bench.docs import load_result
 from lightning_prune.bench.odf2nna.arms import ARMS
-from lightning_prune.bench.odf2nna.protocol import grid_name
+from lightning_prune.bench.odf2nna.protocol import choose_setting, grid_name
 
 JSON = "docs/bench/odf2nna/{}.json"
 # (file, how the run differs from the default): the rows of the ablation table.
@@ -23,7 +23,9 @@ RUNS = (
     ("ablation_no_restore_best", "`ablation=no_restore_best`: rebuilt from the last weights"),
     ("ablation_retrain_full_rate", "`ablation=retrain_full_rate`: retraining only at the full rate"),
     ("seeds10", "`seeds=10`"),
+    ("seeds10_faithful", "`seeds=10`, `margin=1` (and the faithful arm)"),
 )
+FAITHFUL = "seeds10_faithful"  # the run with the faithful arm and per-seed validation differences
 BAR_REDUCTION, BAR_LOSS = 0.70, 0.005
 MINUS, TIMES, DASH = "\N{MINUS SIGN}", "\N{MULTIPLICATION SIGN}", "\N{EN DASH}"
 
@@ -83,11 +85,10 @@ def main() -> str:
     rows = []
     for name, data in result["datasets"].items():
         metric = result["metric"][name]
-        for arm in ARMS:
+        for arm in [arm for arm in ARMS if arm in data]:  # runs before the faithful arm have none
             figures = data[arm]
-            label = (
-                f"rebuilt ({_setting(figures)})" if arm == "rebuilt" else "control (ε=0)" if arm == "control" else arm
-            )
+            label = f"{arm} ({_setting(figures)})" if arm in ("rebuilt", "faithful") else arm
+            label = "control (ε=0)" if arm == "control" else label
             spread = f"{figures['test_metric']:.4f} ± {figures['test_metric_std']:.4f}".replace("-", MINUS)
             latency = [f"{figures['latency_ms_b1']:.4f}", f"{figures['latency_ms_b256']:.3f}"]
             rows.append([f"{name} ({metric})", label, f"{round(figures['params']):,}", spread, *latency])
@@ -131,6 +132,9 @@ def ablations() -> str:
         result = _result(file)
         cells = [f"{label} ([json](bench/odf2nna/{file}.json))"]
         for name in names:
+            if name not in result["datasets"]:  # a run stopped before this set
+                cells.append("not run")
+                continue
             data, metric = result["datasets"][name], result["metric"][name]
             untrained = data["rebuilt"]["test_metric_before_retraining"] - data["wide"]["test_metric"]
             cell = f"{_setting(data['rebuilt'])}: {data['ratios']['param_reduction']:.1%} fewer, "
@@ -175,6 +179,72 @@ def grid_seeds10() -> str:
     return _table(["data set (rate)", *(f"ε {epsilon}" for epsilon in epsilons)], rows, right=0)
 
 
+def _bar(reduction: float, delta: float) -> bool:
+    return reduction >= BAR_REDUCTION and delta >= -BAR_LOSS
+
+
+def faithful() -> str:
+    """The faithful arm (plain transfer, layer-max reference) beside the default rebuilt arm, same rule and seeds."""
+    result = _result(FAITHFUL)
+    rows = []
+    for name, data in result["datasets"].items():
+        metric, wide = result["metric"][name], data["wide"]
+        for arm in ("rebuilt", "faithful"):
+            figures = data[arm]
+            reduction, delta = 1 - figures["params"] / wide["params"], figures["test_metric"] - wide["test_metric"]
+            untrained = figures["test_metric_before_retraining"] - wide["test_metric"]
+            bar = "yes" if _bar(reduction, delta) else "**no**"  # the bar's parameter and accuracy parts
+            cells = [_setting(figures), f"{reduction:.1%}", _delta(delta, metric), _delta(untrained, metric), bar]
+            rows.append([f"{name} ({metric})", arm, *cells])
+    header = ["data set (metric)", "arm", "chosen", "fewer params", f"test {MINUS} wide", "before retraining", "bar"]
+    return _table(header, rows, right=4)
+
+
+def rules() -> str:
+    """The default and faithful arms as each choice rule picks them from 10 seeds' validation figures.
+
+    Bold: misses the bar's size and accuracy parts. Margins need the per-seed differences that only the
+    faithful run keeps; a set it lacks comes from the older 10-seed run (seed means: no margins, no faithful arm).
+    """
+    new, old = _result(FAITHFUL), _result("seeds10")
+    rows = []
+    for name in old["datasets"]:
+        result = new if name in new["datasets"] else old
+        for arm, grid_key in (("rebuilt", "grid"), ("faithful", "faithful_grid")):
+            if grid_key in result["datasets"][name]:
+                rows.append(_rule_row(result, name, arm, grid_key))
+    header = ["data set (metric)", "arm", "margin 0", "margin 1", "margin 2", "size target 70 %, margin 0"]
+    return _table(header, rows, right=0)
+
+
+def _rule_row(result: dict[str, Any], name: str, arm: str, grid_key: str) -> list[str]:
+    """One arm's choice under each rule, with its fewer parameters and test difference to the wide net."""
+    data, metric, tolerance = result["datasets"][name], result["metric"][name], result["protocol"]["tolerance"]
+    wide, grid = data["wide"], data[grid_key]
+    per_seed = "val_delta_seeds" in next(iter(grid.values()))
+    deltas = {
+        _setting_of(key): point["val_delta_seeds"] if per_seed else [point["val_metric"] - wide["val_metric"]]
+        for key, point in grid.items()
+    }
+    removed = {_setting_of(key): 1 - point["params"] / wide["params"] for key, point in grid.items()}
+    cells = [f"{name} ({metric})", arm if per_seed else f"{arm} (older run)"]
+    for margin, target in ((0.0, None), (1.0, None), (2.0, None), (0.0, BAR_REDUCTION)):
+        if margin and not per_seed:
+            cells.append("no per-seed figures")
+            continue
+        chosen = choose_setting(deltas, tolerance, margin, removed, target)
+        reduction, delta = removed[chosen], grid[grid_name(chosen)]["test_metric"] - wide["test_metric"]
+        cell = f"ε {chosen[0]} lr{TIMES}{chosen[1]}: {reduction:.1%} fewer, {_delta(delta, metric)}"
+        cells.append(cell if _bar(reduction, delta) else f"**{cell}**")
+    return cells
+
+
+def _setting_of(key: str) -> tuple[float, float]:
+    """``(epsilon, retrain_lr_scale)`` back from a :func:`grid_name` key."""
+    epsilon, scale = (float(part.split("=")[1]) for part in key.split(","))
+    return epsilon, scale
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "protocol": protocol,
     "main": main,
@@ -182,6 +252,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "ablations": ablations,
     "compensation": compensation,
     "grid_seeds10": grid_seeds10,
+    "faithful": faithful,
+    "rules": rules,
 }
 
 

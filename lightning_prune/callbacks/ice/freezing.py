@@ -23,11 +23,13 @@ from lightning_prune.callbacks.protocol import PruningListener, PruningState, fi
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
 from lightning_prune.core.structured import dependency_graph
+from lightning_prune.core.transformer_layout import attention_layouts, fixed_width_attentions
 from lightning_prune.core.validate import check_fraction, check_output_dir
 
 log = logging.getLogger(__name__)
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class LayerFreezing(Callback, PruningListener):
@@ -39,6 +41,12 @@ class LayerFreezing(Callback, PruningListener):
     and before the first pruning step), and the ``ceil(fraction * N)`` candidates with the smallest
     ``d_l`` are frozen in every later fine-tune, then released when it ends (and at the end of
     training). Layers are remembered by name, since structured steps replace their parameters.
+
+    A network without convolutions (an MLP) has its hidden ``Linear`` layers as candidates instead (the
+    head is never one). A transformer (a model with an ``nn.MultiheadAttention`` or a Hugging Face
+    attention: BERT, ViT, Llama) has its Linear layers as candidates too, beside any convs (attention
+    projections and MLP layers; the head is never one), so ICE's block-by-block mode works on transformer
+    blocks as well.
 
     Freezing follows Lightning's ``BaseFinetuning.freeze(train_bn=False)``: ``requires_grad=False`` on
     the conv's parameters and on those of the BatchNorm that reads its output; in addition that
@@ -112,7 +120,7 @@ class LayerFreezing(Callback, PruningListener):
                 "LayerFreezing changes requires_grad during training, which DDP only allows with "
                 "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (or 'ddp_find_unused_parameters_true')"
             )
-        weights = select_parameters(pl_module, CONV_TYPES, self.include_names, self.exclude_names)
+        weights = select_parameters(pl_module, candidate_types(pl_module), self.include_names, self.exclude_names)
         self.candidates = [name.rpartition(".")[0] for name in weights]
 
     # ---------------------------------------------------------------- pruner events
@@ -166,8 +174,7 @@ class LayerFreezing(Callback, PruningListener):
             }
             count = math.ceil(self.fraction * len(scores) - 1e-9)
             frozen = sorted(scores, key=lambda name: (scores[name], self.candidates.index(name)))[:count]
-            graph = dependency_graph(pl_module, example_input(trainer, pl_module))
-            decision = {"scores": scores, "frozen": frozen, "norm_of": _following_norms(pl_module, graph, frozen)}
+            decision = {"scores": scores, "frozen": frozen, "norm_of": _norms_after(trainer, pl_module, frozen)}
         decision = broadcast(trainer, decision)
         self.scores, self.frozen, self._norm_of = decision["scores"], decision["frozen"], decision["norm_of"]
         info(log, f"layer freezing: probe after step {self._probe_step} froze {len(self.frozen)} convs: {self.frozen}")
@@ -245,6 +252,24 @@ class LayerFreezing(Callback, PruningListener):
         self._probe_step = state_dict.get("probe_step", self._probe_step)
         self._frozen_params = list(state_dict.get("frozen_params", self._frozen_params))
         self._eval_norms = list(state_dict.get("eval_norms", self._eval_norms))
+
+
+def candidate_types(model: nn.Module) -> tuple[str, ...]:
+    """Convs, as in the paper; a transformer's Linears too (its blocks are made of them); an MLP's Linears."""
+    if fixed_width_attentions(model) or attention_layouts(model):
+        return (*CONV_TYPES, "Linear")
+    return CONV_TYPES if any(isinstance(module, _CONVS) for module in model.modules()) else ("Linear",)
+
+
+def _norms_after(trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: Sequence[str]) -> dict[str, str]:
+    """The BatchNorm after each frozen conv; none is looked for after a Linear, so no graph is traced for it.
+
+    Tracing a Hugging Face decoder is what torch-pruning cannot do in reasonable time.
+    """
+    convs = [name for name in frozen if isinstance(pl_module.get_submodule(name), _CONVS)]
+    if not convs:
+        return {}
+    return _following_norms(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), convs)
 
 
 def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict[str, str]:

@@ -12,15 +12,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_prune.callbacks._trainer import (
-    check_xy_batch,
-    eval_mode,
-    has_validation_data,
-    info,
-    output_dir,
-    validation_loader,
-)
+from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
+from lightning_prune.callbacks.ice.hold import FirstStepHold
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
+from lightning_prune.core import model_io
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.validate import check_int, check_output_dir, is_number
 
@@ -30,14 +25,13 @@ MetricFn = Callable[[pl.LightningModule, Any], tuple[Any, Any]]
 
 
 def batch_accuracy(pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, int]:
-    """The default metric: ``(correct, total)`` for an ``(x, y, ...)`` batch and a module returning logits.
+    """The default metric: ``(correct, total)`` of a batch, read as every callback reads it (``core/model_io``).
 
-    A custom ``metric_fn`` has the same signature and returns a score summed over the batch and the
-    number of samples it covers, so batches and ranks can be pooled exactly.
+    ``(x, y)`` tuples, Hugging Face dict batches with ``labels``, outputs with ``.logits`` and the module's
+    ``split_batch`` hook all work. A custom ``metric_fn`` has the same signature and returns a score summed
+    over the batch and the number of samples it covers, so batches and ranks can be pooled exactly.
     """
-    x, y = batch[0], batch[1]
-    logits = pl_module(x)
-    return (logits.argmax(dim=-1) == y).sum(), y.numel()
+    return model_io.correct_and_total(pl_module, batch)
 
 
 class AccuracyGate(Callback, PruningListener):
@@ -69,6 +63,11 @@ class AccuracyGate(Callback, PruningListener):
         val_batches: how many validation batches each evaluation uses (``None``: all of them); >= 1.
         metric_fn: ``None`` for top-1 accuracy (:func:`batch_accuracy`), a callable
             ``(pl_module, batch) -> (score_sum, count)``, or the dotted import path of one (YAML).
+        hold_untrained: when the first step is due while accuracy is at chance level (a from-scratch run with
+            the pruner's default ``warmup_epochs=0``), hold it until validation accuracy levels off (gains below
+            ``threshold`` per epoch) or the latest epoch from which the schedule fits ``max_epochs``, with a
+            warning (:mod:`~lightning_prune.callbacks.ice.hold`). ``False``: refuse such an ``A0`` instead. With a
+            custom ``metric_fn`` (no chance level known) the step is never held.
         finetune_last: always fine-tune after the last step, whatever its drop, so the model the run
             ends with has been fine-tuned since its last prune (the paper's DenseNet pipeline ends with a
             final fine-tune too). With it a large ``threshold`` costs less accuracy: drops can pile up
@@ -78,9 +77,10 @@ class AccuracyGate(Callback, PruningListener):
     Raises:
         ValueError: for a negative ``threshold``, ``val_batches`` < 1, an unimportable ``metric_fn``
             path, (in ``setup``) when there is no pruner or no validation data, (at fit start) when the
-            validation data yields no batch or, with the default metric, batches that are not ``(x, y)``, and
-            before the first step when ``A0`` is at chance level (within ``CHANCE_MARGIN`` of 1/classes, the
-            logits' width): an untrained net, whose every drop would look small.
+            validation data yields no batch or, with the default metric, batches it cannot score (see
+            :mod:`~lightning_prune.core.model_io`), and before the first step when ``A0`` is at chance level
+            (within ``CHANCE_MARGIN`` of 1/classes, the logits' width) and the step is not held (``hold_untrained``,
+            or its last epoch reached): an untrained net, whose every drop would look small.
         TypeError: when ``metric_fn`` is neither ``None``, a string nor a callable.
 
     Example::
@@ -105,6 +105,7 @@ class AccuracyGate(Callback, PruningListener):
         val_batches: int | None = 4,
         metric_fn: str | MetricFn | None = None,
         finetune_last: bool = False,
+        hold_untrained: bool = True,
         export_dir: str | None = None,
     ) -> None:
         if not is_number(threshold) or threshold < 0:
@@ -112,9 +113,11 @@ class AccuracyGate(Callback, PruningListener):
         check_int("val_batches", val_batches, low=1, optional=True)
         self.threshold, self.val_batches, self.metric_fn = threshold, val_batches, metric_fn
         self.export_dir = check_output_dir("export_dir", export_dir)
-        if not isinstance(finetune_last, bool):
-            raise ValueError(f"finetune_last must be true or false, got {finetune_last!r}")
-        self.finetune_last = finetune_last
+        for flag, value in (("finetune_last", finetune_last), ("hold_untrained", hold_untrained)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be true or false, got {value!r}")
+        self.finetune_last, self.hold_untrained = finetune_last, hold_untrained
+        self.hold = FirstStepHold(tolerance_pt=threshold)
         self._metric = resolve_metric(metric_fn)
         self.reference_acc: float | None = None
         self.final_acc: float | None = None
@@ -147,14 +150,26 @@ class AccuracyGate(Callback, PruningListener):
         if first is None:
             raise ValueError("AccuracyGate: the validation data yields no batches; it needs at least one to measure on")
         if self._metric is batch_accuracy:
-            check_xy_batch(
-                first,
-                "AccuracyGate with metric_fn=None",
-                "For other batches give metric_fn=<a callable (pl_module, batch) -> (score_sum, count), or its dotted "
-                "import path>",
-            )
+            try:
+                with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pl_module):
+                    batch_accuracy(pl_module, trainer.strategy.batch_to_device(first))
+            except (ValueError, TypeError, KeyError, RuntimeError) as err:
+                raise ValueError(
+                    f"AccuracyGate with metric_fn=None cannot score the first validation batch "
+                    f"({model_io.describe(first)}): {err}. Define split_batch(self, batch) -> (inputs, targets) on "
+                    "your LightningModule, or give metric_fn=<a callable (pl_module, batch) -> (score_sum, count), "
+                    "or its "
+                    "dotted import path>"
+                ) from None
 
     # ---------------------------------------------------------------- pruner events
+
+    def ready_to_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
+        """Hold a first step due on an untrained net until accuracy levels off (see ``hold_untrained``)."""
+        if not self.hold_untrained or self.reference_acc is not None or self._metric is not batch_accuracy:
+            return True
+        accuracy = self.evaluate(trainer, pl_module, state)
+        return self.hold.ready(trainer, state, self._pruner, accuracy, self._chance_level(trainer, pl_module)[1])
 
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         if self.reference_acc is None:
@@ -164,13 +179,20 @@ class AccuracyGate(Callback, PruningListener):
             self.reference_acc = accuracy
             info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
 
-    def _refuse_chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule, accuracy: float) -> None:
-        """An untrained net's A0 makes every drop look small and skips every fine-tune: refuse it, before step 1."""
+    def _chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[int, float]:
+        """``(classes, accuracy at or below which the net counts as untrained)`` from the logits' width."""
         with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pl_module):  # keep the run's RNG stream
             batch = trainer.strategy.batch_to_device(next(iter(self._validation_loader(trainer))))
-            classes = pl_module(batch[0]).shape[-1]
+            inputs, _ = model_io.split_batch(pl_module, batch)
+            classes = model_io.forward_logits(pl_module, inputs).shape[-1]
         chance = 1.0 / classes
-        if classes >= 2 and accuracy < chance + min(CHANCE_MARGIN, chance / 2):
+        return classes, (chance + min(CHANCE_MARGIN, chance / 2) if classes >= 2 else -1.0)
+
+    def _refuse_chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule, accuracy: float) -> None:
+        """An untrained net's A0 makes every drop look small and skips every fine-tune: refuse it, before step 1."""
+        classes, untrained = self._chance_level(trainer, pl_module)
+        chance = 1.0 / classes
+        if accuracy < untrained:
             raise ValueError(
                 f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f}, measured before the first pruning step, is "
                 f"at chance level (1/{classes} classes = {chance:.3f}): the network is untrained, so every step's drop "
@@ -248,6 +270,7 @@ class AccuracyGate(Callback, PruningListener):
                 "acc_final": self.final_acc,
                 "finetunes_skipped": sum(d["skipped"] for d in self.decisions),
                 "finetunes_run": sum(not d["skipped"] for d in self.decisions),
+                "first_step_held": self.hold.state_dict(),
                 "evaluate_s": state.time_s.get("evaluate", 0.0),
                 # Named apart from "history": the pruner's history already carries each decision.
                 "decisions": self.decisions,
@@ -259,12 +282,14 @@ class AccuracyGate(Callback, PruningListener):
             "reference_acc": self.reference_acc,
             "final_acc": self.final_acc,
             "decisions": [dict(d) for d in self.decisions],
+            "hold": self.hold.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reference_acc = state_dict.get("reference_acc", self.reference_acc)
         self.final_acc = state_dict.get("final_acc", self.final_acc)
         self.decisions = [dict(d) for d in state_dict.get("decisions", self.decisions)]
+        self.hold.load_state_dict(state_dict.get("hold", {}))
 
 
 def _pruning_over(state: PruningState) -> bool:

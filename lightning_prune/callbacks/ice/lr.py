@@ -19,6 +19,10 @@ from lightning_prune.core.validate import check_output_dir, is_number
 log = logging.getLogger(__name__)
 # A scheduler whose frequency is this large is never stepped by Lightning: that is how it is paused.
 _PAUSED = sys.maxsize
+PAPER_DELTA_RATIO = 0.7  # the paper's delta / base_lr: 7e-4 of 1e-3
+# Scaling your own rate, the default cut once sparser than p: 0.7 (the paper's ratio) cost 2 pt on a from-scratch
+# depthwise CNN at the same target (docs/ice.md, "Training from scratch"): your decaying schedule already lowers it.
+SCALE_DELTA = 0.3
 
 
 class PruningAwareLR(Callback, PruningListener):
@@ -27,21 +31,27 @@ class PruningAwareLR(Callback, PruningListener):
     ICE-Pruning (Hu, Henderson, Cano, arXiv 2505.07411), the pruning-aware LR:
     ``LR(x) = base_lr - delta / (1 + (x / (2(1 - p) - x)) ** beta)`` with ``x`` the pruner's
     ``remaining_fraction`` (:func:`~lightning_prune.core.schedules.pruning_aware_lr`): about
-    ``base_lr`` while more than ``1 - p`` of the weights remain, ``base_lr - delta`` below. It is set
-    at the start of each fine-tune on every param group of every optimizer (after a structured step
-    has rebuilt them through ``configure_optimizers``).
+    ``base_lr`` while more than ``1 - p`` of the weights remain, ``base_lr - delta`` below.
 
-    **Your LR schedulers during fine-tunes:** the schedulers ``configure_optimizers`` returns are
-    paused (Lightning does not step them) while a fine-tune runs, since this callback owns the rate
-    then; when the fine-tune is over (at the next epoch start or the end of training) they resume
-    where they stopped and the learning rates they had set are put back. Dense warm-up epochs and
-    epochs after the last fine-tune follow your schedulers unchanged.
+    **Two modes.** By default (``base_lr=None``) it *scales your own rate*: during a fine-tune every
+    optimizer step uses your schedule's current rate times ``LR(x)`` with ``base_lr=1`` (``1`` while the
+    network is dense, ``1 - delta`` once it is sparser than ``p``). Your schedulers keep stepping as
+    if nothing happened (the rate is multiplied just before ``optimizer.step`` and put back just
+    after, through torch's optimizer step hooks), so a cosine or warm-up schedule of a from-scratch
+    run is kept, and a learning-rate monitor shows your schedule's rate. With a number for
+    ``base_lr`` (the paper pipelines, the ICE recipe) it *replaces* the rate: ``LR(x)`` is set at the
+    start of each fine-tune on every param group of every optimizer (after a structured step has
+    rebuilt them through ``configure_optimizers``); the schedulers ``configure_optimizers`` returns are
+    paused while a fine-tune runs, then resume where they stopped, the rates they had set put back.
+    Dense warm-up epochs and epochs after the last fine-tune follow your schedulers unchanged.
 
     Requires from your LightningModule: nothing beyond a ``configure_optimizers``.
 
     Args:
-        base_lr: the rate at the start of pruning, > 0.
-        delta: how far the rate drops, in [0, base_lr).
+        base_lr: the rate at the start of pruning, > 0; ``None``: scale your schedule's rate instead.
+        delta: how far the rate drops: with ``base_lr``, an absolute rate in [0, base_lr) (default
+            ``0.7 * base_lr``, the paper's 7e-4 of 1e-3); without, the fraction of your rate taken off, in [0, 1)
+            (default ``SCALE_DELTA`` = 0.3: your own schedule already decays).
         p: pruned fraction around which the rate steps down, in [0, 0.5).
         beta: steepness of the step, > 0 (the paper uses 40-60).
         export_dir: where ``summary.json`` goes (default: the Trainer's root dir).
@@ -67,19 +77,22 @@ class PruningAwareLR(Callback, PruningListener):
 
     def __init__(
         self,
-        base_lr: float = 0.001,
-        delta: float = 7e-4,
+        base_lr: float | None = None,
+        delta: float | None = None,
         p: float = 0.15,
         beta: float = 50.0,
         export_dir: str | None = None,
     ) -> None:
+        if delta is None:  # the paper's ratio (7e-4 of 1e-3) on its rate; a milder cut of a from-scratch user's own
+            delta = PAPER_DELTA_RATIO * base_lr if is_number(base_lr) else SCALE_DELTA
         for name, value in (("base_lr", base_lr), ("delta", delta), ("p", p), ("beta", beta)):
-            if not is_number(value):
+            if not is_number(value) and not (name == "base_lr" and value is None):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if not base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {base_lr}")
-        if not 0 <= delta < base_lr:
-            raise ValueError(f"delta must be in [0, base_lr={base_lr}) so the rate stays positive, got {delta}")
+        if base_lr is not None and not base_lr > 0:
+            raise ValueError(f"base_lr must be > 0 (or None to scale your own rate), got {base_lr}")
+        if not 0 <= delta < (base_lr or 1.0):
+            bound = f"base_lr={base_lr}" if base_lr is not None else "1 (a fraction of your rate: base_lr=None)"
+            raise ValueError(f"delta must be in [0, {bound}) so the rate stays positive, got {delta}")
         if not 0 <= p < 0.5:
             raise ValueError(f"p must be in [0, 0.5) (pruned fraction where the rate steps down), got {p}")
         if not beta > 0:
@@ -91,14 +104,15 @@ class PruningAwareLR(Callback, PruningListener):
         self._paused: list[tuple[Any, int]] = []
         self._saved_lrs: list[tuple[Optimizer, list[float]]] = []
         self._restored_lrs: list[list[float]] = []
+        self._scaling = ScaledSteps()
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(base_lr=self.base_lr, delta=self.delta, p=self.p, beta=self.beta)
 
     def lr_at(self, remaining_fraction: float) -> float:
-        """The schedule's rate for a network with ``remaining_fraction`` of its weights."""
-        return pruning_aware_lr(remaining_fraction, self.base_lr, self.delta, self.p, self.beta)
+        """The rate for a network with ``remaining_fraction`` of its weights (a factor on yours if ``base_lr=None``)."""
+        return pruning_aware_lr(remaining_fraction, self.base_lr or 1.0, self.delta, self.p, self.beta)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -110,12 +124,18 @@ class PruningAwareLR(Callback, PruningListener):
         self._in_finetune = False  # a new step ends the previous fine-tune
 
     def on_finetune_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
-        lr = self.lr_at(state.remaining_fraction)
-        self._take_over(trainer, lr)
+        rate = self.lr_at(state.remaining_fraction)
+        record = {"step": state.step, "remaining_fraction": state.remaining_fraction}
+        if self.base_lr is None:  # scale the user's rate: record the factor and the rate it gives now
+            self._scaling.attach(trainer.optimizers, rate)
+            record.update(lr_scale=rate, lr=rate * trainer.optimizers[0].param_groups[0]["lr"])
+        else:
+            self._take_over(trainer, rate)
+            record["lr"] = rate
         self._in_finetune = True
-        state.history[-1]["lr"] = lr
-        self.history.append({"step": state.step, "remaining_fraction": state.remaining_fraction, "lr": lr})
-        info(log, f"pruning-aware LR: remaining fraction {state.remaining_fraction:.3f} -> lr {lr:.3g}")
+        state.history[-1].update({key: record[key] for key in ("lr", "lr_scale") if key in record})
+        self.history.append(record)
+        info(log, f"pruning-aware LR: remaining fraction {state.remaining_fraction:.3f} -> lr {record['lr']:.3g}")
 
     def on_finetune_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         # Schedulers resume at the next epoch start: Lightning may still step plateau schedulers after this hook.
@@ -128,7 +148,10 @@ class PruningAwareLR(Callback, PruningListener):
             and self.history
             and find_pruner(trainer, "PruningAwareLR").pruning_state.phase == "finetune"
         ):
-            self._take_over(trainer, self.history[-1]["lr"])
+            if self.base_lr is None:
+                self._scaling.attach(trainer.optimizers, self.history[-1]["lr_scale"])
+            else:
+                self._take_over(trainer, self.history[-1]["lr"])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._in_finetune:
@@ -156,7 +179,8 @@ class PruningAwareLR(Callback, PruningListener):
         self._restored_lrs = []
 
     def _give_back(self) -> None:
-        """Resume the paused schedulers and restore the rates they had set."""
+        """Resume the paused schedulers and restore the rates they had set; stop scaling the user's rate."""
+        self._scaling.detach()
         for config, frequency in self._paused:
             config.frequency = frequency
         for optimizer, lrs in self._saved_lrs:
@@ -176,7 +200,11 @@ class PruningAwareLR(Callback, PruningListener):
         write_summary(
             output_dir(trainer, self.export_dir) / "summary.json",
             "ice_lr",
-            {"base_lr": self.base_lr, "delta": self.delta, "p": self.p, "beta": self.beta, "finetunes": self.history},
+            {
+                "mode": "replace" if self.base_lr else "scale",
+                **{"base_lr": self.base_lr, "delta": self.delta, "p": self.p, "beta": self.beta},
+                "finetunes": self.history,
+            },
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -190,6 +218,38 @@ class PruningAwareLR(Callback, PruningListener):
         self.history = [dict(h) for h in state_dict.get("history", self.history)]
         self._in_finetune = bool(state_dict.get("in_finetune", self._in_finetune))
         self._restored_lrs = [list(lrs) for lrs in state_dict.get("saved_lrs", [])]
+
+
+class ScaledSteps:
+    """Multiply every param group's rate by ``factor`` for the duration of each ``optimizer.step`` only.
+
+    Torch's step pre/post hooks run right around the update, before Lightning steps the schedulers, so
+    a scheduler (chainable or closed-form) only ever sees the rates it set itself.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+        self._saved: dict[int, list[Any]] = {}
+
+    def attach(self, optimizers: list[Optimizer], factor: float) -> None:
+        self.detach()
+        for optimizer in optimizers:
+            self._handles.append(optimizer.register_step_pre_hook(lambda opt, *_: self._scale(opt, factor)))
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, *_: self._restore(opt)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._saved = [], {}
+
+    def _scale(self, optimizer: Optimizer, factor: float) -> None:
+        self._saved[id(optimizer)] = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+
+    def _restore(self, optimizer: Optimizer) -> None:
+        for group, lr in zip(optimizer.param_groups, self._saved.pop(id(optimizer), [])):
+            group["lr"] = lr
 
 
 def _pop(items: list[list[float]], index: int) -> list[float] | None:

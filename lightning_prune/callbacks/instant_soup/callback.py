@@ -43,11 +43,11 @@ class InstantSoupPruning(PruningCallback):
     copies of the current weights each train ``lookahead_steps`` steps on their own random batches with
     their own protocol (LR and weight-decay multipliers, seed), each copy and the model itself give a
     magnitude mask ``step_ratio`` sparser than the current one, and the masks are superposed (``combine``:
-    ``"union"`` as in the paper, ``"intersection"`` or ``"vote"``) and adjusted to the round's exact
-    sparsity by the members' mean score. Rounds continue until ``target_sparsity``; training then simply
-    goes on with the same optimizer state (no rewind) until the Trainer stops. Pruning happens at the
-    start of the training batch at which the round's optimizer step is reached, so a checkpoint taken
-    before it and resumed redoes it identically.
+    ``"union"`` as in the paper, ``"intersection"`` or ``"vote"``); as in the paper the superposed mask is kept
+    as it is, except in the last round, which is adjusted to ``target_sparsity`` by the members' mean score.
+    Rounds continue until ``target_sparsity``; training then simply goes on with the same optimizer state (no
+    rewind) until the Trainer stops. Pruning happens at the start of the training batch at which the round's
+    optimizer step is reached, so a checkpoint taken before it and resumed redoes it identically.
 
     ``variant="ims"`` is Instant Model Soup (Alg. 3, dense to dense): at ``warmup_steps``, each ingredient
     is the model pruned by magnitude to ``copy_sparsities[n]`` and weakly trained ``lookahead_steps``; the
@@ -77,7 +77,10 @@ class InstantSoupPruning(PruningCallback):
             ``None``: 10 % of an epoch's optimizer steps, as in the paper.
         warmup_steps: dense optimizer steps before round 0 (0 when the model arrives pre-trained).
         combine: how masks superpose: ``"union"``, ``"intersection"`` or ``"vote"`` (strict majority).
-        lr_multipliers: ingredient ``n``'s LR is the current LR times ``lr_multipliers[n % len]``.
+        trim_every_round: also adjust every earlier round's superposed mask to its scheduled sparsity (the
+            raw union keeps more weights than the schedule says; the last round is always adjusted).
+        lr_multipliers: ingredient ``n``'s LR is the current LR times ``lr_multipliers[n % len]``; the
+            default varies the copies as the paper's ingredients do (with their own data order, by ``seed``).
         weight_decay_multipliers: the same for weight decay.
         copy_sparsities: IMS: sparsity of ingredient ``n``'s copy is ``copy_sparsities[n % len]``, in [0, 1).
         loss: the ingredients' loss on ``(forward(x), y)``: ``"cross_entropy"`` or ``"mse"``.
@@ -127,8 +130,9 @@ class InstantSoupPruning(PruningCallback):
         calibration_steps: int | None = None,
         warmup_steps: int = 0,
         combine: str = "union",
-        lr_multipliers: Sequence[float] = (1.0,),
-        weight_decay_multipliers: Sequence[float] = (1.0,),
+        trim_every_round: bool = False,
+        lr_multipliers: Sequence[float] = (1.0, 0.5, 2.0),
+        weight_decay_multipliers: Sequence[float] = (1.0, 2.0, 0.5),
         copy_sparsities: Sequence[float] = (0.3, 0.5, 0.7),
         loss: str = "cross_entropy",
         importance: str = "magnitude",
@@ -146,6 +150,7 @@ class InstantSoupPruning(PruningCallback):
         self.target_sparsity, self.variant, self.step_ratio = target_sparsity, variant, step_ratio
         self.num_ingredients, self.lookahead_steps = num_ingredients, lookahead_steps
         self.calibration_steps, self.warmup_steps, self.combine = calibration_steps, warmup_steps, combine
+        self.trim_every_round = trim_every_round
         self.lr_multipliers, self.weight_decay_multipliers = listed(lr_multipliers), listed(weight_decay_multipliers)
         self.copy_sparsities, self.loss, self.importance, self.scope = listed(copy_sparsities), loss, importance, scope
         self.include_types, self.include_names = listed(include_types), include_names

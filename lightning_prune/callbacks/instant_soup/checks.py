@@ -33,6 +33,8 @@ def check_arguments(cb: Any) -> None:
     """
     check_choice("variant", cb.variant, VARIANTS)
     check_choice("combine", cb.combine, COMBINE_RULES)
+    if not isinstance(cb.trim_every_round, bool):
+        raise ValueError(f"trim_every_round must be True or False, got {cb.trim_every_round!r}")
     check_choice("loss", cb.loss, tuple(LOSSES))
     check_choice("importance", cb.importance, tuple(SCORES))
     check_choice("scope", cb.scope, SCOPES)

@@ -55,6 +55,7 @@ def summary(
         "lookahead_steps": cb.lookahead_steps,
         "calibration_steps": cb._calibration,
         "combine": cb.combine,
+        "trim_every_round": cb.trim_every_round,
         "ingredient_steps": cb.ingredient_steps,
         "ingredient_s": cb.ingredient_s,
         "mask_steps": mask_steps(cb),

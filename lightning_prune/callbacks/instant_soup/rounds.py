@@ -37,8 +37,13 @@ def denoised_prune(
     importance: str,
     scope: str,
     combine: str,
+    trim: bool = True,
 ) -> dict[str, Any]:
-    """Alg. 2: the model's own mask and each ingredient's, superposed by ``combine`` at the round's ``sparsity``."""
+    """Alg. 2: the model's own mask and each ingredient's, superposed by ``combine``.
+
+    ``trim`` adjusts the superposed mask to exactly ``sparsity``; without it the mask is the raw superposition
+    (the paper's union keeps every weight some member kept, so it ends denser than ``sparsity``).
+    """
     score, soup, started, steps = SCORES[importance], MaskSoup(), time.perf_counter(), 0
     main_scores = score({name: model.get_parameter(name) for name in names})
     main_mask = masks_from_scores(main_scores, sparsity, current, scope)
@@ -48,7 +53,7 @@ def denoised_prune(
         scores = score({name: state[name] for name in names})
         soup.add(masks_from_scores(scores, sparsity, current, scope), scores)
         steps += taken
-    masks = soup.mask(sparsity, current, combine, scope)
+    masks = soup.mask(sparsity, current, combine, scope) if trim else soup.combined(combine)
     total = sum(mask.numel() for mask in masks.values())
     superposed = sum(int(m.sum()) for m in soup.combined(combine).values())
     moved = sum(int((masks[name] & ~main_mask[name]).sum()) for name in masks)
@@ -58,6 +63,7 @@ def denoised_prune(
         "ingredient_s": time.perf_counter() - started,
         "superposed_sparsity": 1.0 - superposed / total,
         "kept_not_in_model_mask": moved / max(1, sum(int(m.sum()) for m in masks.values())),
+        "trimmed": trim,
     }
 
 
@@ -102,7 +108,10 @@ def decide(cb: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
         val_loss = partial(validation_loss, model, cb._val, LOSSES[cb.loss])
         return model_soup(model, cb._names, cook, val_loss, copy_sparsities=cb.copy_sparsities, **settings)
     sparsity, current = cb._sparsities[round_index], cb._masks.masks
-    return denoised_prune(model, cb._names, current, sparsity, round_index, cook, combine=cb.combine, **settings)
+    trim = cb.trim_every_round or round_index == len(cb._sparsities) - 1
+    return denoised_prune(
+        model, cb._names, current, sparsity, round_index, cook, combine=cb.combine, trim=trim, **settings
+    )
 
 
 def apply_plan(model: nn.Module, masks: MaskSet | None, new_masks: dict | None, weights: dict | None) -> None:

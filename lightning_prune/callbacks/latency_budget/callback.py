@@ -26,7 +26,7 @@ from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.devices import device_name, resolve_device
 from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled
 from lightning_prune.core.latency_budget.network import weight_count
-from lightning_prune.core.latency_budget.planner import BudgetPlanner, step_with_corrections
+from lightning_prune.core.latency_budget.planner import BudgetPlanner, simd_channels, step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.structured import architecture_spec, count_parameters, remove_out_channels
@@ -39,26 +39,22 @@ class LatencyBudgetPruning(StepwisePruning):
     """Remove channels, physically, until the model's measured inference latency fits a budget.
 
     SP-LAMP (Pan et al., arXiv 2305.14403) with HALP's schedule and latency table (Shen et al., NeurIPS
-    2022): at fit start the dense model's latency is measured on the target device at ``batch_size``;
-    the budget is ``budget_fraction`` of it or ``latency_budget_ms``. Each of ``num_steps`` steps on HALP's
-    exponential schedule scores channels by SP-LAMP over torch-pruning's dependency groups, looks up
-    layer latencies in a table timed on the device (``lut_path``, reused, rebuilt for another device),
-    picks the channels each group keeps by an exact group knapsack, removes the rest physically, rebuilds
-    the optimizer, measures, and rescales the table to the measurement. The last step re-plans up to
+    2022): at fit start the dense model and the smallest allowed network (built on a copy) are timed on the
+    target device at ``batch_size``, and every layer shape is fitted as an affine latency from at most 5 timed
+    shapes (``lut_path``; seconds and entries in the summary's ``calibration``). The budget is
+    ``budget_fraction`` of the dense latency or ``latency_budget_ms``. Each of ``num_steps`` steps scores
+    torch-pruning's channel groups (a depthwise conv with the convs feeding and reading it; residual adds;
+    attention and grouped convs kept whole) by SP-LAMP, picks the channels each keeps by an exact group
+    knapsack on the device's SIMD grid, removes the rest physically, rebuilds the optimizer, measures side
+    by side with an untouched dense copy (rank 0), and rescales. The last step re-plans up to
     ``max_corrections`` times while over budget; at fit end the final measurement is checked against the
-    budget (``tolerance`` for timing noise) and a miss is reported with its size. A budget not below the
-    dense latency, or one the smallest allowed network (built on a copy and timed) cannot reach, is
-    refused before training.
+    budget (``tolerance``) and a miss is reported with its size. A budget not below the dense latency, or
+    below the smallest network's, is refused before training. Steps run at epoch start after
+    ``warmup_epochs``, then every ``finetune_epochs``; checkpoints hold the architecture (resized on load).
 
-    Every measurement after the first is a ratio to an untouched copy of the model as ``fit`` received it
-    (rank 0 only), timed side by side, times the dense latency of fit start: a shared machine's speed drifts
-    within seconds (:mod:`lightning_prune.core.latency_budget.measure`). Steps run at epoch start, after
-    ``warmup_epochs`` dense epochs, then every ``finetune_epochs`` epochs; rank 0 decides, all ranks apply.
-    Checkpoints hold the architecture, and the fresh model is resized on load (``weights_only=True``).
-
-    Requires from your LightningModule: an ``example_input_array`` (or an ``(x, y)`` validation batch)
-    to trace the graph and shape timing inputs; a model torch-pruning can trace; ``configure_optimizers``
-    over all parameters (called again after every shrink; a scheduler restarts).
+    Requires from your LightningModule: an ``example_input_array`` (or a validation batch; tensors, tuples
+    and Hugging Face dicts) to trace the graph and shape timing inputs; a model torch-pruning can trace;
+    ``configure_optimizers`` over all parameters (called again after every shrink; a scheduler restarts).
 
     Args:
         budget_fraction: budget as a fraction of the dense model's measured latency, in (0, 1).
@@ -66,7 +62,9 @@ class LatencyBudgetPruning(StepwisePruning):
         num_steps: pruning steps (HALP's exponential schedule of budgets from dense to the budget).
         finetune_epochs: training epochs after each step (0: all steps at once).
         warmup_epochs: dense epochs before the first step.
-        round_to: channel counts move in multiples of this (the latency table's grid).
+        round_to: channel counts move in multiples of this (the latency table's grid); ``None``: the
+            multiple the device's kernels are blocked by (16 on an AVX-512 CPU, 8 with AVX2 or on a GPU),
+            where CPU latency drops; between two multiples it barely moves or rises.
         min_channels: fewest channels a group may keep.
         batch_size: batch size latency is measured and tabled at.
         device: where latency is measured (``"cpu"``, ``"cuda:0"``); ``None``: the model's device.
@@ -123,7 +121,7 @@ class LatencyBudgetPruning(StepwisePruning):
         num_steps: int = 5,
         finetune_epochs: int = 1,
         warmup_epochs: int = 1,
-        round_to: int = 4,
+        round_to: int | None = None,
         min_channels: int = 4,
         batch_size: int = 64,
         device: str | None = None,
@@ -135,7 +133,7 @@ class LatencyBudgetPruning(StepwisePruning):
         amp_dtype: str | None = None,
         channels_last: bool = False,
         tolerance: float = 0.05,
-        max_corrections: int = 2,
+        max_corrections: int = 3,
         resolution: int = 1000,
         exclude_names: Sequence[str] = (),
         stop_when_done: bool = False,
@@ -159,6 +157,7 @@ class LatencyBudgetPruning(StepwisePruning):
         self._final: dict[str, Any] | None = None
         self._reference: nn.Module | None = None
         self._planner: BudgetPlanner | None = None
+        self._calibration: dict[str, Any] = {}  # seconds, entries timed, layer shapes, round_to (summary)
         self._epochs_seen = 0  # training epochs of the latest fit (a second fit's epochs count on from them)
 
     @property
@@ -189,14 +188,17 @@ class LatencyBudgetPruning(StepwisePruning):
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Measure the dense model, fix the budget and the schedule; fail on budgets that make no sense."""
         example, planner = example_input(trainer, pl_module), self._rank_zero(trainer, pl_module)
-        numbers = broadcast(trainer, planner and planner.calibrate(pl_module, example, self._budget_for))
+        numbers = broadcast(trainer, planner and planner.calibrate(pl_module, example, self._budget_for, progress))
+        self._calibration = numbers["calibration"]
         budget = self._budget_for(numbers["dense"])
         where = f"on {device_name(resolve_device(self.device, pl_module))} at batch {self.batch_size}"
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
-        self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape)
-        info(log, f"dense latency {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}")
+        self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape, numbers["overhead"])
+        seconds, timed = self._calibration["calibration_s"], int(self._calibration["entries_timed"])
+        message = f"dense {numbers['dense']:.3f} ms {where}; budget {budget:.3f} ms; steps {budgets}"
+        info(log, f"{message}; table: {timed} entries timed in {seconds:.1f} s")
 
     def _budget_for(self, dense_ms: float) -> float:
         return self.latency_budget_ms or self.budget_fraction * dense_ms
@@ -207,7 +209,8 @@ class LatencyBudgetPruning(StepwisePruning):
             path = self.lut_path or output_dir(trainer, self.export_dir) / "latency_lut.json"
             settings = self._meter.settings(self.lut_repeats, warmup=3)
             table = LatencyTable(resolve_device(self.device, pl_module), settings, self.batch_size, path)
-            rules = (self.round_to, self.min_channels, self.resolution, self.exclude_names)
+            round_to = self.round_to or simd_channels(table.device)
+            rules = (round_to, self.min_channels, self.resolution, self.exclude_names)
             self._planner = BudgetPlanner(self._reference, table, self._meter, *rules)
         return self._planner
 
@@ -228,7 +231,13 @@ class LatencyBudgetPruning(StepwisePruning):
                 return self._shrink_to(trainer, pl_module, example, target_ms, rescale)
 
             budget_ms = self._budget.budget_ms
-            record.update(step_with_corrections(shrink, target, budget_ms, last, self.max_corrections))
+            margin = self.tolerance / 2  # the final check's room, half of it kept for its own noise
+
+            def confirm(measured_ms: float) -> float:
+                return self._remeasure(trainer, pl_module, example, measured_ms)
+
+            rules = (last, self.max_corrections, margin, confirm)
+            record.update(step_with_corrections(shrink, target, budget_ms, *rules))
             state.step += 1
             state.last_step_epoch = trainer.current_epoch
             state.sparsity = 1.0 - weight_count(pl_module) / self._budget.original_weights
@@ -254,7 +263,8 @@ class LatencyBudgetPruning(StepwisePruning):
             self._budget.architecture = architecture_spec(pl_module)
         taken = broadcast(trainer, planner and planner.measure(pl_module, example, self._budget.dense_ms))
         predicted, measured = decision["predicted_ms"], taken["measured_ms"]
-        self._budget.scale, recalibrated = rescaled(self._budget.scale, measured, predicted, force=rescale)
+        fixed = self._budget.overhead  # the rescale moves the part that shrinks with channels
+        self._budget.scale, recalibrated = rescaled(self._budget.scale, measured - fixed, predicted - fixed, rescale)
         return {
             "predicted_ms": predicted,
             "measured_ms": measured,
@@ -264,12 +274,21 @@ class LatencyBudgetPruning(StepwisePruning):
             "recalibrated": recalibrated,
         }
 
+    def _remeasure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, before: float) -> float:
+        """A second side-by-side measurement of the last step's network; the table's scale follows it."""
+        planner = self._rank_zero(trainer, pl_module)
+        measured = broadcast(trainer, planner and planner.measure(pl_module, example, self._budget.dense_ms))
+        fixed = self._budget.overhead
+        self._budget.scale, _ = rescaled(self._budget.scale, measured["measured_ms"] - fixed, before - fixed, True)
+        return measured["measured_ms"]
+
     def _decide(
         self, planner: BudgetPlanner, pl_module: pl.LightningModule, example: Tensor, target_ms: float
     ) -> dict[str, Any]:
         """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan."""
         with progress("latency table + knapsack") as advance:
-            return planner.decide(pl_module, example, target_ms, self._budget.scale, on_timed=advance)
+            budget = self._budget
+            return planner.decide(pl_module, example, target_ms, budget.scale, advance, budget.overhead)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         log_state(self, pl_module)

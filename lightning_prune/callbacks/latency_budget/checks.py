@@ -29,8 +29,9 @@ def check_arguments(cb: Any) -> None:
         check_fraction("budget_fraction", fraction)
     if budget_ms is not None and not (is_number(budget_ms) and budget_ms > 0):
         raise ValueError(f"latency_budget_ms must be a number > 0, got {budget_ms!r}")
-    for name, low in [("num_steps", 1), ("finetune_epochs", 0), ("warmup_epochs", 0), ("round_to", 1)]:
+    for name, low in [("num_steps", 1), ("finetune_epochs", 0), ("warmup_epochs", 0)]:
         check_int(name, getattr(cb, name), low)
+    check_int("round_to", cb.round_to, 1, optional=True)
     for name, low in [("min_channels", 1), ("batch_size", 1), ("rounds", 1), ("max_corrections", 0)]:
         check_int(name, getattr(cb, name), low)
     for name, low in [("resolution", 10), ("repeats", 3), ("lut_repeats", 3)]:
@@ -90,8 +91,9 @@ def check_budget(cb: Any, budget_ms: float, dense_ms: float, smallest_ms: float,
             f"{dense_ms:.4g} ms {where}: nothing to prune for"
         )
     if smallest_ms > budget_ms:
+        round_to = cb._calibration.get("round_to", cb.round_to)
         raise ValueError(
             f"the latency budget {budget_ms:.4g} ms is unreachable: the smallest network allowed (min_channels="
-            f"{cb.min_channels}, round_to={cb.round_to}) measures {smallest_ms:.4g} ms {where} "
+            f"{cb.min_channels}, round_to={round_to}) measures {smallest_ms:.4g} ms {where} "
             f"(dense: {dense_ms:.4g} ms); raise the budget or lower min_channels"
         )

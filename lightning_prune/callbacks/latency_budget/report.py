@@ -94,6 +94,7 @@ def summary(cb: Any, trainer: pl.Trainer, model_path: Path, checked: dict[str, A
         **(cb._final or {}),
         "lut_r": correlation([r["predicted_ms"] for r in history], [r["measured_ms"] for r in history]),
         "lut_entries": len(cb._planner.table) if cb._planner is not None else None,
+        "calibration": cb._calibration or None,
         "sparsity": checked["measured"]["sparsity"],
         "params": checked["measured"]["params"],
         "time_s": cb.pruning_state.time_s,

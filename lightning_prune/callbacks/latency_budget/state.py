@@ -18,6 +18,8 @@ class BudgetState:
         original_weights: conv/linear weights of the dense model (the sparsity's denominator).
         architecture: the pruned layers' shapes, so a fresh model is resized on load.
         original_params: parameters of the dense model (``None`` in checkpoints older than this field).
+        overhead: the milliseconds of the whole model that do not shrink with its channels (see
+            :func:`~lightning_prune.core.latency_budget.measure.whole_model_fit`; 0 in older checkpoints).
     """
 
     dense_ms: float | None = None
@@ -27,6 +29,7 @@ class BudgetState:
     original_weights: int = 0
     architecture: dict[str, Any] | None = None
     original_params: int | None = None
+    overhead: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

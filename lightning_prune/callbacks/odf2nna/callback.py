@@ -19,7 +19,7 @@ from lightning_prune.callbacks._contract import (
 )
 from lightning_prune.callbacks._trainer import broadcast, check_spawn_reload, example_input, info, resize_on_load
 from lightning_prune.callbacks.odf2nna.carry import carried_optimizer, scale_learning_rates
-from lightning_prune.callbacks.odf2nna.report import REQUESTER, check_at_fit_end, epochs_needed, export
+from lightning_prune.callbacks.odf2nna.report import REQUESTER, check_at_fit_end, epochs_needed, export, log_skipped
 from lightning_prune.callbacks.odf2nna.scoring import training_moments
 from lightning_prune.callbacks.odf2nna.trigger import RebuildTrigger
 from lightning_prune.callbacks.protocol import PruningCallback, PruningState
@@ -28,10 +28,11 @@ from lightning_prune.core.odf2nna import (
     UNIT_STATISTICS,
     HiddenLayer,
     RebuildPlan,
-    find_hidden_layers,
     layer_widths,
     plan_rebuild,
     rebuild_layers,
+    scan_linears,
+    sync_configs,
 )
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.structured import architecture_spec, count_parameters
@@ -54,11 +55,17 @@ class DenseUnitPruning(PruningCallback):
     weights so far; the removed units' input to the next layer is rebuilt from the kept units
     (``compensation``); norms and the next layers' inputs shrink through torch-pruning; the optimizer is
     rebuilt with its state carried; training goes on. Every plain ``Linear -> (activation | norm |
-    dropout)* -> Linear`` stack is found in a traced graph; anything else is refused, naming the layer.
-    See docs/odf2nna.md for the measured results.
+    dropout)* -> Linear`` stack is found in a traced graph, including a transformer block's MLP (and a gated
+    ``gate_proj``/``up_proj -> down_proj`` one): its hidden units are pruned, the residual width it writes back
+    to is not. Every other Linear (attention projections, residual writers, shared or reshaped ones) is skipped
+    and named at fit start, with why (``skipped_layers``); a model with no stack is refused. A Hugging Face
+    config on the model gets the rebuilt ``intermediate_size`` (``intermediate_sizes`` per layer when they
+    differ). See docs/odf2nna.md for the measured results.
 
-    Requires from your LightningModule: ``(x, ...)`` or tensor training batches and a ``forward(x)`` that
-    runs the net; an ``example_input_array`` or an ``(x, y)`` validation batch (to trace the graph); a
+    Requires from your LightningModule: batches and a ``forward`` that
+    :mod:`lightning_prune.core.model_io` reads (``(x, ...)``, a tensor, or a dict such as Hugging Face's
+    ``input_ids``/``attention_mask``/``labels`` passed as ``forward(**inputs)``); an ``example_input_array``
+    or a validation batch (to trace the graph), from a datamodule or loaders passed to ``fit``; a
     ``configure_optimizers`` over all parameters (it is called again after the rebuild); the logged
     ``monitor`` when ``patience`` is set.
 
@@ -151,6 +158,8 @@ class DenseUnitPruning(PruningCallback):
         self.widths_after: dict[str, int] = {}
         self._architecture: dict[str, Any] | None = None
         self._layers: list[HiddenLayer] = []
+        self.skipped_layers: dict[str, str] = {}  # Linear name -> why it is not a hidden layer
+        self.hf_configs: dict[str, dict[str, Any]] = {}  # Hugging Face config fields set by the rebuild
         self._epoch_started = 0.0
         self._epochs_seen = 0  # training epochs of the latest fit (a second fit's epochs count on from them)
 
@@ -187,7 +196,9 @@ class DenseUnitPruning(PruningCallback):
         if check_refit(self, pl_module):  # a second fit: keep everything, count its epochs on
             count_epochs_on(self.pruning_state, self._epochs_seen, trainer)
         check_training_budget(trainer, REQUESTER, *epochs_needed(self, trainer))
-        self._layers = find_hidden_layers(pl_module, example_input(trainer, pl_module), self.include_names)
+        scan = scan_linears(pl_module, example_input(trainer, pl_module), self.include_names)
+        self._layers, self.skipped_layers = scan.layers, scan.skipped
+        log_skipped(self._layers, self.skipped_layers)
         if not self.rebuilt:
             self.widths_before = layer_widths(pl_module, self._layers)
             self.params_before = count_parameters(pl_module)
@@ -201,6 +212,8 @@ class DenseUnitPruning(PruningCallback):
                 "the restored model does not have the architecture DenseUnitPruning rebuilt; was the checkpoint "
                 "written by another run?"
             )
+        if self.rebuilt:  # a resumed model was resized from the checkpoint: its config follows
+            self.hf_configs = sync_configs(pl_module, self._layers)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and not self.rebuilt:
@@ -221,6 +234,7 @@ class DenseUnitPruning(PruningCallback):
             plan = self._plan(moments) if trainer.is_global_zero else None
             self._apply(trainer, pl_module, broadcast(trainer, plan))  # rank 0 decided, every rank applies
         self.widths_after = layer_widths(pl_module, self._layers)
+        self.hf_configs = sync_configs(pl_module, self._layers)
         self.params_after = count_parameters(pl_module)
         self._architecture = architecture_spec(pl_module)
         refuse_nonfinite(pl_module, REQUESTER, f"after the rebuild at epoch {trainer.current_epoch}")

@@ -20,13 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.callbacks._trainer import rebuild_after_shrink
+from lightning_prune.core.odf2nna.tracing import floating_to
 
-Reshape = Callable[[nn.Module, Tensor], None]
+Reshape = Callable[[nn.Module, Any], None]
 
 
 @contextmanager
 def carried_optimizer(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, trace: Reshape, example: Tensor, carry: bool
+    trainer: pl.Trainer, pl_module: pl.LightningModule, trace: Reshape, example: Any, carry: bool
 ) -> Iterator[None]:
     """Around a physical shrink of ``pl_module``: afterwards a new optimizer, with the surviving entries' state.
 
@@ -42,7 +43,7 @@ def carried_optimizer(
         snapshot.restore(trainer, pl_module, origins)
 
 
-def entry_origins(pl_module: pl.LightningModule, reshape: Reshape, example: Tensor) -> dict[str, Tensor]:
+def entry_origins(pl_module: pl.LightningModule, reshape: Reshape, example: Any) -> dict[str, Tensor]:
     """For each parameter after ``reshape``, the flat indices its entries had before it.
 
     ``reshape`` runs on a float64 copy whose parameters hold their own flat indices, so whatever it
@@ -53,7 +54,7 @@ def entry_origins(pl_module: pl.LightningModule, reshape: Reshape, example: Tens
     with torch.no_grad():
         for param in probe.parameters():
             param.copy_(torch.arange(param.numel(), dtype=torch.float64, device=param.device).view_as(param))
-    reshape(probe, example.double())
+    reshape(probe, floating_to(example, torch.float64))
     return {name: param.detach().flatten().long() for name, param in probe.named_parameters()}
 
 

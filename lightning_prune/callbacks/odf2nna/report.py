@@ -8,6 +8,7 @@ the ``odf2nna`` section of ``summary.json``, with the measured figures (:func:`e
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,7 +16,7 @@ import lightning.pytorch as pl
 from lightning_prune.callbacks._contract import refuse_nonfinite, verify_report
 from lightning_prune.callbacks._trainer import final_metrics, info, output_dir
 from lightning_prune.core.export import export_pruned, write_summary
-from lightning_prune.core.odf2nna import layer_widths
+from lightning_prune.core.odf2nna import HiddenLayer, layer_widths
 from lightning_prune.core.structured import count_parameters
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ def check_at_fit_end(cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule
     return verify_report(trainer, REQUESTER, reported, measured, finished, target)
 
 
+def log_skipped(layers: Sequence[HiddenLayer], skipped: Mapping[str, str]) -> None:
+    """At fit start, one line: which Linear layers' hidden units are pruned, which are left alone and why."""
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        by_reason.setdefault(why, []).append(name)
+    reasons = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+    info(log, f"{REQUESTER} prunes the hidden units of {[layer.name for layer in layers]}; skipped: {reasons}")
+
+
 def export(cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, checked: dict[str, Any]) -> None:
     """``pruned_model.pt`` and the ``odf2nna`` section of ``summary.json`` (parameters as measured now)."""
     state, directory = cb.pruning_state, output_dir(trainer, cb.export_dir)
@@ -81,6 +93,8 @@ def export(cb: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, checked:
         "sparsity": checked["measured"]["sparsity"],
         "widths_before": cb.widths_before,
         "widths_after": layer_widths(pl_module, cb._layers),
+        "skipped_layers": cb.skipped_layers,
+        "hf_configs": cb.hf_configs,
         "time_s": state.time_s,
         "history": state.history,
         "metrics": final_metrics(trainer, "odf2nna/width"),

@@ -1,6 +1,7 @@
 """Latency-aware structured pruning in pure torch: what :class:`LatencyBudgetPruning` decides with.
 
 - ``table.py``: the latency lookup table, milliseconds per layer shape, timed on the target device.
+- ``fit.py``: each layer shape's latency as an affine function of its channels, from at most 5 timed shapes.
 - ``network.py``: the model as channel groups (torch-pruning's dependency graph) and timed layers, with
   SP-LAMP scores per group.
 - ``knapsack.py``: the exact group (multiple-choice) knapsack.

@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from lightning_prune.core import model_io
 from lightning_prune.core.latency_budget.table import LayerSpec, layer_spec
 from lightning_prune.core.scores import sp_lamp
 from lightning_prune.core.selection import head_module_name
@@ -46,6 +47,8 @@ class Network:
     layers: list[TimedLayer]
     groups: dict[str, int]
     scores: dict[str, Tensor] = field(default_factory=dict)
+    attention: list[str] = field(default_factory=list)  # attention modules whose channels are kept whole
+    grouped: list[str] = field(default_factory=list)  # grouped convs (not depthwise) whose channels are kept whole
 
     def widths(self) -> dict[str, int]:
         return dict(self.groups)
@@ -60,8 +63,13 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
     names = {module: name for name, module in model.named_modules()}
     head = head_module_name(model)
     ignored = [m for m, n in names.items() if isinstance(m, _TIMED) and (n == head or _matches(n, exclude_names))]
+    attention = attention_modules(model)
+    grouped = {n: m for m, n in names.items() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and _grouped(m)}
+    inside = {sub for module in attention.values() for sub in module.modules()} | set(grouped.values())
     groups, out_group, in_group, scores = {}, {}, {}, {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_TIMED):
+        if any(item.dep.target.module in inside for item in group):
+            continue  # tied to num_heads x head_dim, or to a conv's groups: the group is kept whole
         root = names[group[0].dep.target.module]
         groups[root] = len(group[0].idxs)
         scores[root] = group_sp_lamp(graph, group)
@@ -75,7 +83,29 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
         layer.out_group, layer.in_group = out_group.get(layer.name), in_group.get(layer.name)
         if layer.in_group is not None and not layer.spec.depthwise:
             layer.in_per_channel = layer.c_in // groups[layer.in_group]
-    return Network(layers, groups, scores)
+    return Network(layers, groups, scores, sorted(attention), sorted(grouped))
+
+
+def _grouped(conv: nn.Module) -> bool:
+    """A grouped conv other than depthwise: its channels move only in whole groups (kept whole here)."""
+    return conv.groups > 1 and not (conv.groups == conv.in_channels == conv.out_channels)
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Outermost attention modules: ``nn.MultiheadAttention`` and any module whose class name says ``Attention``.
+
+    A channel group touching one is not pruned by the planner: removing single channels of q/k/v or the
+    embedding width breaks the ``num_heads x head_dim`` reshape (and Hugging Face's config attributes).
+    Their latency stays in the whole model's fixed part, which calibration measures
+    (:func:`~lightning_prune.core.latency_budget.measure.whole_model_fit`); the MLP units around them are
+    pruned as usual.
+    """
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        is_attention = isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
+        if is_attention and not any(name.startswith(f"{outer}.") for outer in found):
+            found[name] = module
+    return found
 
 
 def group_sp_lamp(graph: tp.DependencyGraph, group: tp.Group) -> Tensor:
@@ -115,7 +145,7 @@ def _timed_layers(
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            model_io.call(model, example)
     finally:
         model.train(was_training)
         for hook in hooks:

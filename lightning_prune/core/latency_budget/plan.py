@@ -1,9 +1,9 @@
 """Deciding how many channels each group keeps under a latency budget (SP-LAMP + LUT + group knapsack).
 
 A network (:class:`Network`: channel groups and timed layers) is predicted as the sum of its layers'
-latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale`` calibrated against a
-real measurement of the whole model (activations, pooling, adds and dispatch grow roughly in proportion,
-and a loaded machine slows everything alike, which an additive offset would misattribute).
+latencies in the :class:`LatencyTable` at their (c_in, c_out), times a ``scale``; the planner adds the
+whole model's fixed part (``overhead``, fitted through the dense and the smallest network's measurements,
+:func:`~lightning_prune.core.latency_budget.measure.whole_model_fit`) by planning for ``target - overhead``.
 
 The choice per group is a group knapsack: options "keep the top k channels" (k on a ``round_to``
 grid), value = the SP-LAMP scores kept, cost = the latency of the layers writing to the group (and of
@@ -37,9 +37,22 @@ class LatencyPlan:
 
 
 def option_counts(size: int, round_to: int, min_channels: int) -> list[int]:
-    """Channel counts a group of ``size`` may keep: multiples of ``round_to`` from ``min_channels``, and all."""
+    """Channel counts a group of ``size`` may keep: multiples of ``round_to``, and all; below one step, powers of 2.
+
+    Counts off the grid (20, 28, 36 on a 16-grid) are left out: a CPU's kernels are blocked by ``round_to``
+    and such a count costs about what the next multiple does (a depthwise 3x3 at 28 channels measured ~1.5x
+    its time at 32 here). Below ``round_to`` the powers of two from ``min_channels`` stay options (sub-blocks
+    of a vector), so the smallest network is not held at a full block per group.
+
+    Example::
+
+        >>> option_counts(64, 16, 4), option_counts(12, 16, 4), option_counts(10, 4, 1)
+        ([4, 8, 16, 32, 48, 64], [4, 8, 12], [1, 2, 4, 8, 10])
+    """
     lowest = min(size, max(1, min_channels))
-    return sorted({lowest, size} | {k for k in range(round_to, size + 1, round_to) if k >= lowest})
+    grid = {k for k in range(round_to, size + 1, round_to) if k >= lowest}
+    below = {1 << p for p in range(round_to.bit_length()) if lowest <= 1 << p < min(round_to, size)}
+    return sorted(grid | below | {size, lowest})
 
 
 def predict_ms(network: Network, table: LatencyTable, keep: Mapping[str, int], scale: float = 1.0) -> float:
@@ -153,7 +166,8 @@ def _fill(
 def _width_ladder(network: Network, table: LatencyTable, budget_ms: float, scale: float, fewest: int) -> list[float]:
     """Width ratios to assume for layer inputs: 1, then sqrt(budget / now), shrinking by 0.8 per rung."""
     ladder = [1.0]
-    ratio = min(1.0, (budget_ms / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
+    # a budget at or below the fixed part (a planner's target minus its overhead) asks for the narrowest rung
+    ratio = min(1.0, (max(budget_ms, 0.0) / max(predict_ms(network, table, {}, scale), 1e-12)) ** 0.5)
     floor = fewest / max(network.groups.values(), default=1)
     while ratio > floor and len(ladder) < 8:
         ladder.append(ratio)

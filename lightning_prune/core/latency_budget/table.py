@@ -3,9 +3,11 @@
 HALP and SP-LAMP estimate a network's latency as the sum of its layers' latencies, each looked up by
 the layer's shape. A :class:`LayerSpec` is what fixes a layer's cost apart from its channel counts
 (kind, kernel, stride, padding, input feature-map size, bias, whether a BatchNorm follows); its
-``signature`` string keys the table, with ``"c_in x c_out"`` under it. Entries are timed on first use
-on the target device by building the layer afresh at those channel counts and timing it on an input
-of its real shape, so the table holds exactly the shapes a pruning run asks for. The JSON file keeps
+``signature`` string keys the table, with ``"c_in x c_out"`` under it. Entries are timed on the target
+device by building the layer afresh at those channel counts and timing it on an input of its real shape.
+A calibrated run times only a few shapes per signature and looks every other width up in the signature's
+affine fit (:meth:`LatencyTable.fit_layer`, :mod:`~lightning_prune.core.latency_budget.fit`); a signature
+without a fit is timed cell by cell on first use. The JSON file keeps
 one table per device key (device name, threads, batch size, dtype, memory format): a table is reused
 when the key matches and built anew when the device or settings differ, without losing the others.
 """
@@ -16,18 +18,23 @@ import json
 import logging
 import os
 import statistics
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from lightning_prune.core.devices import device_name
+from lightning_prune.core.latency_budget.fit import AffineFit, fit_affine, sample_shapes
 from lightning_prune.core.timing import TimingSettings, call_times_ms
 
 log = logging.getLogger(__name__)
 FORMAT = 1
+# One entry is timed for at most this long (at least 3 calls): a wide layer at a large batch must not make
+# calibration's cost grow with lut_repeats.
+ENTRY_CAP_S = 0.4
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORMS = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -43,6 +50,8 @@ class LayerSpec:
         depthwise: a conv with ``groups == in_channels == out_channels`` (its c_in follows its c_out).
         bias: whether the layer has a bias.
         norm: whether a BatchNorm directly follows (timed together: it runs once per output channel).
+        groups: a grouped conv's ``groups`` other than depthwise (ResNeXt, RegNet); the planner keeps the
+            channel groups such a conv touches whole, so it is only ever timed at its own shape.
     """
 
     kind: str
@@ -54,6 +63,7 @@ class LayerSpec:
     depthwise: bool = False
     bias: bool = False
     norm: bool = False
+    groups: int = 1
 
     @property
     def signature(self) -> str:
@@ -65,6 +75,7 @@ class LayerSpec:
             for k, v in (("k", self.kernel_size), ("s", self.stride), ("p", self.padding), ("d", self.dilation))
         )
         flags = f"dw={int(self.depthwise)},bias={int(self.bias)},norm={int(self.norm)}"
+        flags += f",g={self.groups}" if self.groups > 1 else ""
         return f"conv{len(self.spatial)}d({geometry},{flags})@{dims}"
 
     def build(self, c_in: int, c_out: int) -> nn.Module:
@@ -80,7 +91,7 @@ class LayerSpec:
                 stride=self.stride,
                 padding=self.padding,
                 dilation=self.dilation,
-                groups=c_out if self.depthwise else 1,
+                groups=c_out if self.depthwise else self.groups,
                 bias=self.bias,
             )
         if not self.norm:
@@ -96,15 +107,12 @@ class LayerSpec:
 def layer_spec(module: nn.Module, input_shape: tuple[int, ...], norm: bool) -> LayerSpec:
     """The :class:`LayerSpec` of a real ``Conv{1,2,3}d``/``Linear`` seen with input of ``input_shape``.
 
-    Raises:
-        ValueError: for grouped convolutions other than depthwise, whose channel counts cannot move freely.
+    A grouped conv other than depthwise keeps its ``groups`` (see :attr:`LayerSpec.groups`).
     """
     bias = getattr(module, "bias", None) is not None
     if isinstance(module, nn.Linear):
         return LayerSpec("linear", tuple(input_shape[1:-1]), bias=bias, norm=norm)
     depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-    if module.groups > 1 and not depthwise:
-        raise ValueError(f"grouped convolutions (groups={module.groups}) other than depthwise are not supported")
     padding = module.padding if isinstance(module.padding, tuple) else (module.padding,) * len(module.kernel_size)
     return LayerSpec(
         "conv",
@@ -116,6 +124,7 @@ def layer_spec(module: nn.Module, input_shape: tuple[int, ...], norm: bool) -> L
         depthwise,
         bias,
         norm,
+        1 if depthwise else module.groups,
     )
 
 
@@ -157,8 +166,10 @@ class LatencyTable:
         self.key = device_key(device, settings, batch_size)
         self.timer = timer or self._time_layer
         self.entries: dict[str, dict[str, float]] = {}
-        self.timed = 0
+        self.fits: dict[str, AffineFit] = {}  # signature -> fitted model; looked up instead of exact cells
+        self.timed, self.timing_s = 0, 0.0
         self.on_timed: Callable[[], object] | None = None  # e.g. a progress bar's advance
+        self._sampled: dict[str, list[tuple[int, int]]] = {}
         self.loaded = self._load()
 
     def _load(self) -> int:
@@ -173,19 +184,50 @@ class LatencyTable:
         return count
 
     def __call__(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
-        """The layer's latency in ms at these channel counts, timed now if the table lacks it."""
+        """The layer's latency in ms at these channel counts: its fit if it has one, else the exact cell.
+
+        An exact cell the table lacks is timed now.
+        """
+        fit = self.fits.get(spec.signature)
+        return fit(c_in, c_out) if fit is not None else self.cell(spec, c_in, c_out)
+
+    def cell(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
+        """The timed entry at exactly these channel counts (timed now if missing)."""
         column = self.entries.setdefault(spec.signature, {})
         cell = f"{c_in}x{c_out}"
         if cell not in column:
             layer = spec.build(c_in, c_out)
+            started = time.perf_counter()
             column[cell] = float(self.timer(layer, spec.example(self.batch_size, c_in)))
+            self.timing_s += time.perf_counter() - started
             self.timed += 1
             if self.on_timed is not None:
                 self.on_timed()
         return column[cell]
 
+    def fit_layer(self, spec: LayerSpec, c_in: int, c_out: int, round_to: int, lowest: int) -> AffineFit:
+        """Fit ``spec``'s latency from at most :data:`~lightning_prune.core.latency_budget.fit.POINTS` cells.
+
+        The cells are :func:`sample_shapes` of its widest shape ``(c_in, c_out)`` (those already in the
+        table are not timed again); later lookups of the signature use the fit. A signature met again at
+        another widest shape is refitted on the union of its sampled cells.
+        """
+        grouped = spec.groups > 1  # its groups are kept whole: only its own shape is ever asked for
+        shapes = [(c_in, c_out)] if grouped else sample_shapes(c_in, c_out, spec.depthwise, round_to, lowest)
+        known = self._sampled.setdefault(spec.signature, [])
+        shapes = list(dict.fromkeys(known + shapes))
+        ms = [self.cell(spec, i, o) for i, o in shapes]
+        self._sampled[spec.signature] = shapes
+        self.fits[spec.signature] = fit_affine(shapes, ms, spec.depthwise)
+        return self.fits[spec.signature]
+
     def _time_layer(self, layer: nn.Module, inputs: Tensor) -> float:
-        times, _, _ = call_times_ms(layer.to(self.device), inputs, self.settings, self.device)
+        """Median of ``settings.repeats`` calls, fewer (at least 3) when they would exceed :data:`ENTRY_CAP_S`."""
+        layer = layer.to(self.device)
+        times, _, _ = call_times_ms(layer, inputs, replace(self.settings, repeats=3), self.device)
+        more = min(self.settings.repeats, int(ENTRY_CAP_S * 1e3 / max(statistics.median(times), 1e-6))) - 3
+        if more >= 3:
+            times += call_times_ms(layer, inputs, replace(self.settings, repeats=more, warmup=0), self.device)[0]
         return statistics.median(times)
 
     def save(self) -> Path | None:

@@ -8,11 +8,14 @@ net with the survivors' trained weights. One module per step:
 - :mod:`~lightning_prune.core.odf2nna.units`: per-unit moments over the data, the scores, the keep rule.
 - :mod:`~lightning_prune.core.odf2nna.replacement`: what replaces the removed units (mean, least squares).
 - :mod:`~lightning_prune.core.odf2nna.rebuild`: the plan (decided once) and the in-place rebuild.
+- :mod:`~lightning_prune.core.odf2nna.configs`: a Hugging Face config's ``intermediate_size`` after it.
+- :mod:`~lightning_prune.core.odf2nna.tracing`: running and tracing the model on tensor or dict inputs.
 
 The Lightning side is :class:`lightning_prune.callbacks.odf2nna.DenseUnitPruning`.
 """
 
-from lightning_prune.core.odf2nna.graph import HiddenLayer, find_hidden_layers, layer_widths
+from lightning_prune.core.odf2nna.configs import sync_configs
+from lightning_prune.core.odf2nna.graph import HiddenLayer, LinearScan, find_hidden_layers, layer_widths, scan_linears
 from lightning_prune.core.odf2nna.rebuild import COMPENSATIONS, RebuildPlan, plan_rebuild, rebuild_layers
 from lightning_prune.core.odf2nna.replacement import REPLACEMENTS, Replacement, apply_replacement, replacement
 from lightning_prune.core.odf2nna.units import (
@@ -30,6 +33,7 @@ __all__ = [
     "REPLACEMENTS",
     "UNIT_STATISTICS",
     "HiddenLayer",
+    "LinearScan",
     "RebuildPlan",
     "Replacement",
     "UnitMoments",
@@ -41,6 +45,8 @@ __all__ = [
     "plan_rebuild",
     "rebuild_layers",
     "replacement",
+    "scan_linears",
+    "sync_configs",
     "unit_range",
     "unit_std",
     "unit_variance",

@@ -4,20 +4,22 @@
 :func:`rebuild_layers` applies it on every rank: each replacement is added to the next layer's weights
 and bias, then the units are removed physically through
 :func:`~lightning_prune.core.structured.remove_out_channels` (torch-pruning slices the Linear, its norms
-and the next Linear's inputs consistently).
+and the next Linear's inputs consistently). The graph is traced by
+:func:`~lightning_prune.core.odf2nna.tracing.trace_graph`, so dict inputs and ``ModelOutput`` outputs trace too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
-from lightning_prune.core.odf2nna.graph import HiddenLayer, eval_forward, two_samples
+from lightning_prune.core.odf2nna.graph import HiddenLayer
 from lightning_prune.core.odf2nna.replacement import REPLACEMENTS, Replacement, apply_replacement, replacement
+from lightning_prune.core.odf2nna.tracing import eval_forward, trace_graph, two_samples
 from lightning_prune.core.odf2nna.units import UNIT_STATISTICS, UnitMoments, keep_units
-from lightning_prune.core.structured import remove_out_channels
 
 # What replaces the removed units' input to the next layer; "none" drops it (the paper's plain transfer).
 COMPENSATIONS = (*REPLACEMENTS, "none")
@@ -53,7 +55,7 @@ def plan_rebuild(
 
 def rebuild_layers(
     model: nn.Module,
-    example_inputs: Tensor,
+    example_inputs: Any,
     layers: Sequence[HiddenLayer],
     kept: Mapping[str, Sequence[int]],
     replacements: Mapping[str, Replacement] | None = None,
@@ -77,10 +79,30 @@ def rebuild_layers(
         for layer in layers:
             apply_replacement(model, layer, sorted(keeps[layer.name]), replacements[layer.name])
     example_inputs = two_samples(example_inputs)
-    remove_out_channels(model, example_inputs, removals)
+    remove_units(model, example_inputs, removals)
     try:
         eval_forward(model, [example_inputs])
     except RuntimeError as error:
         raise ValueError(
             f"the rebuilt model no longer runs its example input ({error}); is it a plain stack?"
         ) from error
+
+
+def remove_units(model: nn.Module, example_inputs: Any, removals: Mapping[str, Sequence[int]]) -> None:
+    """Physically remove the given output units of each named Linear, with everything coupled to them.
+
+    torch-pruning's group slices the Linear, its chain's norms, a gated sibling (the product couples them)
+    and the next Linear's inputs.
+
+    Raises:
+        ValueError: when a removal would leave a coupled layer empty.
+    """
+    graph = trace_graph(model, example_inputs)
+    for name, idxs in removals.items():
+        if not idxs:
+            continue
+        module = model.get_submodule(name)
+        group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, list(idxs))
+        if not graph.check_pruning_group(group):
+            raise ValueError(f"removing {len(idxs)} units of {name!r} would leave a coupled layer empty")
+        group.prune()

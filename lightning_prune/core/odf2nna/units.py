@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core.odf2nna.graph import HiddenLayer, eval_forward
+from lightning_prune.core.odf2nna.graph import HiddenLayer
+from lightning_prune.core.odf2nna.tracing import eval_forward
 from lightning_prune.core.validate import check_fraction
 
 
@@ -113,7 +115,7 @@ UNIT_STATISTICS: dict[str, Callable[[UnitMoments], Tensor]] = {
 
 
 def collect_unit_moments(
-    model: nn.Module, layers: Sequence[HiddenLayer], inputs: Iterable[Tensor], covariance: bool = False
+    model: nn.Module, layers: Sequence[HiddenLayer], inputs: Iterable[Any], covariance: bool = False
 ) -> dict[str, UnitMoments]:
     """Moments of every hidden unit over ``inputs``, read at the consumer's input, model in eval mode.
 

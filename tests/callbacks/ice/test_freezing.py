@@ -47,18 +47,33 @@ def test_layer_freezing_state_key() -> None:
             r"e\.g\. IterativePruning; found none",
         ),
         (
-            lambda: [IterativePruning(target_sparsity=0.5, step_ratio=0.5, export_dir=None), LayerFreezing()],
-            lambda: Classifier(MLP((1, 8, 8), 10, hidden=(64, 64)), 10, (1, 8, 8)),
+            lambda: [
+                IterativePruning(target_sparsity=0.5, step_ratio=0.5, export_dir=None),
+                LayerFreezing(include_names="no_such_layer"),
+            ],
+            cnn_classifier,
             r"the parameter selection matched nothing in Classifier \(include_types=\['Conv1d', 'Conv2d', 'Conv3d'\]",
         ),
     ],
-    ids=["no pruner", "a model without convs"],
+    ids=["no pruner", "a selection matching no conv"],
 )
 def test_layer_freezing_refuses_before_training(callbacks, make_model, message, digits, trainer_kwargs) -> None:
     trainer = pl.Trainer(max_epochs=3, callbacks=callbacks(), **trainer_kwargs)
     with pytest.raises(ValueError, match=message):
         trainer.fit(make_model(), datamodule=digits)
     assert trainer.global_step == 0
+
+
+def test_layer_freezing_on_a_model_without_convs_takes_its_hidden_linear_layers(digits, trainer_kwargs) -> None:
+    pruner = IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1, export_dir=None)
+    freezing = LayerFreezing(fraction=0.5)
+    model = Classifier(MLP((1, 8, 8), 10, hidden=(64, 64)), 10, (1, 8, 8))
+    pl.Trainer(max_epochs=3, callbacks=[pruner, freezing], limit_train_batches=3, **trainer_kwargs).fit(
+        model, datamodule=digits
+    )
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    assert freezing.candidates == linear[:-1]  # every hidden Linear, never the head
+    assert len(freezing.frozen) == 1  # ceil(0.5 * 2), decided by the probe (the first fine-tune)
 
 
 class FrozenSpy(pl.Callback):

@@ -126,13 +126,14 @@ FIT = {
         EmptyValidation,
         "AccuracyGate: the validation data yields no batches",
     ),
-    "batches that are not (x, y)": (
+    "batches it cannot read": (
         # The pruner warms up for an epoch first: the gate must object before that training, not after it.
         lambda: [IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1), AccuracyGate()],
         lambda: DictClassifier(SmallCNN((1, 8, 8), 10, widths=(8, 8)), 10, (1, 8, 8)),
         DictBatches,
-        r"AccuracyGate with metric_fn=None needs \(x, y\) validation batches .*the first validation batch is a dict "
-        r"with keys \['image', 'label'\]\. For other batches give metric_fn=",
+        r"AccuracyGate with metric_fn=None cannot score the first validation batch \(mapping with keys \['image', "
+        r"'label'\]\): .*Define split_batch\(self, batch\) -> \(inputs, targets\) on your LightningModule, or give "
+        r"metric_fn=",
     ),
     "no pruner": (
         lambda: [AccuracyGate()],

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 
 from lightning_prune import IterativePruning, PruningAwareLR
+from lightning_prune.callbacks.ice.lr import SCALE_DELTA
 from lightning_prune.core.schedules import pruning_aware_lr
 from tests.callbacks.ice.helpers import WARMUP, block_pruner, fit
 from tests.helpers import cnn_classifier, resnet_classifier
@@ -16,13 +17,15 @@ from tests.helpers import cnn_classifier, resnet_classifier
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"base_lr": 0.0}, "base_lr must be > 0, got 0.0"),
+        ({"base_lr": 0.0}, r"base_lr must be > 0 \(or None to scale your own rate\), got 0.0"),
+        ({"delta": 1.0}, r"delta must be in \[0, 1 \(a fraction of your rate: base_lr=None\)\) .*got 1.0"),
         ({"base_lr": float("inf")}, "base_lr must be a finite number, got inf"),
         (
             {"base_lr": 0.01, "delta": 0.01},
             r"delta must be in \[0, base_lr=0.01\) so the rate stays positive, got 0.01",
         ),
         ({"delta": -1e-4}, "delta must be in"),
+        ({"delta": "0.1"}, "delta must be a finite number, got '0.1'"),
         ({"p": 0.5}, r"p must be in \[0, 0.5\) .*got 0.5"),
         ({"p": -0.1}, r"p must be in \[0, 0.5\) .*got -0.1"),
         ({"beta": 0}, r"beta must be > 0 \(steepness of the step\), got 0"),
@@ -100,3 +103,43 @@ def test_pruning_aware_lr_pauses_and_restores_the_users_scheduler(digits, traine
     assert [spy.lrs[e][0] for e in (1, 2)] == pytest.approx([lr.lr_at(0.7), lr.lr_at(0.5)])
     cosine = [0.05 * (1 + math.cos(math.pi * k / 5)) / 2 for k in range(3)]
     assert [spy.lrs[e][0] for e in (0, 3, 4)] == pytest.approx(cosine)
+
+
+class StepSpy(pl.Callback):
+    """The rate each ``optimizer.step`` actually uses (a pre-hook registered after PruningAwareLR's, each epoch)."""
+
+    def __init__(self) -> None:
+        self.step_lrs: dict[int, set[float]] = {}
+        self._handle = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        self._handle = trainer.optimizers[0].register_step_pre_hook(
+            lambda opt, *_: self.step_lrs.setdefault(epoch, set()).add(round(opt.param_groups[0]["lr"], 12))
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._handle.remove()
+
+
+def test_pruning_aware_lr_by_default_scales_the_users_cosine_schedule(digits, trainer_kwargs: dict) -> None:
+    pruner = IterativePruning(target_sparsity=0.5, step_ratio=0.3, warmup_epochs=1, export_dir=None)
+    lr, spy, steps = PruningAwareLR(), LRSpy(), StepSpy()
+    model = resnet_classifier(widths=(8, 16), scheduler="cosine")
+    fit([pruner, lr, spy, steps], digits, trainer_kwargs, model=model, max_epochs=5)
+    cosine = [0.05 * (1 + math.cos(math.pi * k / 5)) / 2 for k in range(5)]
+    # the user's scheduler is never paused, and between steps the groups hold its rates
+    assert [spy.scheduler_epochs[e] for e in range(5)] == [0, 1, 2, 3, 4]
+    assert [spy.lrs[e][0] for e in range(5)] == pytest.approx(cosine)
+    # fine-tunes (epochs 1, 2 at x = 0.7, 0.5) step with the user's rate times LR(x) of base 1; the rest unscaled
+    factors = {0: 1.0, 1: lr.lr_at(0.7), 2: lr.lr_at(0.5), 3: 1.0, 4: 1.0}
+    assert factors[1] == pytest.approx(1 - SCALE_DELTA, abs=1e-3)  # sparser than p = 0.15: 1 - delta
+    for epoch, factor in factors.items():
+        (used,) = steps.step_lrs[epoch]  # one rate through the epoch
+        assert used == pytest.approx(cosine[epoch] * factor, rel=1e-9)
+    assert [r["lr_scale"] for r in lr.history] == pytest.approx([factors[1], factors[2]])
+
+
+def test_pruning_aware_lr_default_delta_follows_the_mode() -> None:
+    assert PruningAwareLR().delta == SCALE_DELTA  # a fraction of your own rate
+    assert PruningAwareLR(base_lr=0.001).delta == pytest.approx(7e-4)  # the paper's ratio on its rate

@@ -98,9 +98,11 @@ def test_block_pruning_trains_on_by_default_too() -> None:
 
 
 def test_gate_refuses_an_untrained_reference_before_the_first_step(digits, trainer_kwargs: dict) -> None:
-    """The issue's 14 % collapse: A0 of an untrained net makes every drop small and skips every fine-tune."""
+    """The issue's 14 % collapse: A0 of an untrained net makes every drop small and skips every fine-tune.
+
+    Without the hold (``hold_untrained=False``) such an A0 is refused before any training step."""
     pruner = IterativePruning(target_sparsity=0.8, step_ratio=0.5, finetune_epochs=1)
-    trainer = pl.Trainer(max_epochs=6, callbacks=[pruner, AccuracyGate()], **trainer_kwargs)
+    trainer = pl.Trainer(max_epochs=6, callbacks=[pruner, AccuracyGate(hold_untrained=False)], **trainer_kwargs)
     with pytest.raises(
         ValueError, match=r"A0 = 0\.\d+, .* is at chance level \(1/10 classes = 0\.100\).*warmup_epochs=N"
     ):
@@ -116,3 +118,26 @@ def test_gate_accepts_a_trained_reference(digits, trainer_kwargs: dict) -> None:
     trainer.fit(UserMLP(), *loaders(digits))
     assert gate.reference_acc > 0.5
     assert pruner.pruning_state.step == 1
+
+
+class FrozenMLP(UserMLP):
+    """A user's MLP whose rate is zero: it never leaves chance level, however long the gate waits."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_gate_holds_an_untrained_start_then_refuses_at_its_latest_start(digits, trainer_kwargs: dict) -> None:
+    pruner = IterativePruning(target_sparsity=0.75, step_ratio=0.5, monitor="val_acc")  # 2 steps, 1 epoch each
+    gate = AccuracyGate(val_batches=2)
+    trainer = pl.Trainer(max_epochs=8, callbacks=[pruner, gate], **trainer_kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"A0 = 0\.\d+, .* at chance"):
+            trainer.fit(FrozenMLP(), *loaders(digits))
+    held = [str(w.message) for w in caught if "holding it until validation accuracy levels off" in str(w.message)]
+    assert len(held) == 1
+    assert "or epoch 3 (halfway to the last from which the schedule fits max_epochs=8)" in held[0]  # (8 - 2) // 2
+    assert [m["epoch"] for m in gate.hold.measured] == [0, 1, 2, 3]  # asked at each epoch start until the deadline
+    assert trainer.global_step == 3 * len(loaders(digits)[0])  # three epochs trained while held, then refused
+    assert pruner.pruning_state.step == 0

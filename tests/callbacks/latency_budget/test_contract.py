@@ -58,6 +58,10 @@ def test_a_normal_run_reports_what_it_measures_and_a_second_fit_keeps_the_pruned
     assert summary["finished"] is True
     assert "shortfall" not in summary
     assert summary["measured"] == {"sparsity": summary["sparsity"], "params": summary["params"]}
+    calibration = summary["calibration"]  # its cost is reported and bounded by the layer shapes
+    assert 0 < calibration["entries_timed"] <= 5 * calibration["layer_shapes"]
+    assert calibration["calibration_s"] >= 0
+    assert calibration["round_to"] == 16
     assert summary["params"] == count_parameters(model) == pruning.pruning_state.history[-1]["params"]
     assert summary["sparsity"] == pytest.approx(pruning.pruning_state.sparsity)
     assert summary["sparsity"] > 0

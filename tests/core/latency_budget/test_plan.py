@@ -59,9 +59,12 @@ def test_unreachable_budget_gives_the_smallest_plan_marked_infeasible():
 
 
 def test_option_counts_and_removal_indices():
-    assert option_counts(10, 4, 1) == [1, 4, 8, 10]
+    # On the grid (what a CPU's blocked kernels reward); below one grid step, powers of two from the fewest.
+    assert option_counts(10, 4, 1) == [1, 2, 4, 8, 10]
     assert option_counts(16, 4, 6) == [6, 8, 12, 16]
     assert option_counts(3, 4, 4) == [3]
+    assert option_counts(64, 16, 4) == [4, 8, 16, 32, 48, 64]
+    assert option_counts(12, 16, 4) == [4, 8, 12]
     assert removal_indices(torch.tensor([0.5, 0.1, 1.0, 0.3]), keep=2) == [1, 3]
 
 
@@ -71,3 +74,12 @@ def test_exponential_latency_schedule():
     assert exponential_latency(4.0, 1.0, 1) == [pytest.approx(1.0)]
     with pytest.raises(ValueError):
         exponential_latency(4.0, 0.0, 2)
+
+
+def test_a_budget_below_the_fixed_part_returns_the_smallest_network_as_infeasible():
+    """The planner passes ``target - overhead``: at or below zero nothing fits, the plan is the narrowest."""
+    network = trace_network(MLP((1, 8, 8), 10, hidden=(32, 32)), torch.zeros(1, 1, 8, 8))
+    lut = LatencyTable(torch.device("cpu"), TimingSettings(1, 3, threads=1), 8, timer=lambda layer, x: 1.0)
+    plan = plan_keep_counts(network, lut, -0.5, 1.0, round_to=8, min_channels=4)
+    assert not plan.feasible
+    assert plan.keep == min_keep(network, 8, 4)

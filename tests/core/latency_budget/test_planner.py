@@ -26,8 +26,16 @@ def test_calibrate_measures_the_dense_model_and_saves_the_table(tmp_path):
     planner = planner_for(model, tmp_path)
     numbers = planner.calibrate(model, torch.zeros(1, 16), budget_for=lambda dense: 0.5 * dense)
     assert numbers["dense"] > 0
-    assert numbers["smallest"] < numbers["dense"]
-    assert numbers["scale"] == pytest.approx(numbers["dense"] / (3 * 0.01 + (16 * 64 + 64 * 64 + 64 * 4) / 1e4))
+    assert numbers["smallest"] > 0
+    # The whole model is fitted through the dense and the smallest network: overhead + scale x table.
+    tabled = 3 * 0.01 + (16 * 64 + 64 * 64 + 64 * 4) / 1e4
+    assert numbers["overhead"] >= 0
+    assert numbers["scale"] > 0
+    assert numbers["overhead"] + numbers["scale"] * tabled == pytest.approx(numbers["dense"])
+    # Calibration is bounded: the three linears share one signature, fitted from at most 5 timed shapes.
+    assert numbers["calibration"]["layer_shapes"] == 1
+    assert numbers["calibration"]["entries_timed"] <= 5
+    assert numbers["calibration"]["calibration_s"] >= 0
     assert (tmp_path / "lut.json").exists()
 
 
@@ -67,3 +75,40 @@ def test_only_the_last_step_corrects_and_only_while_over_budget(last, measured, 
     )
     assert record["corrections"] == corrections
     assert record["removed"] == 1 + corrections
+
+
+def test_calibration_shows_its_progress_and_reports_its_cost(tmp_path):
+    """Every entry calibration times advances the bar whose total it announced; a second calibration times none."""
+    from contextlib import contextmanager
+
+    shown = []
+
+    @contextmanager
+    def progress(description, total):
+        shown.append({"description": description, "total": total, "advanced": 0})
+
+        def advance(steps=1):
+            shown[-1]["advanced"] += steps
+
+        yield advance
+
+    model = MLP((16,), 4, hidden=(64, 32))
+    planner = planner_for(model, tmp_path)
+    numbers = planner.calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
+    timed = numbers["calibration"]["entries_timed"]
+    assert shown == [{"description": "latency table", "total": timed, "advanced": 4 + 1}]
+    again = planner_for(model, tmp_path).calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
+    assert again["calibration"]["entries_timed"] == 0  # the saved table already holds every sampled shape
+    assert len(shown) == 1
+
+
+def test_a_last_step_within_budget_is_confirmed_and_corrected_when_the_second_figure_is_over():
+    outcomes = iter([{"removed": 8, "measured_ms": 0.95}, {"removed": 2, "measured_ms": 0.9}])
+    seconds = iter([1.1, 0.97])  # the first network's second opinion is over the budget, the next one's is not
+    record = step_with_corrections(
+        lambda target, rescale: next(outcomes), 1.0, 1.0, True, max_corrections=3, confirm=lambda m: next(seconds)
+    )
+    assert record["corrections"] == 1
+    assert record["removed"] == 10
+    assert record["measured_ms"] == 0.97
+    assert [t.get("confirmed_ms") for t in record["tries"]] == [1.1, 0.97]

@@ -35,8 +35,10 @@ def test_layer_spec_builds_the_layer_at_any_width_in_its_real_input_shape():
     depthwise = layer_spec(nn.Conv2d(8, 8, 3, groups=8), (1, 8, 6, 6), norm=False)
     assert depthwise.depthwise
     assert depthwise.build(8, 4).groups == 4
-    with pytest.raises(ValueError, match="grouped convolutions"):
-        layer_spec(nn.Conv2d(8, 8, 3, groups=2), (1, 8, 6, 6), norm=False)
+    grouped = layer_spec(nn.Conv2d(8, 8, 3, groups=2), (1, 8, 6, 6), norm=False)
+    assert (grouped.groups, grouped.depthwise) == (2, False)
+    assert grouped.signature.endswith(",g=2)@6x6")
+    assert grouped.build(8, 8).groups == 2
 
 
 def test_entries_are_timed_once_saved_and_reused(tmp_path):

@@ -1,4 +1,4 @@
-"""Which Linear layers are hidden layers of a plain stack; everything else refused naming the layer."""
+"""Which Linear layers are hidden layers of a plain stack; the others skipped with a reason, none at all refused."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_find_hidden_layers_user_module_with_norms() -> None:
 @pytest.mark.parametrize(
     ("model", "match"),
     [
-        (Residual(), "not part of a plain feed-forward stack.*branch"),
-        (Shared(), "run more than once"),
+        (Residual(), "Not part of a plain feed-forward stack: 'a': .*branch.*'b': it feeds a residual add"),
+        (Shared(), "'a': it feeds 'b', which runs 2 times per forward.*'b': it runs 2 times per forward"),
         (nn.Sequential(nn.Linear(2, 3)), "no hidden layer"),
     ],
 )

@@ -52,7 +52,8 @@ def matrix(path: str = RESULT) -> str:
 
 def _wider(settings: dict[str, Any], models: dict[str, str]) -> str:
     wider = settings.get("acc_bound_pt_by_model", {})
-    return "".join(f" ({bound:g} pt for {models[name]})" for name, bound in wider.items())
+    listed = ", ".join(f"{bound:g} pt for {models[name]}" for name, bound in wider.items())
+    return f" ({listed}: plain training alone spreads that wide over data orders)" if listed else ""
 
 
 def _counts(result: dict[str, Any]) -> str:

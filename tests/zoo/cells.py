@@ -105,10 +105,10 @@ COLUMNS = {
     c.name: c
     for c in [
         Column("iterative", "IterativePruning", iterative, "sparsity"),
-        Column("block", "BlockPruning (structured)", block, "shrink"),
+        Column("block", "BlockPruning", block, "shrink"),
         Column("ice", "ICE trio", ice, "sparsity"),
-        Column("app", "AnytimeProgressivePruning", app, "sparsity"),
-        Column("soup", "InstantSoupPruning", soup, "sparsity"),
+        Column("app", "APP", app, "sparsity"),
+        Column("soup", "InstantSoup", soup, "sparsity"),
         Column("dense_unit", "DenseUnitPruning", dense_unit, "shrink"),
         Column("latency_budget", "LatencyBudgetPruning", latency_budget, "budget"),
         Column("latency_benchmark", "LatencyBenchmark", latency_benchmark, "measured"),

@@ -28,7 +28,7 @@ class ZooModel:
     """A zoo entry: how to build its module and loaders, the block class a user names for block-wise pruning."""
 
     name: str
-    title: str  # how the README's matrix names it
+    title: str  # how the README's matrix names it (tv: torchvision; MHA: nn.MultiheadAttention)
     build: Callable[[], pl.LightningModule]
     loaders: Callable[[], tuple[DataLoader, DataLoader]]
     block_types: tuple[str, ...]  # BlockPruning(block_types=...): the model's residual block class (none: default)
@@ -153,15 +153,15 @@ def _text(causal: bool = False) -> Callable[[], tuple[DataLoader, DataLoader]]:
 ZOO = {
     m.name: m
     for m in [
-        ZooModel("depthwise_cnn", "depthwise-separable CNN", depthwise, _images(), ("DepthwiseSeparableBlock",)),
-        ZooModel("resnet", "ResNet (CIFAR-style)", resnet, _images(), ("BasicBlock",)),
+        ZooModel("depthwise_cnn", "depthwise CNN", depthwise, _images(), ("DepthwiseSeparableBlock",)),
+        ZooModel("resnet", "ResNet", resnet, _images(), ("BasicBlock",)),
         ZooModel("mlp", "MLP", mlp, _images(), ()),
-        ZooModel("vit", "ViT (`nn.MultiheadAttention`)", vit, _images(), ("EncoderBlock",)),
+        ZooModel("vit", "ViT (MHA)", vit, _images(), ("EncoderBlock",)),
         ZooModel("hf_bert", "HF BERT", hf_bert, _text(), ("BertLayer",), "transformers"),
         ZooModel("hf_vit", "HF ViT", hf_vit, _images(16, 3, hf=True), ("ViTLayer",), "transformers"),
         ZooModel(
             "hf_llama_gqa",
-            "HF Llama (GQA)",
+            "HF Llama GQA",
             hf_llama,
             _text(causal=True),
             ("LlamaDecoderLayer",),
@@ -170,7 +170,7 @@ ZOO = {
         ),
         ZooModel(
             "tv_resnet18",
-            "torchvision ResNet-18",
+            "tv ResNet-18",
             tv_resnet18,
             _images(16, 3),
             ("BasicBlock",),
@@ -180,14 +180,14 @@ ZOO = {
         ),
         ZooModel(
             "tv_mobilenet_v3",
-            "torchvision MobileNetV3-S",
+            "tv MobileNetV3",
             tv_mobilenet_v3,
             _images(8, 3),
             ("InvertedResidual",),
             "torchvision",
             slow=True,
         ),
-        ZooModel("tv_convnext", "torchvision ConvNeXt", tv_convnext, _images(16, 3), ("CNBlock",), "torchvision"),
+        ZooModel("tv_convnext", "tv ConvNeXt", tv_convnext, _images(16, 3), ("CNBlock",), "torchvision"),
         ZooModel("timm_vit", "timm ViT", timm_vit, _images(16, 3), ("Block",), "timm"),
     ]
 }

@@ -39,7 +39,8 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     example = pl_module.example_input_array
     if example is None:
         loader = validation_loader(trainer)
-        batch = next(iter(loader)) if loader is not None else None
+        with torch.random.fork_rng(devices=[]):  # a loader's iterator draws a seed: the run's shuffle stays the user's
+            batch = next(iter(loader)) if loader is not None else None
         try:
             example = model_io.first_samples(model_io.split_batch(pl_module, batch)[0])
         except ValueError as error:

@@ -82,13 +82,6 @@ def _assert_reached(spec: cells.Column, figures: dict[str, Any]) -> None:
         assert figures["measurements"] == ["fit_start", "fit_end"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="callbacks._trainer.example_input opens an iterator on the validation loader outside "
-    "torch.random.fork_rng (the iterator draws a base seed from the global RNG), so a callback that only measures "
-    "(LatencyBenchmark) shifts the run's shuffle and changes what it trains; wrapping it in fork_rng, as "
-    "AccuracyGate does, leaves the run identical",
-)
 def test_a_measuring_callback_leaves_the_training_run_unchanged(tmp_path: Path) -> None:
     """LatencyBenchmark only times the model: the weights it ends with equal plain training's, bit for bit."""
     zoo = ZOO["mlp"]  # no BatchNorm, no dropout: only the data order could differ

@@ -26,6 +26,10 @@ from lightning_prune.core.structured import remove_out_channels
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], Any]  # (description, total) -> a context manager yielding advance()
 
+# Re-plans (each built on a copy and measured) a step may take to lift a plan measured far under its target.
+LIFT_TRIES = 5
+Attempt = Callable[[float], tuple[dict[str, Any], float]]  # planned_ms -> (decision, measured_ms)
+
 
 def simd_channels(device: torch.device) -> int:
     """The channel multiple the device's kernels are blocked by (the default ``round_to``).
@@ -175,11 +179,90 @@ class BudgetPlanner:
             "removals": {g: idxs for g, idxs in removals.items() if idxs},
             "predicted_ms": plan.predicted_ms + overhead,
             "feasible": plan.feasible,
+            "current_ms": predict_ms(network, self.table, {}, scale) + overhead,
         }
+
+    def decide_measured(
+        self,
+        model: nn.Module,
+        example: Tensor,
+        target_ms: float,
+        scale: float,
+        dense_ms: float,
+        tolerance: float,
+        on_timed: Callable[[], object] | None = None,
+        overhead: float = 0.0,
+        tries: int = LIFT_TRIES,
+    ) -> dict[str, Any]:
+        """:meth:`decide`, each plan built on a copy and timed side by side; one far under target is re-planned up.
+
+        The table's model (fixed part + scale x affine layer fits) can price a plan well above what it
+        measures, and then the knapsack cuts far more than the target asks (at worst the smallest network,
+        when the target looks infeasible). See :func:`lift_plan`: the plan kept is the one measured closest
+        to ``target_ms`` from below; its ``lifts`` list every try.
+        """
+
+        def attempt(planned_ms: float) -> tuple[dict[str, Any], float]:
+            decision = self.decide(model, example, planned_ms, scale, on_timed, overhead)
+            if not decision["removals"]:
+                return decision, self.measure(model, example, dense_ms)["measured_ms"]
+            trial = copy.deepcopy(model)
+            remove_out_channels(trial, example, decision["removals"])
+            return decision, self.measure(trial, example, dense_ms)["measured_ms"]
+
+        return lift_plan(attempt, target_ms, tolerance, tries)
 
     def measure(self, model: nn.Module, example: Tensor, dense_ms: float, calls_factor: int = 1) -> dict[str, float]:
         """``model`` timed side by side with the dense copy (see :meth:`LatencyMeter.side_by_side`)."""
         return self.meter.side_by_side(model, self.reference, example, dense_ms, calls_factor)
+
+
+def lift_plan(attempt: Attempt, target_ms: float, tolerance: float, tries: int = LIFT_TRIES) -> dict[str, Any]:
+    """The plan measured closest to ``target_ms`` from below, raising the planned target while far under it.
+
+    ``attempt(planned_ms)`` plans for ``planned_ms`` (on a copy) and returns ``(decision, measured_ms)``;
+    a decision holds its ``predicted_ms`` and may hold ``current_ms``, the prediction of the network as
+    it is (no plan can be slower). A plan measured below ``target_ms x (1 - tolerance)`` is re-planned for
+    a higher target, up to ``tries`` times. The search runs on the predicted axis (every target between a
+    plan's prediction and the one asked gives that plan, and an infeasible target gives the smallest
+    network, predicted above it): proportionally (``predicted x aim / measured``, ``aim`` the middle of
+    the band, at most ``current_ms``) until a try lands over ``target_ms``, then by bisection between the
+    highest try under and the lowest over (a ResNet-14 whose table priced its smallest network at 0.67 of
+    its current one measured it at 0.28, and plans up to 0.9 at 0.95 or more: a secant stalls there).
+    The decision returned gets ``lifts``: every try's ``planned_ms``, ``predicted_ms`` and ``measured_ms``.
+
+    Example::
+
+        >>> plan = lift_plan(lambda t: ({"removals": {"g": [0]}, "predicted_ms": t}, 0.5 * t), 2.0, 0.1)
+        >>> round(plan["lifts"][-1]["measured_ms"], 3), len(plan["lifts"])
+        (1.9, 2)
+    """
+    floor, aim = target_ms * (1.0 - tolerance), target_ms * (1.0 - tolerance / 2)
+    lifts: list[dict[str, float]] = []
+    best: tuple[dict[str, Any], float] | None = None
+    low: tuple[float, float] | None = None  # (predicted, measured) of the highest try under target
+    high: tuple[float, float] | None = None  # ... of the lowest try over it
+    planned = target_ms
+    for _ in range(tries + 1):
+        decision, measured = attempt(planned)
+        predicted = decision["predicted_ms"]
+        lifts.append({"planned_ms": planned, "predicted_ms": predicted, "measured_ms": measured})
+        if measured <= target_ms:
+            if best is None or measured > best[1]:
+                best, low = (decision, measured), (predicted, measured)
+            if measured >= floor or not decision["removals"]:
+                break
+        elif high is None or predicted < high[0]:
+            high = (predicted, measured)
+        if low is None:  # over target at the first try: the step's own corrections handle that
+            return {**decision, "lifts": lifts}
+        if high is None:
+            ceiling = decision.get("current_ms", float("inf"))
+            planned = min(low[0] * aim / max(low[1], 1e-12), ceiling)
+        else:  # bisect: measured latency is far from linear in the prediction near the smallest network
+            planned = (low[0] + high[0]) / 2
+    assert best is not None
+    return {**best[0], "lifts": lifts}
 
 
 class _NoProgress:
@@ -244,11 +327,11 @@ def step_with_corrections(
         confirmed = confirm is None  # a new network needs its own second opinion
         if not outcome["removed"]:
             break
-    if len(tries) > 1 or "confirmed_ms" in tries[0]:
+    if len(tries) > 1 or "confirmed_ms" in tries[0] or len(tries[0].get("lifts", ())) > 1:
         record["tries"] = tries
     return record
 
 
 def _try(outcome: dict[str, Any]) -> dict[str, Any]:
     """What one plan of a step predicted, measured and removed (the summary keeps every correction's)."""
-    return {key: outcome[key] for key in ("predicted_ms", "measured_ms", "removed") if key in outcome}
+    return {key: outcome[key] for key in ("predicted_ms", "measured_ms", "removed", "lifts") if key in outcome}

@@ -89,7 +89,7 @@ def test_lifting_bisects_when_latency_drops_off_a_cliff_near_the_smallest_networ
         predicted = max(planned, 0.67)
         measured = 0.28 + (predicted - 0.67) / 0.23 * 0.67 if predicted < 0.9 else 0.95 + (predicted - 0.9) / 2
         return {
-            "removals": {"g": [0]} if predicted < 1.0 else {},
+            "removals": {"g": list(range(round(1000 * (1 - predicted))))} if predicted < 1.0 else {},
             "predicted_ms": predicted,
             "current_ms": 1.0,
         }, measured
@@ -98,6 +98,20 @@ def test_lifting_bisects_when_latency_drops_off_a_cliff_near_the_smallest_networ
     assert 0.6 * 0.95 <= max(t["measured_ms"] for t in plan["lifts"] if t["measured_ms"] <= 0.6) <= 0.6
     assert plan["predicted_ms"] > 0.67
     assert lift_plan(attempt, 0.2, 0.05)["lifts"][0]["measured_ms"] > 0.2  # over at once: corrections' job
+
+
+def test_a_plan_measured_twice_is_judged_by_its_higher_figure():
+    """On a loaded host one network measured 1.96 and 4.6 against a 3.94 target: it is not kept as under."""
+    figures = {0.5: iter([0.2]), 0.9: iter([0.3, 0.95])}
+
+    def attempt(planned):
+        predicted = 0.5 if planned < 0.9 else 0.9
+        removals = {"g": [0] * round(10 * (1 - predicted))}
+        return {"removals": removals, "predicted_ms": predicted}, next(figures[predicted])
+
+    plan = lift_plan(attempt, 0.6, tolerance=0.05, tries=2)
+    assert plan["predicted_ms"] == 0.5
+    assert [t["measured_ms"] for t in plan["lifts"]] == [0.2, 0.3, 0.95]
 
 
 def test_a_step_counts_the_channels_of_all_its_corrections():

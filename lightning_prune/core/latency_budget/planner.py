@@ -192,14 +192,14 @@ class BudgetPlanner:
         tolerance: float,
         on_timed: Callable[[], object] | None = None,
         overhead: float = 0.0,
-        tries: int = LIFT_TRIES,
+        tries: int | None = None,
     ) -> dict[str, Any]:
         """:meth:`decide`, each plan built on a copy and timed side by side; one far under target is re-planned up.
 
         The table's model (fixed part + scale x affine layer fits) can price a plan well above what it
         measures, and then the knapsack cuts far more than the target asks (at worst the smallest network,
         when the target looks infeasible). See :func:`lift_plan`: the plan kept is the one measured closest
-        to ``target_ms`` from below; its ``lifts`` list every try.
+        to ``target_ms`` from below; its ``lifts`` list every try (``tries``: at most :data:`LIFT_TRIES`).
         """
 
         def attempt(planned_ms: float) -> tuple[dict[str, Any], float]:
@@ -210,7 +210,7 @@ class BudgetPlanner:
             remove_out_channels(trial, example, decision["removals"])
             return decision, self.measure(trial, example, dense_ms)["measured_ms"]
 
-        return lift_plan(attempt, target_ms, tolerance, tries)
+        return lift_plan(attempt, target_ms, tolerance, LIFT_TRIES if tries is None else tries)
 
     def measure(self, model: nn.Module, example: Tensor, dense_ms: float, calls_factor: int = 1) -> dict[str, float]:
         """``model`` timed side by side with the dense copy (see :meth:`LatencyMeter.side_by_side`)."""

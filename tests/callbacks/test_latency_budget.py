@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prune import LatencyBudgetPruning, load_pruned
 from lightning_prune.callbacks.latency_budget.state import BudgetState
+from lightning_prune.core.latency_budget import planner as planner_module
 from lightning_prune.core.structured import architecture_spec
 from lightning_prune.models import MLP, Classifier
 from tests.helpers import cnn_classifier, resnet_classifier
@@ -246,7 +247,10 @@ def _fit(tmp_path, digits, trainer_kwargs, ckpt_path=None):
     return pruning, model, trainer
 
 
-def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwargs, tmp_path):
+def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwargs, tmp_path, monkeypatch):
+    # A plan lifted after a live measurement differs from run to run on a shared host: without lifts the
+    # plans follow the table and the checkpointed scale alone, so the two runs must agree exactly.
+    monkeypatch.setattr(planner_module, "LIFT_TRIES", 0)
     full, full_model, full_trainer = _fit(tmp_path, digits, trainer_kwargs)
     ckpt = tmp_path / "ckpt" / "epoch=1.ckpt"  # saved after the first shrink, before the second
     saved = torch.load(ckpt, weights_only=True)

@@ -257,6 +257,8 @@ class LatencyBudgetPruning(StepwisePruning):
         """Plan on rank 0, apply everywhere, measure, and rescale the table's prediction to the measurement."""
         planner = self._rank_zero(trainer, pl_module)
         decision = broadcast(trainer, planner and self._decide(planner, pl_module, example, target_ms))
+        lifts = decision.pop("lifts", [])
+        decision.pop("current_ms", None)
         if decision["removals"]:
             remove_out_channels(pl_module, example, decision["removals"])
             rebuild_after_shrink(trainer)
@@ -272,6 +274,7 @@ class LatencyBudgetPruning(StepwisePruning):
             "removed": sum(len(idxs) for idxs in decision["removals"].values()),
             "feasible": decision["feasible"],
             "recalibrated": recalibrated,
+            **({"lifts": lifts} if len(lifts) > 1 else {}),
         }
 
     def _remeasure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, before: float) -> float:
@@ -285,10 +288,15 @@ class LatencyBudgetPruning(StepwisePruning):
     def _decide(
         self, planner: BudgetPlanner, pl_module: pl.LightningModule, example: Tensor, target_ms: float
     ) -> dict[str, Any]:
-        """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan."""
+        """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan.
+
+        Each plan is built on a copy and measured first; one far under ``target_ms`` (by more than the
+        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.planner.lift_plan`).
+        """
         with progress("latency table + knapsack") as advance:
             budget = self._budget
-            return planner.decide(pl_module, example, target_ms, budget.scale, advance, budget.overhead)
+            rules = (budget.scale, budget.dense_ms, self.tolerance, advance, budget.overhead)
+            return planner.decide_measured(pl_module, example, target_ms, *rules)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         log_state(self, pl_module)

@@ -26,6 +26,10 @@ from lightning_prune.core.structured import remove_out_channels
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], Any]  # (description, total) -> a context manager yielding advance()
 
+# Re-plans (each built on a copy and measured) a step may take to lift a plan measured far under its target.
+LIFT_TRIES = 5
+Attempt = Callable[[float], tuple[dict[str, Any], float]]  # planned_ms -> (decision, measured_ms)
+
 
 def simd_channels(device: torch.device) -> int:
     """The channel multiple the device's kernels are blocked by (the default ``round_to``).
@@ -175,11 +179,92 @@ class BudgetPlanner:
             "removals": {g: idxs for g, idxs in removals.items() if idxs},
             "predicted_ms": plan.predicted_ms + overhead,
             "feasible": plan.feasible,
+            "current_ms": predict_ms(network, self.table, {}, scale) + overhead,
         }
+
+    def decide_measured(
+        self,
+        model: nn.Module,
+        example: Tensor,
+        target_ms: float,
+        scale: float,
+        dense_ms: float,
+        tolerance: float,
+        on_timed: Callable[[], object] | None = None,
+        overhead: float = 0.0,
+        tries: int | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`decide`, each plan built on a copy and timed side by side; one far under target is re-planned up.
+
+        The table's model (fixed part + scale x affine layer fits) can price a plan well above what it
+        measures, and then the knapsack cuts far more than the target asks (at worst the smallest network,
+        when the target looks infeasible). See :func:`lift_plan`: the plan kept is the one measured closest
+        to ``target_ms`` from below; its ``lifts`` list every try (``tries``: at most :data:`LIFT_TRIES`).
+        """
+
+        def attempt(planned_ms: float) -> tuple[dict[str, Any], float]:
+            decision = self.decide(model, example, planned_ms, scale, on_timed, overhead)
+            if not decision["removals"]:
+                return decision, self.measure(model, example, dense_ms)["measured_ms"]
+            trial = copy.deepcopy(model)
+            remove_out_channels(trial, example, decision["removals"])
+            return decision, self.measure(trial, example, dense_ms)["measured_ms"]
+
+        return lift_plan(attempt, target_ms, tolerance, LIFT_TRIES if tries is None else tries)
 
     def measure(self, model: nn.Module, example: Tensor, dense_ms: float, calls_factor: int = 1) -> dict[str, float]:
         """``model`` timed side by side with the dense copy (see :meth:`LatencyMeter.side_by_side`)."""
         return self.meter.side_by_side(model, self.reference, example, dense_ms, calls_factor)
+
+
+def lift_plan(attempt: Attempt, target_ms: float, tolerance: float, tries: int = LIFT_TRIES) -> dict[str, Any]:
+    """The plan measured closest to ``target_ms`` from below, raising the planned target while far under it.
+
+    ``attempt(planned_ms)`` plans for ``planned_ms`` (on a copy) and returns ``(decision, measured_ms)``;
+    a decision holds its ``predicted_ms`` and may hold ``current_ms``, the prediction of the network as
+    it is (no plan can be slower). A plan measured below ``target_ms x (1 - tolerance)`` is re-planned for
+    a higher target, up to ``tries`` times. The search runs on the predicted axis (every target between a
+    plan's prediction and the one asked gives that plan, and an infeasible target gives the smallest
+    network, predicted above it): proportionally (``predicted x aim / measured``, ``aim`` the middle of
+    the band, at most ``current_ms``) until a try lands over ``target_ms``, then by bisection between the
+    highest-priced plan under and the lowest-priced over (a ResNet-14 whose table priced its smallest
+    network at 0.67 of its current one measured it at 0.28, and plans up to 0.9 at 0.95 or more: a secant
+    stalls there). On a loaded host one plan can measure 2x apart: a plan met again is judged by its
+    highest figure, and of the plans under ``target_ms`` the one priced highest is kept. The decision
+    returned gets ``lifts``: every try's ``planned_ms``, ``predicted_ms`` and ``measured_ms``.
+
+    Example::
+
+        >>> plan = lift_plan(lambda t: ({"removals": {"g": [0] * round(10 / t)}, "predicted_ms": t}, 0.5 * t), 2.0, 0.1)
+        >>> round(plan["lifts"][-1]["measured_ms"], 3), len(plan["lifts"])
+        (1.9, 2)
+    """
+    floor, aim = target_ms * (1.0 - tolerance), target_ms * (1.0 - tolerance / 2)
+    lifts: list[dict[str, float]] = []
+    plans: dict[tuple, tuple[dict[str, Any], list[float]]] = {}  # a plan met again keeps all its figures
+    planned = target_ms
+    for _ in range(tries + 1):
+        decision, measured = attempt(planned)
+        predicted = decision["predicted_ms"]
+        lifts.append({"planned_ms": planned, "predicted_ms": predicted, "measured_ms": measured})
+        plans.setdefault(_plan_key(decision), (decision, []))[1].append(measured)
+        # a plan is judged by its highest figure; among those under target the one priced highest is kept
+        under = [(d["predicted_ms"], max(m), d) for d, m in plans.values() if max(m) <= target_ms]
+        if not under:  # over target at the first try: the step's own corrections handle that
+            return {**decision, "lifts": lifts}
+        low = max(under, key=lambda item: (item[0], item[1]))
+        if low[1] >= floor or not low[2]["removals"]:
+            break
+        over = [d["predicted_ms"] for d, m in plans.values() if max(m) > target_ms and d["predicted_ms"] > low[0]]
+        if over:  # bisect: measured latency is far from linear in the prediction near the smallest network
+            planned = (low[0] + min(over)) / 2
+        else:
+            planned = min(low[0] * aim / max(low[1], 1e-12), decision.get("current_ms", float("inf")))
+    return {**low[2], "lifts": lifts}
+
+
+def _plan_key(decision: dict[str, Any]) -> tuple:
+    return tuple(sorted((g, len(idxs)) for g, idxs in decision["removals"].items()))
 
 
 class _NoProgress:
@@ -244,11 +329,11 @@ def step_with_corrections(
         confirmed = confirm is None  # a new network needs its own second opinion
         if not outcome["removed"]:
             break
-    if len(tries) > 1 or "confirmed_ms" in tries[0]:
+    if len(tries) > 1 or "confirmed_ms" in tries[0] or len(tries[0].get("lifts", ())) > 1:
         record["tries"] = tries
     return record
 
 
 def _try(outcome: dict[str, Any]) -> dict[str, Any]:
     """What one plan of a step predicted, measured and removed (the summary keeps every correction's)."""
-    return {key: outcome[key] for key in ("predicted_ms", "measured_ms", "removed") if key in outcome}
+    return {key: outcome[key] for key in ("predicted_ms", "measured_ms", "removed", "lifts") if key in outcome}

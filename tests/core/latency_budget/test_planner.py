@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy
-from lightning_prune.core.latency_budget.planner import BudgetPlanner, step_with_corrections
+from lightning_prune.core.latency_budget.planner import BudgetPlanner, lift_plan, step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.structured import architecture_spec
 from lightning_prune.core.timing import TimingSettings
@@ -51,6 +51,67 @@ def test_decide_plans_removals_without_touching_the_model(tmp_path):
     assert architecture_spec(model) == before
     assert timed  # the progress callback saw every entry the table timed
     assert planner.table.on_timed is None
+
+
+def test_a_plan_measured_far_under_its_target_is_replanned_upward(tmp_path, monkeypatch):
+    """The over-cut: the table prices plans well above what they measure, so the knapsack cuts far too deep.
+
+    Here every network measures 0.4 x its table price: the plain plan for 0.15 ms measures ~0.06 ms (the
+    dense one 0.23 ms). The measured decision re-plans on copies until one lands within the tolerance under it.
+    """
+    model = MLP((16,), 4, hidden=(64, 64))
+    before = architecture_spec(model)
+    planner = planner_for(model, tmp_path)
+
+    def measure(net, example, dense_ms, calls_factor=1):
+        weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
+        return {"measured_ms": 0.4 * (3 * 0.01 + weights / 1e4)}
+
+    monkeypatch.setattr(planner, "measure", measure)
+    example, target = torch.zeros(1, 16), 0.15
+    plain = planner.decide(model, example, target_ms=target, scale=1.0)
+    lifted = planner.decide_measured(model, example, target, scale=1.0, dense_ms=1.0, tolerance=0.1)
+    tries = lifted["lifts"]
+    assert tries[0]["measured_ms"] < 0.9 * target  # the plain plan over-cuts ...
+    assert len(tries) > 1  # ... so the target is raised
+    assert tries[-1]["planned_ms"] > target
+    kept = max(t["measured_ms"] for t in tries if t["measured_ms"] <= target)
+    assert 0.9 * target <= kept <= target
+    removed = sum(len(idxs) for idxs in lifted["removals"].values())
+    assert 0 < removed < sum(len(idxs) for idxs in plain["removals"].values())
+    assert architecture_spec(model) == before  # every try was built on a copy
+
+
+def test_lifting_bisects_when_latency_drops_off_a_cliff_near_the_smallest_network():
+    """Prices 0.67..1 measure 0.28 at the bottom and 0.95+ above 0.9 (a ResNet-14 seen in the recipe)."""
+
+    def attempt(planned):
+        predicted = max(planned, 0.67)
+        measured = 0.28 + (predicted - 0.67) / 0.23 * 0.67 if predicted < 0.9 else 0.95 + (predicted - 0.9) / 2
+        return {
+            "removals": {"g": list(range(round(1000 * (1 - predicted))))} if predicted < 1.0 else {},
+            "predicted_ms": predicted,
+            "current_ms": 1.0,
+        }, measured
+
+    plan = lift_plan(attempt, 0.6, tolerance=0.05, tries=6)
+    assert 0.6 * 0.95 <= max(t["measured_ms"] for t in plan["lifts"] if t["measured_ms"] <= 0.6) <= 0.6
+    assert plan["predicted_ms"] > 0.67
+    assert lift_plan(attempt, 0.2, 0.05)["lifts"][0]["measured_ms"] > 0.2  # over at once: corrections' job
+
+
+def test_a_plan_measured_twice_is_judged_by_its_higher_figure():
+    """On a loaded host one network measured 1.96 and 4.6 against a 3.94 target: it is not kept as under."""
+    figures = {0.5: iter([0.2]), 0.9: iter([0.3, 0.95])}
+
+    def attempt(planned):
+        predicted = 0.5 if planned < 0.9 else 0.9
+        removals = {"g": [0] * round(10 * (1 - predicted))}
+        return {"removals": removals, "predicted_ms": predicted}, next(figures[predicted])
+
+    plan = lift_plan(attempt, 0.6, tolerance=0.05, tries=2)
+    assert plan["predicted_ms"] == 0.5
+    assert [t["measured_ms"] for t in plan["lifts"]] == [0.2, 0.3, 0.95]
 
 
 def test_a_step_counts_the_channels_of_all_its_corrections():

@@ -8,7 +8,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prune import LatencyBudgetPruning, load_pruned
 from lightning_prune.callbacks.latency_budget.state import BudgetState
-from lightning_prune.core.latency_budget import planner as planner_module
 from lightning_prune.core.structured import architecture_spec
 from lightning_prune.models import MLP, Classifier
 from tests.helpers import cnn_classifier, resnet_classifier
@@ -247,11 +246,11 @@ def _fit(tmp_path, digits, trainer_kwargs, ckpt_path=None):
     return pruning, model, trainer
 
 
-def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwargs, tmp_path, monkeypatch):
-    # A plan lifted after a live measurement differs from run to run on a shared host: without lifts the
-    # plans follow the table and the checkpointed scale alone, so the two runs must agree exactly.
-    monkeypatch.setattr(planner_module, "LIFT_TRIES", 0)
-    full, full_model, full_trainer = _fit(tmp_path, digits, trainer_kwargs)
+def test_resume_after_a_shrink_continues_from_the_checkpointed_step(digits, trainer_kwargs, tmp_path):
+    # Each step's plan is measured on a copy and re-planned from live side-by-side timings, so the steps after a
+    # resume are not bit-identical to an uninterrupted run's (they were before plans followed measurements):
+    # what a resume must keep is the checkpointed architecture, history and schedule.
+    full, _, _ = _fit(tmp_path, digits, trainer_kwargs)
     ckpt = tmp_path / "ckpt" / "epoch=1.ckpt"  # saved after the first shrink, before the second
     saved = torch.load(ckpt, weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("LatencyBudgetPruning"))
@@ -262,11 +261,20 @@ def test_resume_after_a_shrink_equals_the_uninterrupted_run(digits, trainer_kwar
         3,
         3,
     )
-    resumed, resumed_model, resumed_trainer = _fit(tmp_path, digits, trainer_kwargs, ckpt_path=ckpt)
-    assert architecture_spec(resumed_model) == architecture_spec(full_model)
-    torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
-    assert resumed_trainer.callback_metrics["val/acc"] == full_trainer.callback_metrics["val/acc"]
-    assert [r["removed"] for r in resumed.pruning_state.history] == [r["removed"] for r in full.pruning_state.history]
+    resumed, resumed_model, _ = _fit(tmp_path, digits, trainer_kwargs, ckpt_path=ckpt)
+    assert resumed.pruning_state.step == full.pruning_state.step == 2
+    first_full, first_resumed = full.pruning_state.history[0], resumed.pruning_state.history[0]
+    assert first_resumed["removed"] == first_full["removed"]  # step 1 is the checkpoint's, not redone
+    assert sum(p.numel() for p in resumed_model.parameters()) < saved_parameters(saved)
+
+
+def saved_parameters(saved: dict) -> int:
+    """Parameters in a checkpoint's state dict (buffers such as BatchNorm statistics left out)."""
+    return sum(
+        v.numel()
+        for k, v in saved["state_dict"].items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
 
 
 def test_a_step_counts_the_channels_of_all_its_corrections(monkeypatch):

@@ -108,11 +108,6 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
     ("depthwise_cnn", "soup"): XFail("ends 6.7 pt below plain training (0.885 vs 0.952)", "-7 pt"),
     ("tv_mobilenet_v3", "soup"): XFail("ends 34 pt below plain training (0.32 vs 0.66)", "-34 pt"),
     # -- DenseUnitPruning
-    ("timm_vit", "dense_unit"): XFail(
-        "DenseUnitPruning removes 34 % of the parameters (the blocks' MLP units) and ends 8.9 pt below plain "
-        "training (0.71 vs 0.80)",
-        "-9 pt",
-    ),
     ("tv_mobilenet_v3", "dense_unit"): XFail(
         "DenseUnitPruning prunes the classifier's 1024-unit Linear stack (31 % of the parameters) and ends 19 pt "
         "below plain training (0.47 vs 0.66)",

@@ -153,6 +153,12 @@ def headline() -> dict[str, str]:
         f"at {row['sparsity']:.0%} sparsity on MNIST: ISP {_pct(isp['test_acc'])} vs IMP-rewind "
         f"{_pct(imp['test_acc'])} ({row['claims']['isp_minus_imp_pt']:+.2f} pt) with {steps:.2f}x its optimizer steps"
     )
+    transfer = load_result(TRANSFER["transfer_mnist"])["results"][-1]
+    c = transfer["claims"]
+    measured += (
+        f"; transfer (digits 0-4 -> 5-9) at {transfer['sparsity']:.0%}: ISP {c['isp_minus_imp_pt']:+.2f} pt vs "
+        f"IMP-rewind at {c['isp_wall_over_imp']:.2f}x its wall time, soup {c['soup_minus_n0_pt']:+.2f} pt vs N = 0"
+    )
     return {
         "method": "Instant Soup Pruning",
         "claim": "lottery-ticket accuracy (IMP-rewind) in one pass at a fraction of IMP's cost",

@@ -44,7 +44,7 @@ def test_no_denoising_ablation_is_isp_with_n_zero() -> None:
 @pytest.mark.slow
 def test_transfer_setting_pretrains_on_some_digits_and_prunes_on_the_others(tmp_path: Path) -> None:
     out = tmp_path / "transfer.json"
-    assert dispatch(["instant_soup", "setting=transfer_mnist", "scale=quick", f"out={out}"]) == 0
+    assert dispatch(["instant_soup", "setting=transfer_mnist", "scale=quick", "budget_epochs=3", f"out={out}"]) == 0
     result = json.loads(out.read_text())
     assert result["setting"] == "transfer-mnist"
     assert result["model"].endswith("-> 5")  # five classes on each side of the transfer

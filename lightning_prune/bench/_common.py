@@ -24,9 +24,16 @@ DEFAULT_MNIST = Path("../shared/data/mnist")
 
 
 def default_data(
-    data_dir: str | None, seed: int, batch_size: int = 128, digits: bool = False
+    data_dir: str | None,
+    seed: int,
+    batch_size: int = 128,
+    digits: bool = False,
+    train_fraction: float = 1.0,
+    classes: list[int] | None = None,
 ) -> tuple[ArrayDataModule, str]:
     """MNIST from ``data_dir`` (or ../shared/data/mnist when present), else digits; returns (module, name).
+
+    ``train_fraction`` applies to MNIST only (digits is small already); ``classes`` to both.
 
     Raises:
         FileNotFoundError: when ``data_dir`` is given but holds no MNIST files.
@@ -36,10 +43,12 @@ def default_data(
     if data_dir and not has_mnist:
         raise FileNotFoundError(f"--data-dir {data_dir!r} holds no MNIST IDX files ({list(FILES.values())})")
     if has_mnist and not digits:
-        datamodule: ArrayDataModule = MNISTDataModule(str(directory), batch_size=batch_size, seed=seed)
+        datamodule: ArrayDataModule = MNISTDataModule(
+            str(directory), batch_size=batch_size, seed=seed, train_fraction=train_fraction, classes=classes
+        )
         name = "mnist"
     else:
-        datamodule, name = DigitsDataModule(batch_size=batch_size, seed=seed), "digits"
+        datamodule, name = DigitsDataModule(batch_size=batch_size, seed=seed, classes=classes), "digits"
     datamodule.setup()
     return datamodule, name
 

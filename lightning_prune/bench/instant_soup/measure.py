@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 from lightning_prune import InstantSoupPruning, IterativePruning
 from lightning_prune.bench._common import Stopwatch, default_data, environment, print_table, quiet, trainer
 from lightning_prune.bench.instant_soup.models import describe, network
-from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.data.arrays import ArrayDataModule
 from lightning_prune.models import Classifier
 
@@ -103,20 +102,9 @@ def _data(cfg: DictConfig, seed: int, classes: Any = None) -> tuple[ArrayDataMod
 
     ``classes`` keeps those labels only, renumbered from 0 (one task of a transfer setting).
     """
-    datamodule, name = default_data(cfg.data_dir, seed, batch_size=cfg.batch_size, digits=cfg.get("digits", False))
     classes = list(classes) if classes is not None else None
-    if name == "mnist":
-        datamodule = MNISTDataModule(
-            str(datamodule.data_dir),
-            batch_size=cfg.batch_size,
-            seed=seed,
-            train_fraction=cfg.train_fraction,
-            classes=classes,
-        )
-    elif classes is not None:
-        datamodule = DigitsDataModule(batch_size=cfg.batch_size, seed=seed, classes=classes)
-    datamodule.setup()
-    return datamodule, name
+    digits = cfg.get("digits", False)
+    return default_data(cfg.data_dir, seed, cfg.batch_size, digits, cfg.train_fraction, classes)
 
 
 def _model(datamodule: ArrayDataModule, cfg: DictConfig) -> Classifier:

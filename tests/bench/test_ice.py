@@ -101,3 +101,45 @@ def test_a_run_stopped_during_the_ablations_keeps_its_comparison(tmp_path: Path,
     assert result["provenance"]["complete"] is False
     assert result["ablations"] == {}
     assert result["speedup"] == result["baseline"]["wall_s"] / result["ice"]["wall_s"]
+
+
+def test_the_depth_axis_compares_at_every_depth_and_the_deepest_on_each_seed(tmp_path: Path) -> None:
+    result = _run(tmp_path, "axis=depth", "depths=[1,2]", "deepest_seeds=[0,1]")
+    assert result["provenance"]["complete"] is True
+    assert [(run["blocks"], run["seed"]) for run in result["runs"]] == [(2, 0), (4, 0), (4, 1)]  # two stages
+    rows = {row["blocks"]: row for row in result["depths"]}
+    assert set(rows) == {2, 4}
+    assert (rows[2]["seeds"], rows[4]["seeds"]) == ([0], [0, 1])
+    deepest = [run for run in result["runs"] if run["blocks"] == 4]
+    assert rows[4]["speedup"] == pytest.approx(sum(run["speedup"] for run in deepest) / 2)
+    assert rows[4]["acc_delta_pt"] == pytest.approx(sum(run["acc_delta_pt"] for run in deepest) / 2)
+    for run in result["runs"]:
+        assert run["speedup"] == run["baseline_s"] / run["ice_s"]  # the search is inside ICE's time
+        assert 0 < run["search_share"] < 1
+    assert result["workload"]["distill"] is True  # the paper's fine-tune loss, in both arms
+
+
+def test_distillation_runs_in_both_arms_when_asked(tmp_path: Path) -> None:
+    cfg = compose_benchmark("ice", ["scale=quick", "workload.distill=true"])
+    work = arms.Workload(**OmegaConf.to_container(cfg.workload))
+    datamodule, _ = default_data(None, 0, batch_size=128, digits=True)
+    state = arms.pretrain(datamodule, work, 0, tmp_path)
+    baseline = arms.run_arm(state, datamodule, work, [], 0, tmp_path)
+    ice = arms.run_arm(state, datamodule, work, arms.make_parts({}, tuple(arms.PARTS), 2), 0, tmp_path)
+    assert baseline["distill_kd"] > 0
+    assert ice["distill_kd"] > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("depths=[]", "depths must be a non-empty list"),
+        ("depths=[0,2]", "each an int >= 1, got \\[0, 2\\]"),
+        ("deepest_seeds=[1,1]", "deepest_seeds must be a non-empty list of distinct seeds"),
+    ],
+)
+def test_the_depth_axis_refuses_bad_lists_before_training(tmp_path: Path, override: str, match: str) -> None:
+    extra = [] if override.startswith("depths") else ["depths=[1]"]
+    with pytest.raises(ValueError, match=match):
+        dispatch(["ice", "scale=quick", f"out={tmp_path / 'ice.json'}", override, *extra])
+    assert not (tmp_path / "ice.json").exists()

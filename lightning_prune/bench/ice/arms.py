@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lightning_prune.bench._common import Stopwatch, trainer
-from lightning_prune.callbacks import AccuracyGate, BlockPruning, LayerFreezing, PruningAwareLR
+from lightning_prune.callbacks import AccuracyGate, BlockPruning, Distillation, LayerFreezing, PruningAwareLR
 from lightning_prune.callbacks.ice.tuning import STAGE1_SPACE, bounded_time_objective
 from lightning_prune.data.arrays import ArrayDataModule
 from lightning_prune.models import Classifier, ResNet
@@ -38,6 +38,7 @@ class Workload:
     search_val_batches: int
     trials: int
     max_drop_pt: float
+    distill: bool = False
 
 
 def build_model(datamodule: ArrayDataModule, work: Workload, lr: float, scheduler: str = "none") -> Classifier:
@@ -96,6 +97,9 @@ def run_arm(
 ) -> dict[str, Any]:
     """Prune the pre-trained model block by block with ``parts`` around the pruner; time the fit.
 
+    With ``work.distill`` every fine-tune also distils the unpruned model (:class:`Distillation`, T=2), in the
+    baseline as in ICE, as the paper's code does.
+
     The test accuracy is measured for the compared arms; stage-1 trials (``test=False``) are scored on
     the whole validation split instead, after the timed fit.
     """
@@ -103,7 +107,8 @@ def run_arm(
     model = build_model(datamodule, work, lr=work.finetune_lr)
     model.load_state_dict(state)
     pruner = BlockPruning(step_ratio=work.step_ratio, finetune_epochs=1, stop_when_done=True, export_dir=str(root))
-    fit = trainer(sum(work.blocks) + 1, [pruner, *parts], root=root, limit_val_batches=0)
+    teacher = [Distillation()] if work.distill else []  # the paper's fine-tune loss, in every arm alike
+    fit = trainer(sum(work.blocks) + 1, [pruner, *parts, *teacher], root=root, limit_val_batches=0)
     with Stopwatch() as watch:
         fit.fit(model, datamodule=datamodule)
     pruning = pruner.pruning_state
@@ -115,6 +120,8 @@ def run_arm(
         "steps": pruning.step,
         "time_s": {k: v for k, v in pruning.time_s.items() if k != "dense"},
     }
+    if "distill/kd" in fit.callback_metrics:  # the KD term of the last fine-tune batch: distillation ran
+        result["distill_kd"] = float(fit.callback_metrics["distill/kd"])
     gate = next((cb for cb in parts if isinstance(cb, AccuracyGate)), None)
     if gate is not None:
         result.update(acc_reference=gate.reference_acc, acc_final=gate.final_acc)

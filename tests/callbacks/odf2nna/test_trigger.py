@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -78,3 +80,22 @@ def test_dense_unit_pruning_checks_epoch_budget(cancer, trainer_kwargs) -> None:
         pl.Trainer(max_epochs=3, callbacks=[DenseUnitPruning(wide_epochs=3)], **trainer_kwargs).fit(
             mlp_classifier(cancer), datamodule=cancer
         )
+
+
+@pytest.mark.parametrize(("values", "warns"), [([2.0, 4.5, 4.5], True), ([2.0, 1.9, 1.9], False)])
+def test_a_rebuild_on_a_net_that_has_not_settled_warns(cancer, trainer_kwargs, values, warns: bool) -> None:
+    """wide_epochs=2 while ``fake`` went from 2.0 to 4.5 (125 % from its best): the scores are noise, and it says so."""
+    pruning = DenseUnitPruning(epsilon=0.3, wide_epochs=2, monitor="fake")
+    trainer = pl.Trainer(max_epochs=3, callbacks=[ScriptedMetric(values), pruning], **trainer_kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(mlp_classifier(cancer), datamodule=cancer)
+    unsettled = [str(w.message) for w in caught if "has not settled" in str(w.message)]
+    if warns:
+        assert len(unsettled) == 1
+        assert "fake was 4.5 at the last validation, 125% away from its best 2 (epoch 0)" in unsettled[0]
+        assert "restoring epoch 0's weights" in unsettled[0]
+        assert "patience=N" in unsettled[0]
+    else:
+        assert unsettled == []
+    assert pruning.rebuilt

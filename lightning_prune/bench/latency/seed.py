@@ -1,0 +1,143 @@
+"""One seed of the matched comparison: dense, ours, each baseline bisected to ours' latency, then timed and tested."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch_pruning as tp
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from lightning_prune import LatencyBudgetPruning
+from lightning_prune.bench._common import default_data, trainer
+from lightning_prune.bench.latency.baselines import OneShotPruning, probe
+from lightning_prune.bench.latency.matching import Match, bisect_ratio
+from lightning_prune.core.latency_budget.measure import correlation
+from lightning_prune.core.latency_budget.network import trace_network
+from lightning_prune.core.latency_budget.plan import predict_ms
+from lightning_prune.core.latency_budget.table import LatencyTable
+from lightning_prune.core.timing import TimingSettings, batch_of, interleaved_latency
+from lightning_prune.models import Classifier, ResNet
+
+
+def one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    threads = cfg.threads if accelerator == "cpu" else None
+    datamodule, dataset = default_data(
+        cfg.data_dir, seed, cfg.train_batch_size, digits=cfg.digits, train_fraction=cfg.train_fraction
+    )
+    shape, classes = tuple(datamodule.input_shape), datamodule.num_classes
+
+    def fit(model: Classifier, epochs: int, callbacks: list[pl.Callback]) -> None:
+        pl.seed_everything(seed, verbose=False)
+        trainer(epochs, callbacks, accelerator=accelerator).fit(model, datamodule=datamodule)
+
+    _progress(f"seed {seed}: {dataset}, {len(datamodule.train_set)} training images; dense pre-training")
+    pl.seed_everything(seed, verbose=False)
+    dense = Classifier(ResNet(shape, classes, blocks=tuple(cfg.blocks), widths=tuple(cfg.widths)), classes, shape)
+    trainer(cfg.pretrain_epochs, accelerator=accelerator).fit(dense, datamodule=datamodule)
+    epochs = cfg.steps * cfg.finetune_epochs + cfg.final_epochs
+    ours = copy.deepcopy(dense)
+    pruning = LatencyBudgetPruning(
+        budget_fraction=cfg.budget_fraction,
+        num_steps=cfg.steps,
+        finetune_epochs=cfg.finetune_epochs,
+        warmup_epochs=0,
+        round_to=cfg.round_to,
+        batch_size=cfg.batch_size,
+        device=device,
+        threads=threads,
+        repeats=cfg.repeats,
+        lut_repeats=cfg.lut_repeats,
+        lut_path=cfg.lut_path,
+        export_dir=cfg.export_dir,
+        **cfg.pruning,
+    )
+    _progress("ours: LatencyBudgetPruning")
+    fit(ours, epochs, [pruning])
+    inputs = batch_of(dense.example_input_array, cfg.batch_size).to(device)
+    timing = TimingSettings(5, cfg.repeats, threads)
+    with torch.random.fork_rng(devices=[]):  # the baselines' Taylor batch: one fixed training batch
+        batch = next(iter(datamodule.train_dataloader()))
+    arms: dict[str, nn.Module] = {"dense": dense, "ours": ours}
+    matches = {}
+    for name in cfg.baselines:
+        match, chosen = match_baseline(cfg, name, dense.to(device), ours.to(device).eval(), batch, inputs, timing)
+        _progress(f"{name}: ratio {match.ratio:.3f} runs at {match.relative:.3f}x ours ({len(match.probes)} probes)")
+        arms[name] = copy.deepcopy(dense)
+        fit(arms[name], epochs, [OneShotPruning(name, match.ratio, cfg.round_to, batch)])
+        same = _spec(arms[name]) == _spec(chosen)  # the trained arm is the architecture the bisection timed
+        matches[name] = {"ratio": match.ratio, "probe_relative": match.relative, "matched": match.matched,
+                         "probes": match.probes, "architecture_of_probe": same}  # fmt: skip
+    fit(dense, epochs, [])  # the dense arm trains as long as the others
+    _progress("final round-robin timing and test")
+    final = interleaved_latency({n: m.to(device).eval() for n, m in arms.items()}, inputs, timing, rounds=cfg.rounds)
+    described = {
+        name: describe(model, final[name].quiet_p50_ms, datamodule, accelerator) for name, model in arms.items()
+    }
+    for name in arms:
+        if name != "dense":
+            speedup = described["dense"]["measured_ms"] / described[name]["measured_ms"]
+            described[name]["speedup_over_mac_cut"] = speedup / (described["dense"]["macs"] / described[name]["macs"])
+    for name, match in matches.items():
+        described[name] |= match
+    state = pruning.state_dict()
+    return {
+        "seed": seed,
+        "dataset": dataset,
+        "dense_ms": state["dense_ms"],
+        "budget_ms": state["budget_ms"],
+        "budget_tolerance": cfg.pruning.tolerance,
+        "tolerance": cfg.match_tolerance,
+        "arms": described,
+        "noise_max_spread": max(latency.spread for latency in final.values()),
+        "lut_r": _table_r(cfg, device, threads, arms, {n: d["measured_ms"] for n, d in described.items()}, inputs),
+    }
+
+
+def match_baseline(
+    cfg: DictConfig, name: str, dense: nn.Module, ours: nn.Module, batch: tuple[Tensor, Tensor], inputs: Tensor,
+    timing: TimingSettings,
+) -> tuple[Match, nn.Module]:  # fmt: skip
+    """Bisect baseline ``name``'s ratio against ours' final model; the match and the probe it chose."""
+    make, tried = probe(dense, name, cfg.round_to, batch), {}
+
+    def relative(ratio: float) -> float:
+        tried[ratio] = make(ratio)
+        timed = interleaved_latency({"ours": ours, "probe": tried[ratio]}, inputs, timing, rounds=cfg.match_rounds)
+        return timed["probe"].quiet_p50_ms / timed["ours"].quiet_p50_ms
+
+    match = bisect_ratio(relative, high=cfg.max_ratio, tolerance=cfg.match_tolerance, max_probes=cfg.max_probes)
+    return match, tried[match.ratio]
+
+
+def describe(model: Classifier, measured_ms: float, datamodule: Any, accelerator: str) -> dict[str, Any]:
+    """An arm's final figures: its round-robin latency, test accuracy on the whole test split, MACs, parameters."""
+    tested = trainer(1, accelerator=accelerator).test(model, datamodule=datamodule, verbose=False)
+    example = model.example_input_array.to(next(model.parameters()).device)
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return {"measured_ms": measured_ms, "test_acc": float(tested[0]["test/acc"]), "macs": int(macs),
+            "params": int(params)}  # fmt: skip
+
+
+def _table_r(
+    cfg: DictConfig, device: str, threads: int | None, arms: dict[str, nn.Module], measured: dict[str, float],
+    inputs: Tensor,
+) -> float | None:  # fmt: skip
+    """How well ours' latency table predicts the final models' measured latencies (Pearson's r)."""
+    table = LatencyTable(torch.device(device), TimingSettings(3, cfg.lut_repeats, threads), cfg.batch_size,
+                         cfg.lut_path)  # fmt: skip
+    predicted = [predict_ms(trace_network(arms[name], inputs[:1]), table, {}) for name in arms]
+    return correlation(predicted, [measured[name] for name in arms])
+
+
+def _spec(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+
+
+def _progress(message: str) -> None:
+    print(f"[bench latency] {message}", file=sys.stderr, flush=True)

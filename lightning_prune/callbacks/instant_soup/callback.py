@@ -20,6 +20,7 @@ from lightning_prune.callbacks.instant_soup.checks import (
     check_trainer,
     default_calibration,
     listed,
+    warn_untrained,
 )
 from lightning_prune.callbacks.instant_soup.ingredients import Kitchen, train_source, val_source
 from lightning_prune.callbacks.instant_soup.report import epoch_metrics, mask_steps, summary, verified_report
@@ -202,6 +203,7 @@ class InstantSoupPruning(PruningCallback):
         check_trainer(trainer)
         self._calibration = self._calibration or self.calibration_steps or default_calibration(trainer)
         self._steps_seen = trainer.global_step
+        warn_untrained(trainer, self)
         if self._masks is not None:
             self._masks.bind(pl_module).apply()
 

@@ -14,15 +14,14 @@ the README's matrix (``python -m lightning_prune.bench.docs`` renders it).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.helpers import warnings_before_first_step
 from tests.zoo import cells, record
 from tests.zoo.expected import (
     EXPECTED,
@@ -78,30 +77,6 @@ def test_cell(cell: tuple[str, str], baseline: Callable[[str], dict[str, Any]], 
         f"validation accuracy {figures['acc']:.3f} is {-figures['acc_delta_pt']} pt below plain training's "
         f"{reference:.3f} (bound {bound} pt)"
     )
-
-
-@contextmanager
-def warnings_before_first_step() -> Iterator[list[str]]:
-    """The messages of the warnings emitted before the first ``step()`` of any torch optimizer inside the block.
-
-    Every warning is recorded (``always``: none hidden by an earlier identical one); a global optimizer pre-hook
-    notes how many there were when the first step began. The list is filled when the block ends.
-    """
-    early: list[str] = []
-    at_first_step: list[int] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-
-        def note(*args: Any) -> None:
-            if not at_first_step:
-                at_first_step.append(len(caught))
-
-        handle = torch.optim.optimizer.register_optimizer_step_pre_hook(note)
-        try:
-            yield early
-        finally:
-            handle.remove()
-            early.extend(str(w.message) for w in caught[: at_first_step[0] if at_first_step else len(caught)])
 
 
 def _assert_refused(zoo: Any, spec: cells.Column, root: Path, expected: Refused, entry: dict[str, Any]) -> None:

@@ -194,8 +194,7 @@ class AnytimeProgressivePruning(PruningCallback):
             continue_schedule(self.pruning_state, trainer, self._epochs_seen, self.epochs_per_megabatch)
         self._epochs_seen = trainer.current_epoch
         self._serve(trainer, max(self.pruning_state.step - 1, 0))
-        if not self._refit:
-            warn_untrained(trainer, self)
+        warn_untrained(trainer, self)
 
     def _serve_whole(self, trainer: pl.Trainer) -> None:
         """Until fit start, serve the whole training set (every megabatch), as the Trainer would without APP.

@@ -61,8 +61,8 @@ def _wider(settings: dict[str, Any], models: dict[str, str]) -> str:
 def _counts(result: dict[str, Any]) -> str:
     outcomes = [cell["outcome"] for cell in result["cells"]]
     bugs = outcomes.count("xfail") + outcomes.count("xpass")
-    told = f"{outcomes.count('refused')} refuse, {outcomes.count('warned')} warn at fit start"
-    return f"{outcomes.count('pass')} work, {told}, {bugs} known bugs"
+    warned = f", {outcomes.count('warned')} warn at fit start" if "warned" in outcomes else ""
+    return f"{outcomes.count('pass')} work, {outcomes.count('refused')} refuse{warned}, {bugs} known bugs"
 
 
 def cells(path: str = RESULT) -> str:

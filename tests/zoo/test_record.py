@@ -74,3 +74,13 @@ def test_a_warning_counts_only_before_the_first_optimizer_step() -> None:
         optimizer.step()
         warnings.warn("after the first step", UserWarning, stacklevel=1)
     assert early == ["at fit start"]
+
+
+def test_the_count_names_warned_cells_only_when_there_are_some() -> None:
+    outcomes = ["pass", "refused", "xfail", "xpass"]
+    assert zoo._counts({"cells": [{"outcome": o} for o in outcomes]}) == "1 work, 1 refuse, 2 known bugs"
+    warned = [*outcomes, "warned"]
+    assert (
+        zoo._counts({"cells": [{"outcome": o} for o in warned]})
+        == "1 work, 1 refuse, 1 warn at fit start, 2 known bugs"
+    )

@@ -90,6 +90,9 @@ class AnytimeProgressivePruning(PruningCallback):
 
     A second ``fit`` of this instance on the same model continues (masks, megabatch, history kept; nothing
     regrows). At fit end the reported sparsity is checked against the weights; the summary has the measured.
+    Lightning's ``trainer.estimated_stepping_batches`` (what a per-step learning rate schedule is sized on) counts
+    the whole training data, as without APP. A first megabatch that prunes at global step 0 of a fit not resumed
+    from a checkpoint is warned of at fit start: SNIP would score untrained weights unless you loaded trained ones.
 
     Raises:
         ValueError: at construction, for arguments out of range, unknown names or an ``export_dir`` that

@@ -135,8 +135,8 @@ def warn_untrained(trainer: pl.Trainer, cb: Any) -> None:
     if cb.num_megabatches > 1:
         risk += (
             f", and the next prune (to {cb.sparsities[1]:.0%}) comes after {cb.epochs_per_megabatch} epochs on "
-            f"megabatch 1 of {cb.num_megabatches} alone ({first} optimizer steps), on a network that has barely "
-            "trained; a short run ends far below plain training"
+            f"megabatch 1 of {cb.num_megabatches} alone ({first} optimizer steps): with few epochs per megabatch "
+            "the run ends far below plain training (the paper gives each megabatch 5 or more)"
         )
     fix = (
         "Train the model first (a plain fit, then this one), give the schedule more of the run (more "

@@ -124,15 +124,15 @@ def warn_untrained(trainer: pl.Trainer, cb: Any) -> None:
 
     APP prunes at every megabatch's start, the first at the fit's first step: from random weights, SNIP scores
     noise there and every later prune follows a few epochs on part of the data, so a short from-scratch run ends
-    far below plain training (2 megabatches x 2 epochs on the zoo's digits: 3 to 45 pt, worst on transformers,
+    far below plain training (2 megabatches x 2 epochs on the zoo's digits: 3 to 53 pt, worst on transformers,
     whose query/key projections a global SNIP ranking empties early in training).
     """
     if cb.pruning_state.step > 0 or cb.sparsities[0] == 0:
         return
-    first = cb.epochs_per_megabatch * megabatch_steps(trainer, cb._data, 0, cb.replay, cb.replay_fraction)
     due = f"SNIP prunes {cb.sparsities[0]:.0%} of the selected weights at the first megabatch, before any training step"
     risk = "SNIP scores random weights"
     if cb.num_megabatches > 1:
+        first = cb.epochs_per_megabatch * megabatch_steps(trainer, cb._data, 0, cb.replay, cb.replay_fraction)
         risk += (
             f", and the next prune (to {cb.sparsities[1]:.0%}) comes after {cb.epochs_per_megabatch} epochs on "
             f"megabatch 1 of {cb.num_megabatches} alone ({first} optimizer steps): with few epochs per megabatch "

@@ -3,7 +3,7 @@
 ``ZOO_RECORD=1 python -m pytest tests/zoo -m zoo`` runs every cell of ``tests/zoo/`` and writes
 ``docs/zoo/matrix.json``; ``python -m lightning_prune.bench.docs`` renders it: ``TABLES["matrix"]`` is the
 README's one-row-per-model table, ``TABLES["cells"]`` the full list in docs/zoo.md (each refusal's message, each
-known bug, each figure). Nothing here runs a model.
+warning's, each known bug, each figure). Nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from lightning_prune.bench.docs import load_result
 
 RESULT = "docs/zoo/matrix.json"
-MARK = {"pass": "✓", "refused": "refuses", "xfail": "✗"}
+MARK = {"pass": "✓", "refused": "refuses", "warned": "⚠", "xfail": "✗"}
 
 
 def _cell_text(cell: dict[str, Any]) -> str:
@@ -23,6 +23,8 @@ def _cell_text(cell: dict[str, Any]) -> str:
         return MARK["refused"]
     if outcome == "xfail":
         return f"{MARK['xfail']} {cell['short']}"
+    if outcome == "warned":  # the user was warned at fit start: what the run then measured
+        return f"{MARK['warned']} {cell['figures']['acc_delta_pt']:+.1f} pt (warned)"
     if outcome == "xpass":  # a timing-dependent known issue that passed in this run
         return f"{MARK['xfail']} {cell['short']} (this run: {cell['figures']['acc_delta_pt']:+.1f} pt)"
     figures, reached = cell["figures"], ""
@@ -59,7 +61,8 @@ def _wider(settings: dict[str, Any], models: dict[str, str]) -> str:
 def _counts(result: dict[str, Any]) -> str:
     outcomes = [cell["outcome"] for cell in result["cells"]]
     bugs = outcomes.count("xfail") + outcomes.count("xpass")
-    return f"{outcomes.count('pass')} work, {outcomes.count('refused')} refuse, {bugs} known bugs"
+    warned = f", {outcomes.count('warned')} warn at fit start" if "warned" in outcomes else ""
+    return f"{outcomes.count('pass')} work, {outcomes.count('refused')} refuse{warned}, {bugs} known bugs"
 
 
 def cells(path: str = RESULT) -> str:
@@ -91,6 +94,10 @@ def cells(path: str = RESULT) -> str:
 def _detail(cell: dict[str, Any]) -> str:
     if cell["outcome"] == "refused":
         return _escape(cell["message"])
+    if cell["outcome"] == "warned":
+        return _escape(
+            f"{cell['short']}; warned before the first step: {cell['message']} ({_figures(cell['figures'])})"
+        )
     if cell["outcome"] in ("xfail", "xpass"):
         seen = cell.get("error") or _figures(cell.get("figures", {}))
         verdict = "passed this run" if cell["outcome"] == "xpass" else "seen"

@@ -253,19 +253,19 @@ def _tolerance(key: str) -> float:
     return SPARSITY_TOLERANCE if "sparsity" in key else 0.5
 
 
-def warn_untrained_start(trainer: pl.Trainer, requester: str, warmup_epochs: int) -> None:
-    """Before a first step due at global step 0: warn that an untrained net would be pruned by accident.
+def warn_untrained_start(trainer: pl.Trainer, requester: str, due: str, risk: str, fix: str) -> None:
+    """Before a first pruning step due at global step 0: warn that an untrained net would be pruned by accident.
 
+    ``due`` says when the step comes, ``risk`` what pruning untrained weights costs, ``fix`` how to start later.
     The model has not trained in this fit and was not resumed from a checkpoint; it may still hold trained
     weights loaded in memory (the paper pipelines do), so this warns rather than refuses.
     """
-    if trainer.global_step == 0 and trainer.ckpt_path is None:
-        rank_zero_warn(
-            f"{requester}: its first pruning step is due before any training step (warmup_epochs={warmup_epochs}, "
-            "global step 0) and the model was not resumed from a checkpoint. If its weights are untrained, it prunes "
-            "random weights. Set warmup_epochs=N to train N dense epochs first, or load trained weights before "
-            "trainer.fit (then ignore this warning)."
-        )
+    if trainer.global_step != 0 or trainer.ckpt_path is not None:
+        return
+    rank_zero_warn(
+        f"{requester}: {due}, at global step 0, and the model was not resumed from a checkpoint. If its weights are "
+        f"untrained, {risk}. {fix}, or load trained weights before trainer.fit (then ignore this warning)."
+    )
 
 
 def missing_metric(trainer: pl.Trainer, requester: str, argument: str, name: str) -> str | None:
@@ -290,7 +290,9 @@ def check_step_start(trainer: pl.Trainer, me: Any) -> None:
     """
     name, monitor = type(me).__name__, getattr(me, "monitor", None)
     if me.pruning_state.step == 0:
-        warn_untrained_start(trainer, name, me.warmup_epochs)
+        due = f"its first pruning step is due before any training step (warmup_epochs={me.warmup_epochs})"
+        fix = "Set warmup_epochs=N to train N dense epochs first"
+        warn_untrained_start(trainer, name, due, "it prunes random weights", fix)
     problem = monitor and me._validated and not me._monitor_warned and missing_metric(trainer, name, "monitor", monitor)
     if problem:
         me._monitor_warned = True

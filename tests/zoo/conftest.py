@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.zoo import cells, record
-from tests.zoo.expected import ACC_BOUND_PT, ACC_BOUND_PT_BY_MODEL, EXPECTED, Refused, XFail, all_cells
+from tests.zoo.expected import ACC_BOUND_PT, ACC_BOUND_PT_BY_MODEL, EXPECTED, Refused, Warned, XFail, all_cells
 from tests.zoo.models import ZOO
 
 
@@ -38,6 +38,8 @@ def _outcome(item: pytest.Item, report: pytest.TestReport) -> str:
         return "skipped"
     if report.failed:
         return "fail"
+    if isinstance(expected, Warned):
+        return "warned"
     return "refused" if isinstance(expected, Refused) else "pass"
 
 
@@ -55,6 +57,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         entry["kind"] = cells.COLUMNS[entry["callback"]].target
         if isinstance(expected, XFail):
             entry["reason"], entry["short"] = expected.reason, expected.short
+        if isinstance(expected, Warned):
+            entry["short"] = expected.short
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -1,6 +1,8 @@
-"""What each matrix cell is expected to do: work (no entry), refuse at fit start, or fail today (a strict xfail).
+"""What each matrix cell is expected to do: work (no entry), refuse or warn at fit start, or fail today (strict xfail).
 
-``Refused(match)``: the fit raises before any optimizer step and the message contains ``match``. ``XFail(reason)``:
+``Refused(match)``: the fit raises before any optimizer step and the message contains ``match``. ``Warned(match)``:
+a warning containing ``match`` is emitted before the first optimizer step (naming the cause and the fix), the
+target is reached, and the accuracy is recorded but not held to the bound: the user was told. ``XFail(reason)``:
 a bug, said precisely; the cell asserts that it works, so the fix makes it XPASS (a failure under
 ``xfail_strict``) and the entry must go. Everything not listed must work: the target reached (within
 ``SPARSITY_TOLERANCE``, or at least ``MIN_SHRINK`` of the parameters removed, or the latency budget met) and the
@@ -32,6 +34,12 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Warned:
+    match: str  # in a warning emitted before the first optimizer step
+    short: str  # the cause in a few words (docs/zoo.md; the README cell shows the measured figure)
+
+
+@dataclass(frozen=True)
 class XFail:
     reason: str  # what goes wrong, precisely (pytest shows it; docs/zoo.md lists it)
     short: str  # the README cell: "crash", "prunes nothing", "-21 pt", ...
@@ -51,11 +59,14 @@ LLAMA_TRACE = (
 )
 
 
-def _app(seen: str, short: str) -> XFail:
-    return XFail(f"AnytimeProgressivePruning (2 megabatches x 2 epochs, sparsity 0.5) ends {seen}", short)
+# Warned before any step (the user is told the cause and the fix; the accuracy is recorded, not bounded)
+APP_UNTRAINED = "SNIP prunes 20% of the selected weights at the first megabatch, before any training step"
+SOUP_UNTRAINED = "(warmup_steps=0, calibration_steps=2), at global step 0"
+APP_WARNED = Warned(APP_UNTRAINED, "SNIP prunes the untrained net, then again after 2 epochs on half the data")
+SOUP_WARNED = Warned(SOUP_UNTRAINED, "magnitude rounds at optimizer steps 2 and 6 of an untrained net")
 
 
-EXPECTED: dict[tuple[str, str], Refused | XFail] = {
+EXPECTED: dict[tuple[str, str], Refused | Warned | XFail] = {
     # -- clean refusals at fit start
     ("depthwise_cnn", "dense_unit"): Refused(NO_HIDDEN),
     ("resnet", "dense_unit"): Refused(NO_HIDDEN),
@@ -95,18 +106,16 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
     ("tv_mobilenet_v3", "ice"): XFail(
         "ends 21 pt below plain training (0.46 vs 0.66) where IterativePruning alone ends 12 pt below", "-21 pt"
     ),
-    # -- AnytimeProgressivePruning
-    ("depthwise_cnn", "app"): _app("15.6 pt below plain training (0.80 vs 0.95)", "-16 pt"),
-    ("mlp", "app"): _app("11 pt below plain training (0.81 vs 0.92)", "-11 pt"),
-    ("vit", "app"): _app("10 pt below plain training (0.84 vs 0.94)", "-10 pt"),
-    ("hf_bert", "app"): _app("at chance level (0.12 vs 0.65 for plain training)", "-53 pt"),
-    ("hf_vit", "app"): _app("34 pt below plain training (0.46 vs 0.80)", "-34 pt"),
-    ("hf_llama_gqa", "app"): _app("6 pt below plain training (next-token 0.30 vs 0.36)", "-6 pt"),
-    ("timm_vit", "app"): _app("26 pt below plain training (0.54 vs 0.80)", "-26 pt"),
-    ("tv_convnext", "app"): _app("12 pt below plain training (0.76 vs 0.88)", "-12 pt"),
-    # -- InstantSoupPruning (2 ingredients x 5 steps per round)
-    ("depthwise_cnn", "soup"): XFail("ends 6.7 pt below plain training (0.885 vs 0.952)", "-7 pt"),
-    ("tv_mobilenet_v3", "soup"): XFail("ends 34 pt below plain training (0.32 vs 0.66)", "-34 pt"),
+    # -- AnytimeProgressivePruning (2 megabatches x 2 epochs, sparsity 0.5) from scratch
+    ("depthwise_cnn", "app"): APP_WARNED,
+    ("mlp", "app"): APP_WARNED,
+    ("hf_bert", "app"): APP_WARNED,
+    ("hf_vit", "app"): APP_WARNED,
+    ("hf_llama_gqa", "app"): APP_WARNED,
+    ("timm_vit", "app"): APP_WARNED,
+    # -- InstantSoupPruning (2 ingredients x 5 steps per round) from scratch with the pre-trained defaults
+    ("depthwise_cnn", "soup"): SOUP_WARNED,
+    ("tv_mobilenet_v3", "soup"): SOUP_WARNED,
     # -- DenseUnitPruning
     ("tv_mobilenet_v3", "dense_unit"): XFail(
         "DenseUnitPruning prunes the classifier's 1024-unit Linear stack (31 % of the parameters) and ends 19 pt "

@@ -23,6 +23,7 @@ from lightning_prune.callbacks.anytime_progressive.checks import (
     megabatch_data,
     refuse_listeners,
     validate_arguments,
+    warn_untrained,
 )
 from lightning_prune.callbacks.anytime_progressive.continuation import continue_schedule, remaining_epochs
 from lightning_prune.callbacks.anytime_progressive.metrics import record_megabatch
@@ -89,6 +90,9 @@ class AnytimeProgressivePruning(PruningCallback):
 
     A second ``fit`` of this instance on the same model continues (masks, megabatch, history kept; nothing
     regrows). At fit end the reported sparsity is checked against the weights; the summary has the measured.
+    Lightning's ``trainer.estimated_stepping_batches`` (what a per-step learning rate schedule is sized on) counts
+    the whole training data, as without APP. A first megabatch that prunes at global step 0 of a fit not resumed
+    from a checkpoint is warned of at fit start: SNIP would score untrained weights unless you loaded trained ones.
 
     Raises:
         ValueError: at construction, for arguments out of range, unknown names or an ``export_dir`` that
@@ -185,17 +189,32 @@ class AnytimeProgressivePruning(PruningCallback):
         )
         if self._masks is None:  # kept by a later fit; replaced by a checkpoint's when one is loaded
             self._masks = MaskSet.dense(pl_module, self._names)
+        self._serve_whole(trainer)  # after the budget check, which counts the megabatch's own batches
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after a checkpoint's callback state is loaded; setup loaded the data of the megabatch it knew.
+        # Runs after a checkpoint's callback state is loaded; setup left the whole data served (_serve_whole).
         if self._refit and not self._loaded:
             continue_schedule(self.pruning_state, trainer, self._epochs_seen, self.epochs_per_megabatch)
         self._epochs_seen = trainer.current_epoch
         self._serve(trainer, max(self.pruning_state.step - 1, 0))
+        warn_untrained(trainer, self)
+
+    def _serve_whole(self, trainer: pl.Trainer) -> None:
+        """Until fit start, serve the whole training set (every megabatch), as the Trainer would without APP.
+
+        Lightning sizes ``trainer.estimated_stepping_batches`` on the loader loaded when ``configure_optimizers``
+        reads it: sized on the first megabatch's share, a per-step learning rate schedule (linear decay, one-cycle)
+        reaches zero halfway and the later megabatches train at rate 0 (HF BERT from scratch: chance accuracy,
+        53 pt below plain training). :meth:`on_fit_start` serves the current megabatch.
+        """
+        self._data.set_megabatch(self.num_megabatches - 1, "full")
+        if self._own_split:
+            serve_train_loader(trainer, self._data.train_dataloader())
+        reload_train_data(trainer)
 
     def _serve(self, trainer: pl.Trainer, megabatch: int, reload: bool = True) -> None:
         """Train on ``megabatch``'s data from now on (with ``reload``, at once unless it is already served)."""
-        if reload and self._data.megabatch == megabatch:
+        if reload and (self._data.megabatch, self._data.replay) == (megabatch, self.replay):
             return
         self._data.set_megabatch(megabatch, self.replay, self.replay_fraction)
         if self._own_split:  # the fit loop reads fit's own loader: hand it this megabatch's

@@ -20,6 +20,7 @@ from lightning_prune.callbacks.instant_soup.checks import (
     check_trainer,
     default_calibration,
     listed,
+    warn_untrained,
 )
 from lightning_prune.callbacks.instant_soup.ingredients import Kitchen, train_source, val_source
 from lightning_prune.callbacks.instant_soup.report import epoch_metrics, mask_steps, summary, verified_report
@@ -75,7 +76,9 @@ class InstantSoupPruning(PruningCallback):
             ingredients untrained, so the mask is the model's own magnitude mask (the paper's ``N = 0``).
         calibration_steps: ISP: ``t``, the training steps before round 0 (round ``i`` trains ``(i+1) t``);
             ``None``: 10 % of an epoch's optimizer steps, as in the paper.
-        warmup_steps: dense optimizer steps before round 0 (0 when the model arrives pre-trained).
+        warmup_steps: dense optimizer steps before round 0 (0 when the model arrives pre-trained). From scratch,
+            set it (about half the run's steps): with 0 at global step 0 of a fit not resumed from a checkpoint,
+            every round is due within a few steps and a warning says so at fit start.
         combine: how masks superpose: ``"union"``, ``"intersection"`` or ``"vote"`` (strict majority).
         trim_every_round: also adjust every earlier round's superposed mask to its scheduled sparsity (the
             raw union keeps more weights than the schedule says; the last round is always adjusted).
@@ -202,6 +205,7 @@ class InstantSoupPruning(PruningCallback):
         check_trainer(trainer)
         self._calibration = self._calibration or self.calibration_steps or default_calibration(trainer)
         self._steps_seen = trainer.global_step
+        warn_untrained(trainer, self)
         if self._masks is not None:
             self._masks.bind(pl_module).apply()
 

@@ -27,11 +27,12 @@ def resnet_classifier(
 
 
 @contextmanager
-def warnings_before_first_step() -> Iterator[list[str]]:
+def warnings_before_first_step(everything: list[str] | None = None) -> Iterator[list[str]]:
     """The messages of the warnings emitted before the first ``step()`` of any torch optimizer inside the block.
 
     Every warning is recorded (``always``: none hidden by an earlier identical one); a global optimizer pre-hook
-    notes how many there were when the first step began. The list is filled when the block ends.
+    notes how many there were when the first step began. The list is filled when the block ends, and
+    ``everything``, when given, with every message of the block.
     """
     early: list[str] = []
     at_first_step: list[int] = []
@@ -48,3 +49,5 @@ def warnings_before_first_step() -> Iterator[list[str]]:
         finally:
             handle.remove()
             early.extend(str(w.message) for w in caught[: at_first_step[0] if at_first_step else len(caught)])
+            if everything is not None:
+                everything.extend(str(w.message) for w in caught)

@@ -23,7 +23,7 @@ def _cell_text(cell: dict[str, Any]) -> str:
         return MARK["refused"]
     if outcome == "xfail":
         return f"{MARK['xfail']} {cell['short']}"
-    if outcome == "warned":  # the user was warned at fit start: what the run then measured
+    if outcome == "warned":  # the user was warned of the cause before the harm: what the run then measured
         return f"{MARK['warned']} {cell['figures']['acc_delta_pt']:+.1f} pt (warned)"
     if outcome == "xpass":  # a timing-dependent known issue that passed in this run
         return f"{MARK['xfail']} {cell['short']} (this run: {cell['figures']['acc_delta_pt']:+.1f} pt)"
@@ -61,7 +61,7 @@ def _wider(settings: dict[str, Any], models: dict[str, str]) -> str:
 def _counts(result: dict[str, Any]) -> str:
     outcomes = [cell["outcome"] for cell in result["cells"]]
     bugs = outcomes.count("xfail") + outcomes.count("xpass")
-    warned = f", {outcomes.count('warned')} warn at fit start" if "warned" in outcomes else ""
+    warned = f", {outcomes.count('warned')} warn of the cause" if "warned" in outcomes else ""
     return f"{outcomes.count('pass')} work, {outcomes.count('refused')} refuse{warned}, {bugs} known bugs"
 
 
@@ -96,7 +96,8 @@ def _detail(cell: dict[str, Any]) -> str:
         return _escape(cell["message"])
     if cell["outcome"] == "warned":
         return _escape(
-            f"{cell['short']}; warned before the first step: {cell['message']} ({_figures(cell['figures'])})"
+            f"{cell['short']}; warned {cell.get('when', 'before the first step')}: {cell['message']} "
+            f"({_figures(cell['figures'])})"
         )
     if cell["outcome"] in ("xfail", "xpass"):
         seen = cell.get("error") or _figures(cell.get("figures", {}))

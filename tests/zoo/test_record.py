@@ -82,5 +82,5 @@ def test_the_count_names_warned_cells_only_when_there_are_some() -> None:
     warned = [*outcomes, "warned"]
     assert (
         zoo._counts({"cells": [{"outcome": o} for o in warned]})
-        == "1 work, 1 refuse, 1 warn at fit start, 2 known bugs"
+        == "1 work, 1 refuse, 1 warn of the cause, 2 known bugs"
     )

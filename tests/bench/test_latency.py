@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -85,3 +86,19 @@ def test_bad_baselines_are_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"baselines must be a non-empty list from .*got \['random'\]"):
         dispatch(["latency", "scale=quick", "baselines=[random]", f"out={tmp_path / 'x.json'}"])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_baseline_is_never_cut_past_the_ratio_where_torch_pruning_stops_cutting() -> None:
+    """Widths 16/32/64, channels in fours: 0.75 leaves the 16-wide convs 4 channels; beyond, they stay whole."""
+    from lightning_prune.bench.latency.baselines import highest_ratio, prune_once
+    from lightning_prune.models import Classifier, ResNet
+
+    model = Classifier(ResNet((1, 12, 12), 10), 10, (1, 12, 12))
+    assert highest_ratio(model, 4) == 0.75
+    batch = (torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)))
+    for kind in ("uniform", "global_magnitude", "global_taylor"):
+        pruned = copy.deepcopy(model)
+        prune_once(pruned, kind, 0.75, 4, batch)
+        widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert min(widths) >= 4, kind
+        assert sum(widths) < sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), kind

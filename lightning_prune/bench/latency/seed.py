@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_prune import LatencyBudgetPruning
 from lightning_prune.bench._common import default_data, trainer
-from lightning_prune.bench.latency.baselines import OneShotPruning, probe
+from lightning_prune.bench.latency.baselines import OneShotPruning, highest_ratio, probe
 from lightning_prune.bench.latency.matching import Match, bisect_ratio
 from lightning_prune.core.latency_budget.measure import correlation
 from lightning_prune.core.latency_budget.network import trace_network
@@ -111,7 +111,8 @@ def match_baseline(
         timed = interleaved_latency({"ours": ours, "probe": tried[ratio]}, inputs, timing, rounds=cfg.match_rounds)
         return timed["probe"].quiet_p50_ms / timed["ours"].quiet_p50_ms
 
-    match = bisect_ratio(relative, high=cfg.max_ratio, tolerance=cfg.match_tolerance, max_probes=cfg.max_probes)
+    high = min(cfg.max_ratio, highest_ratio(dense, cfg.round_to))  # past it latency rises again
+    match = bisect_ratio(relative, high=high, tolerance=cfg.match_tolerance, max_probes=cfg.max_probes)
     return match, tried[match.ratio]
 
 

@@ -123,7 +123,11 @@ class AccuracyGate(Callback, PruningListener):
         check_int("val_batches", val_batches, low=1, optional=True)
         self.threshold, self.val_batches, self.metric_fn = threshold, val_batches, metric_fn
         self.export_dir = check_output_dir("export_dir", export_dir)
-        flags = (("finetune_last", finetune_last), ("hold_untrained", hold_untrained), ("require_settled", require_settled))
+        flags = (
+            ("finetune_last", finetune_last),
+            ("hold_untrained", hold_untrained),
+            ("require_settled", require_settled),
+        )
         for flag, value in flags:
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be true or false, got {value!r}")
@@ -181,7 +185,12 @@ class AccuracyGate(Callback, PruningListener):
         # The epoch before the first step is due: the accuracy A0 will be compared with (``require_settled``).
         due = getattr(self._pruner, "warmup_epochs", 0)
         epoch = trainer.current_epoch
-        if self.require_settled and self.reference_acc is None and epoch + 1 >= due and not self.hold.measured_at(epoch):
+        if (
+            self.require_settled
+            and self.reference_acc is None
+            and epoch + 1 >= due
+            and not self.hold.measured_at(epoch)
+        ):
             with torch.random.fork_rng(devices=[]):  # creating the loader's iterator draws: keep the run's data order
                 self.hold.note(epoch, self.evaluate(trainer, pl_module, self._pruner.pruning_state))
 
@@ -204,16 +213,17 @@ class AccuracyGate(Callback, PruningListener):
             info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
             if not self.settled:
                 rank_zero_warn(
-                    f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f} is {self.reference_gain_pt:.1f} pt above "
-                    f"the epoch before (threshold={self.threshold} pt): the network is still learning, so a step's drop "
-                    "against A0 says little about what a fine-tune would recover, and every fine-tune will run (as "
-                    f"with the pruner alone). Start pruning once accuracy levels off (a larger warmup_epochs on "
-                    f"{type(self._pruner).__name__}), or pass require_settled=False to gate against this A0 anyway."
+                    f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f} is {self.reference_gain_pt:.1f} pt "
+                    f"above the epoch before (threshold={self.threshold} pt): the network is still learning, so a "
+                    "step's drop against A0 says little about what a fine-tune would recover, and every fine-tune "
+                    "will run (as with the pruner alone). Start pruning once accuracy levels off (a larger "
+                    f"warmup_epochs on {type(self._pruner).__name__}), or pass require_settled=False to gate "
+                    "against this A0 anyway."
                 )
 
     @property
     def settled(self) -> bool:
-        """Whether fine-tunes may be skipped: ``A0`` was not still rising by ``threshold`` an epoch (``require_settled``)."""
+        """Whether fine-tunes may be skipped: ``A0`` was not still rising by ``threshold`` per epoch."""
         gain = self.reference_gain_pt
         return not self.require_settled or gain is None or gain < self.threshold
 

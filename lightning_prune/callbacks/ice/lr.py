@@ -116,8 +116,7 @@ class PruningAwareLR(Callback, PruningListener):
         return self._generate_state_key(base_lr=self.base_lr, delta=self.delta, p=self.p, beta=self.beta)
 
     def lr_at(self, remaining_fraction: float) -> float:
-        """The rate for a network with ``remaining_fraction`` of its weights (``base_lr=None``: a factor on your
-        starting rate, the cap)."""
+        """The rate for a network with ``remaining_fraction`` of its weights (``base_lr=None``: the cap's factor)."""
         return pruning_aware_lr(remaining_fraction, self.base_lr or 1.0, self.delta, self.p, self.beta)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -44,8 +44,8 @@ class AccuracyGate(Callback, PruningListener):
     on the first ``val_batches`` validation batches; if ``A0 - A_b < threshold`` (percentage points)
     the pruner skips the fine-tune and prunes the next block at once, otherwise it fine-tunes.
     Works with any step-wise pruner of the suite (the paper's is :class:`~lightning_prune.BlockPruning`).
-    By default (``require_settled``) it skips only once ``A0`` is a trained net's: one that gained less
-    than ``threshold`` over the epoch before the first step, as the paper's pre-trained nets do.
+    By default (``require_settled``) it skips only once ``A0`` is a settled net's: one that gained less
+    than ``threshold`` since the gate last measured it, as the paper's pre-trained nets do.
 
     Every decision goes into the pruner's ``history`` (``acc_reference``, ``acc_after``, ``drop_pt``,
     ``gate_skip``), into ``summary.json`` (section ``ice_gate``) and into the logged metrics
@@ -71,12 +71,13 @@ class AccuracyGate(Callback, PruningListener):
             ``threshold`` per epoch) or the latest epoch from which the schedule fits ``max_epochs``, with a
             warning (:mod:`~lightning_prune.callbacks.ice.hold`). ``False``: refuse such an ``A0`` instead. With a
             custom ``metric_fn`` (no chance level known) the step is never held.
-        require_settled: skip fine-tunes only if ``A0`` was taken on a net whose accuracy had levelled off: the
-            gate also measures at the start of the epoch before the first step is due, and if ``A0`` is ``threshold``
-            points or more above that, the net is still learning (a from-scratch run with a short warm-up): a
-            step's drop against such an ``A0`` says little about what a fine-tune would recover (the run's own
-            learning hides or outweighs it), so every fine-tune runs, with a warning. ``False``: the paper's gate,
-            trusting ``A0`` whenever it is taken (the ICE recipe sets it, after its dense warm-up).
+        require_settled: skip fine-tunes only once ``A0`` is a settled net's: the gate also measures at the start
+            of the epoch before the first step is due, and while ``A0`` is ``threshold`` points or more above the
+            accuracy it last measured, the net is still learning (a from-scratch run with a short warm-up) and a
+            step's drop against ``A0`` says little about what a fine-tune would recover: every fine-tune runs
+            (with a warning) and ``A0`` is taken again before each step (the accuracy the run has reached) until
+            it gains less than ``threshold``; from then on the gate works as in the paper. ``False``: the paper's
+            gate, ``A0`` taken once whatever it is (the ICE recipe sets it, after its dense warm-up).
         finetune_last: always fine-tune after the last step, whatever its drop, so the model the run
             ends with has been fine-tuned since its last prune (the paper's DenseNet pipeline ends with a
             final fine-tune too). With it a large ``threshold`` costs less accuracy: drops can pile up
@@ -215,15 +216,21 @@ class AccuracyGate(Callback, PruningListener):
                 rank_zero_warn(
                     f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f} is {self.reference_gain_pt:.1f} pt "
                     f"above the epoch before (threshold={self.threshold} pt): the network is still learning, so a "
-                    "step's drop against A0 says little about what a fine-tune would recover, and every fine-tune "
-                    "will run (as with the pruner alone). Start pruning once accuracy levels off (a larger "
-                    f"warmup_epochs on {type(self._pruner).__name__}), or pass require_settled=False to gate "
-                    "against this A0 anyway."
+                    "step's drop against A0 says little about what a fine-tune would recover. Fine-tunes run (as "
+                    "with the pruner alone) and A0 is taken again before each step until it gains less than the "
+                    f"threshold. To gate from the first step, start pruning once accuracy levels off (a larger "
+                    f"warmup_epochs on {type(self._pruner).__name__}), or pass require_settled=False."
                 )
+        elif not self.settled:  # still learning at the last step: the reference is what the run has reached since
+            with torch.random.fork_rng(devices=[]):  # creating the loader's iterator draws: keep the run's data order
+                accuracy = self.evaluate(trainer, pl_module, state)
+            self.reference_gain_pt = 100.0 * (accuracy - self.reference_acc)
+            self.reference_acc = accuracy
+            info(log, f"accuracy gate: A0 taken again, {accuracy:.4f} ({self.reference_gain_pt:+.2f} pt)")
 
     @property
     def settled(self) -> bool:
-        """Whether fine-tunes may be skipped: ``A0`` was not still rising by ``threshold`` per epoch."""
+        """Whether fine-tunes may be skipped: ``A0`` gained less than ``threshold`` since it was last taken."""
         gain = self.reference_gain_pt
         return not self.require_settled or gain is None or gain < self.threshold
 

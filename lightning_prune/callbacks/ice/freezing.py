@@ -154,7 +154,7 @@ class LayerFreezing(Callback, PruningListener):
     def on_finetune_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         if self._pre_l1 is None:
             self._pre_l1, self._probe_step = self._norms(pl_module, 1), state.step
-            if self.max_move is not None:
+            if self.max_move is not None and trainer.is_global_zero:  # rank 0 decides
                 self._pre_weights = {
                     name: self._weight(pl_module, name).to("cpu", copy=True) for name in self.candidates
                 }

@@ -136,7 +136,7 @@ class AccuracyGate(Callback, PruningListener):
         self.hold = FirstStepHold(tolerance_pt=threshold)
         self._metric = resolve_metric(metric_fn)
         self.reference_acc: float | None = None
-        self.reference_gain_pt: float | None = None  # A0 above the accuracy an epoch earlier (None: not measured)
+        self.reference_gain_pt: float | None = None  # A0 above the accuracy measured before it (None: none was)
         self.final_acc: float | None = None
         self._pruner: Any = None
         self.decisions: list[dict[str, Any]] = []

@@ -85,7 +85,7 @@ class LayerFreezing(Callback, PruningListener):
         >>> from lightning_prune.data import DigitsDataModule
         >>> from lightning_prune.models import Classifier, ResNet
         >>> pruning = BlockPruning(step_ratio=0.5, warmup_epochs=1, export_dir=None)
-        >>> freezing = LayerFreezing(fraction=0.5)
+        >>> freezing = LayerFreezing(fraction=0.5, max_move=None)  # the paper's rule: from scratch, every conv moves
         >>> model = Classifier(ResNet((1, 8, 8), 10, blocks=(1, 1), widths=(8, 8)), 10, (1, 8, 8))
         >>> trainer = pl.Trainer(max_epochs=3, callbacks=[pruning, freezing], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir="/tmp/lp-doc")

@@ -60,7 +60,7 @@ def test_hf_blocks_lose_heads_and_units_and_the_export_reloads(make, causal, hea
     module = HFModule(make())
     dense = count_parameters(module)
     pruning = BlockPruning(step_ratio=0.5, warmup_epochs=1, monitor="val_loss", stop_when_done=True)
-    freezing = LayerFreezing(fraction=0.3)
+    freezing = LayerFreezing(fraction=0.3, max_move=None)
     trainer = pl.Trainer(max_epochs=4, callbacks=[pruning, freezing], **trainer_kwargs)
     trainer.fit(module, *token_loaders(causal))
 
@@ -89,7 +89,7 @@ def test_vit_encoder_blocks_lose_mlp_units_and_keep_multihead_attention(digits, 
     torch.manual_seed(0)
     model = Classifier(ViT((1, 8, 8), 10, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64), 10, (1, 8, 8))
     pruning = BlockPruning(step_ratio=0.5, warmup_epochs=2, stop_when_done=True)
-    freezing = LayerFreezing(fraction=0.3)
+    freezing = LayerFreezing(fraction=0.3, max_move=None)
     trainer = pl.Trainer(max_epochs=5, callbacks=[pruning, freezing], **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
     assert [record["block"] for record in pruning.pruning_state.history] == ["net.blocks.0", "net.blocks.1"]
@@ -130,7 +130,7 @@ def test_timm_vit_blocks_lose_fused_heads_and_units(digits, trainer_kwargs, tmp_
     torch.manual_seed(0)
     model = Classifier(tiny_timm_vit(), 10, (1, 8, 8), optimizer="adamw", lr=3e-3)
     pruning = BlockPruning(step_ratio=0.5, block_types=["Block"], warmup_epochs=1, stop_when_done=True)
-    callbacks = [pruning, LayerFreezing(fraction=0.3)]
+    callbacks = [pruning, LayerFreezing(fraction=0.3, max_move=None)]
     trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, limit_train_batches=8, **trainer_kwargs)
     trainer.fit(model, datamodule=digits)
     attn = model.net.blocks[1].attn

@@ -98,16 +98,6 @@ EXPECTED: dict[tuple[str, str], Refused | Warned | XFail] = {
         "(0.72 vs 0.80; plain training spreads 5.5 pt over data orders)",
         "-8 pt",
     ),
-    # -- the ICE trio (IterativePruning as in its column + AccuracyGate(), LayerFreezing(), PruningAwareLR())
-    ("depthwise_cnn", "ice"): XFail(
-        "ends 5.6 pt below plain training (0.896 vs 0.952) where IterativePruning alone ends 3.0 pt below", "-6 pt"
-    ),
-    ("tv_convnext", "ice"): XFail(
-        "ends 5.6 pt below plain training (0.822 vs 0.878) where IterativePruning alone ends 1.5 pt below", "-6 pt"
-    ),
-    ("tv_mobilenet_v3", "ice"): XFail(
-        "ends 21 pt below plain training (0.46 vs 0.66) where IterativePruning alone ends 12 pt below", "-21 pt"
-    ),
     # -- AnytimeProgressivePruning (2 megabatches x 2 epochs, sparsity 0.5) from scratch
     ("depthwise_cnn", "app"): APP_WARNED,
     ("mlp", "app"): APP_WARNED,

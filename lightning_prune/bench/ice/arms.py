@@ -78,9 +78,10 @@ def make_parts(params: dict[str, Any], parts: tuple[str, ...], val_batches: int)
 
     callbacks: list[pl.Callback] = []
     if "gate" in parts:
-        callbacks.append(AccuracyGate(val_batches=val_batches, **{"finetune_last": True, **pick("gate")}))
+        paper = {"finetune_last": True, "require_settled": False}  # as the recipe sets them
+        callbacks.append(AccuracyGate(val_batches=val_batches, **{**paper, **pick("gate")}))
     if "freezing" in parts:
-        callbacks.append(LayerFreezing(**pick("freezing")))
+        callbacks.append(LayerFreezing(**{"max_move": None, **pick("freezing")}))
     if "lr" in parts:
         callbacks.append(PruningAwareLR(**pick("lr")))
     return callbacks

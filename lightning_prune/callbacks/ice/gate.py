@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
@@ -43,6 +44,8 @@ class AccuracyGate(Callback, PruningListener):
     on the first ``val_batches`` validation batches; if ``A0 - A_b < threshold`` (percentage points)
     the pruner skips the fine-tune and prunes the next block at once, otherwise it fine-tunes.
     Works with any step-wise pruner of the suite (the paper's is :class:`~lightning_prune.BlockPruning`).
+    By default (``require_settled``) it skips only once ``A0`` is a settled net's: one that gained less
+    than ``threshold`` since the gate last measured it, as the paper's pre-trained nets do.
 
     Every decision goes into the pruner's ``history`` (``acc_reference``, ``acc_after``, ``drop_pt``,
     ``gate_skip``), into ``summary.json`` (section ``ice_gate``) and into the logged metrics
@@ -68,6 +71,13 @@ class AccuracyGate(Callback, PruningListener):
             ``threshold`` per epoch) or the latest epoch from which the schedule fits ``max_epochs``, with a
             warning (:mod:`~lightning_prune.callbacks.ice.hold`). ``False``: refuse such an ``A0`` instead. With a
             custom ``metric_fn`` (no chance level known) the step is never held.
+        require_settled: skip fine-tunes only once ``A0`` is a settled net's: the gate also measures at the start
+            of the epoch before the first step is due, and while ``A0`` is ``threshold`` points or more above the
+            accuracy it last measured, the net is still learning (a from-scratch run with a short warm-up) and a
+            step's drop against ``A0`` says little about what a fine-tune would recover: every fine-tune runs
+            (with a warning) and ``A0`` is taken again before each step (the accuracy the run has reached) until
+            it gains less than ``threshold``; from then on the gate works as in the paper. ``False``: the paper's
+            gate, ``A0`` taken once whatever it is (the ICE recipe sets it, after its dense warm-up).
         finetune_last: always fine-tune after the last step, whatever its drop, so the model the run
             ends with has been fine-tuned since its last prune (the paper's DenseNet pipeline ends with a
             final fine-tune too). With it a large ``threshold`` costs less accuracy: drops can pile up
@@ -106,6 +116,7 @@ class AccuracyGate(Callback, PruningListener):
         metric_fn: str | MetricFn | None = None,
         finetune_last: bool = False,
         hold_untrained: bool = True,
+        require_settled: bool = True,
         export_dir: str | None = None,
     ) -> None:
         if not is_number(threshold) or threshold < 0:
@@ -113,13 +124,19 @@ class AccuracyGate(Callback, PruningListener):
         check_int("val_batches", val_batches, low=1, optional=True)
         self.threshold, self.val_batches, self.metric_fn = threshold, val_batches, metric_fn
         self.export_dir = check_output_dir("export_dir", export_dir)
-        for flag, value in (("finetune_last", finetune_last), ("hold_untrained", hold_untrained)):
+        flags = (
+            ("finetune_last", finetune_last),
+            ("hold_untrained", hold_untrained),
+            ("require_settled", require_settled),
+        )
+        for flag, value in flags:
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be true or false, got {value!r}")
-        self.finetune_last, self.hold_untrained = finetune_last, hold_untrained
+        self.finetune_last, self.hold_untrained, self.require_settled = finetune_last, hold_untrained, require_settled
         self.hold = FirstStepHold(tolerance_pt=threshold)
         self._metric = resolve_metric(metric_fn)
         self.reference_acc: float | None = None
+        self.reference_gain_pt: float | None = None  # A0 above the accuracy measured before it (None: none was)
         self.final_acc: float | None = None
         self._pruner: Any = None
         self.decisions: list[dict[str, Any]] = []
@@ -129,7 +146,10 @@ class AccuracyGate(Callback, PruningListener):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            threshold=self.threshold, val_batches=self.val_batches, finetune_last=self.finetune_last
+            threshold=self.threshold,
+            val_batches=self.val_batches,
+            finetune_last=self.finetune_last,
+            require_settled=self.require_settled,
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -162,6 +182,19 @@ class AccuracyGate(Callback, PruningListener):
                     "dotted import path>"
                 ) from None
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The epoch before the first step is due: the accuracy A0 will be compared with (``require_settled``).
+        due = getattr(self._pruner, "warmup_epochs", 0)
+        epoch = trainer.current_epoch
+        if (
+            self.require_settled
+            and self.reference_acc is None
+            and epoch + 1 >= due
+            and not self.hold.measured_at(epoch)
+        ):
+            with torch.random.fork_rng(devices=[]):  # creating the loader's iterator draws: keep the run's data order
+                self.hold.note(epoch, self.evaluate(trainer, pl_module, self._pruner.pruning_state))
+
     # ---------------------------------------------------------------- pruner events
 
     def ready_to_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
@@ -177,7 +210,29 @@ class AccuracyGate(Callback, PruningListener):
             if self._metric is batch_accuracy:
                 self._refuse_chance_level(trainer, pl_module, accuracy)
             self.reference_acc = accuracy
+            self.reference_gain_pt = self.hold.gain_pt(trainer.current_epoch, accuracy)
             info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
+            if not self.settled:
+                rank_zero_warn(
+                    f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f} is {self.reference_gain_pt:.1f} pt "
+                    f"above the epoch before (threshold={self.threshold} pt): the network is still learning, so a "
+                    "step's drop against A0 says little about what a fine-tune would recover. Fine-tunes run (as "
+                    "with the pruner alone) and A0 is taken again before each step until it gains less than the "
+                    f"threshold. To gate from the first step, start pruning once accuracy levels off (a larger "
+                    f"warmup_epochs on {type(self._pruner).__name__}), or pass require_settled=False."
+                )
+        elif not self.settled:  # still learning at the last step: the reference is what the run has reached since
+            with torch.random.fork_rng(devices=[]):  # creating the loader's iterator draws: keep the run's data order
+                accuracy = self.evaluate(trainer, pl_module, state)
+            self.reference_gain_pt = 100.0 * (accuracy - self.reference_acc)
+            self.reference_acc = accuracy
+            info(log, f"accuracy gate: A0 taken again, {accuracy:.4f} ({self.reference_gain_pt:+.2f} pt)")
+
+    @property
+    def settled(self) -> bool:
+        """Whether fine-tunes may be skipped: ``A0`` gained less than ``threshold`` since it was last taken."""
+        gain = self.reference_gain_pt
+        return not self.require_settled or gain is None or gain < self.threshold
 
     def _chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[int, float]:
         """``(classes, accuracy at or below which the net counts as untrained)`` from the logits' width."""
@@ -203,11 +258,13 @@ class AccuracyGate(Callback, PruningListener):
     def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         accuracy = self.evaluate(trainer, pl_module, state)
         drop_pt = 100.0 * (self.reference_acc - accuracy)
-        self._skip = drop_pt < self.threshold and not (self.finetune_last and _pruning_over(state))
+        small = drop_pt < self.threshold and self.settled
+        self._skip = small and not (self.finetune_last and _pruning_over(state))
         decision = {"acc_reference": self.reference_acc, "acc_after": accuracy, "drop_pt": drop_pt}
         state.history[-1].update(decision, gate_skip=self._skip)
         self.decisions.append({"step": state.step, **decision, "skipped": self._skip})
-        verdict = "skip fine-tune" if self._skip else "fine-tune" + (" (last step)" if drop_pt < self.threshold else "")
+        reason = " (last step)" if small else " (A0 still rising)" if drop_pt < self.threshold else ""
+        verdict = "skip fine-tune" if self._skip else f"fine-tune{reason}"
         info(log, f"step {state.step}: accuracy {accuracy:.4f}, drop {drop_pt:.2f} pt vs {self.threshold} -> {verdict}")
 
     def skip_finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> bool:
@@ -267,6 +324,7 @@ class AccuracyGate(Callback, PruningListener):
                 "threshold_pt": self.threshold,
                 "val_batches": self.val_batches,
                 "acc_reference": self.reference_acc,
+                "reference_gain_pt": self.reference_gain_pt,
                 "acc_final": self.final_acc,
                 "finetunes_skipped": sum(d["skipped"] for d in self.decisions),
                 "finetunes_run": sum(not d["skipped"] for d in self.decisions),
@@ -280,6 +338,7 @@ class AccuracyGate(Callback, PruningListener):
     def state_dict(self) -> dict[str, Any]:
         return {
             "reference_acc": self.reference_acc,
+            "reference_gain_pt": self.reference_gain_pt,
             "final_acc": self.final_acc,
             "decisions": [dict(d) for d in self.decisions],
             "hold": self.hold.state_dict(),
@@ -287,6 +346,7 @@ class AccuracyGate(Callback, PruningListener):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reference_acc = state_dict.get("reference_acc", self.reference_acc)
+        self.reference_gain_pt = state_dict.get("reference_gain_pt", self.reference_gain_pt)
         self.final_acc = state_dict.get("final_acc", self.final_acc)
         self.decisions = [dict(d) for d in state_dict.get("decisions", self.decisions)]
         self.hold.load_state_dict(state_dict.get("hold", {}))

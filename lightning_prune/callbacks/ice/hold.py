@@ -34,7 +34,7 @@ class FirstStepHold:
 
     def __init__(self, tolerance_pt: float) -> None:
         self.tolerance_pt = tolerance_pt
-        self.measured: list[dict[str, float]] = []  # {"epoch", "acc"} at each epoch start asked
+        self.measured: list[dict[str, float]] = []  # {"epoch", "acc"} at the epoch starts measured before step 1
         self.held = False
         self.released_because: str | None = None
 
@@ -44,8 +44,8 @@ class FirstStepHold:
         ``chance`` is the accuracy at or below which the net counts as untrained.
         """
         epoch = trainer.current_epoch
-        previous = self.measured[-1]["acc"] if self.measured else None
-        self.measured.append({"epoch": float(epoch), "acc": accuracy})
+        gain = self.gain_pt(epoch, accuracy)
+        self.note(epoch, accuracy)
         trained = accuracy > chance
         if not self.held:
             if trained:
@@ -60,14 +60,26 @@ class FirstStepHold:
             )
             return False
         deadline = latest_start(trainer, state, pruner)
-        if trained and previous is not None and 100.0 * (accuracy - previous) < self.tolerance_pt:
-            self.released_because = f"accuracy levelled off at {accuracy:.4f} (+{100.0 * (accuracy - previous):.2f} pt)"
+        if trained and gain is not None and gain < self.tolerance_pt:
+            self.released_because = f"accuracy levelled off at {accuracy:.4f} (+{gain:.2f} pt)"
         elif deadline is not None and epoch >= deadline:
             self.released_because = f"epoch {epoch} is the latest start (halfway to the last the schedule fits)"
         else:
             return False
         info(log, f"accuracy gate: first pruning step released at epoch {epoch}: {self.released_because}")
         return True
+
+    def note(self, epoch: int, accuracy: float) -> None:
+        """Keep the accuracy measured at an epoch start (one per epoch: whichever callback asked first measured it)."""
+        self.measured = [m for m in self.measured if m["epoch"] != epoch] + [{"epoch": float(epoch), "acc": accuracy}]
+
+    def measured_at(self, epoch: int) -> bool:
+        return any(m["epoch"] == epoch for m in self.measured)
+
+    def gain_pt(self, epoch: int, accuracy: float) -> float | None:
+        """Points ``accuracy`` gained over the latest earlier epoch measured (``None``: none was)."""
+        earlier = [m["acc"] for m in self.measured if m["epoch"] < epoch]
+        return 100.0 * (accuracy - earlier[-1]) if earlier else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"measured": [dict(m) for m in self.measured], "held": self.held, "released": self.released_because}

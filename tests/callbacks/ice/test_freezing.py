@@ -66,7 +66,7 @@ def test_layer_freezing_refuses_before_training(callbacks, make_model, message, 
 
 def test_layer_freezing_on_a_model_without_convs_takes_its_hidden_linear_layers(digits, trainer_kwargs) -> None:
     pruner = IterativePruning(target_sparsity=0.5, step_ratio=0.5, warmup_epochs=1, export_dir=None)
-    freezing = LayerFreezing(fraction=0.5)
+    freezing = LayerFreezing(fraction=0.5, max_move=None)
     model = Classifier(MLP((1, 8, 8), 10, hidden=(64, 64)), 10, (1, 8, 8))
     pl.Trainer(max_epochs=3, callbacks=[pruner, freezing], limit_train_batches=3, **trainer_kwargs).fit(
         model, datamodule=digits
@@ -124,7 +124,7 @@ def test_layer_freezing_frozen_layers_cost_nothing(digits, trainer_kwargs: dict,
     # Unstructured steps keep one optimizer for the whole run, so frozen layers carry momentum from earlier
     # epochs (and weight decay is on): both must stay exactly as they were through a frozen fine-tune.
     pruner = IterativePruning(target_sparsity=0.6, step_ratio=0.3, warmup_epochs=1, export_dir=str(tmp_path))
-    freezing = LayerFreezing(fraction=0.5)
+    freezing = LayerFreezing(fraction=0.5, max_move=None)
     spy = FrozenSpy(freezing)
     model = resnet_classifier(widths=(8, 16))
     fit([pruner, freezing, spy], digits, trainer_kwargs, model=model, max_epochs=4)
@@ -141,7 +141,7 @@ def test_layer_freezing_frozen_layers_cost_nothing(digits, trainer_kwargs: dict,
 
 
 def test_layer_freezing_structured_refreezes_by_name(digits, trainer_kwargs: dict) -> None:
-    pruner, freezing = block_pruner(), LayerFreezing(fraction=0.5)
+    pruner, freezing = block_pruner(), LayerFreezing(fraction=0.5, max_move=None)
     spy = FrozenSpy(freezing)
     fit([pruner, freezing, spy], digits, trainer_kwargs)
     assert [r["frozen_layers"] for r in pruner.pruning_state.history] == [0, 5, 5, 5]
@@ -149,3 +149,33 @@ def test_layer_freezing_structured_refreezes_by_name(digits, trainer_kwargs: dic
     norms = list(freezing._norm_of.values())
     assert len(norms) == 5
     assert all(".bn" in n or "stem.1" in n or "shortcut.1" in n for n in norms)
+
+
+def freezing_run(digits, trainer_kwargs: dict, lr: float, **kwargs: object) -> tuple[IterativePruning, LayerFreezing]:
+    pl.seed_everything(0)
+    pruner = IterativePruning(target_sparsity=0.6, step_ratio=0.3, warmup_epochs=1, export_dir=None)
+    freezing = LayerFreezing(fraction=0.5, **kwargs)
+    model = resnet_classifier(widths=(8, 16), lr=lr)
+    fit([pruner, freezing], digits, trainer_kwargs, model=model, max_epochs=4)
+    return pruner, freezing
+
+
+def test_layer_freezing_by_default_keeps_training_the_layers_still_moving(digits, trainer_kwargs: dict) -> None:
+    # From scratch at 0.05 every conv still moves several % of its norm an epoch: freezing the half whose norm
+    # changed least (the paper's rule) cost the zoo's depthwise CNN and ConvNeXt 1.5 to 3 pt; they stay trainable.
+    pruner, freezing = freezing_run(digits, trainer_kwargs, lr=0.05)
+    assert len(freezing.moves) == len(freezing.candidates) == 10
+    assert min(freezing.moves.values()) >= freezing.max_move == 0.02
+    assert freezing.frozen == []
+    assert [r["frozen_layers"] for r in pruner.pruning_state.history] == [0, 0, 0]
+    _, paper = freezing_run(digits, trainer_kwargs, lr=0.05, max_move=None)
+    assert len(paper.frozen) == 5
+    assert paper.moves == {}
+
+
+def test_layer_freezing_by_default_freezes_the_layers_that_stopped_moving(digits, trainer_kwargs: dict) -> None:
+    pruner, freezing = freezing_run(digits, trainer_kwargs, lr=1e-4)  # a fine-tune's rate: nothing moves far
+    chosen = sorted(freezing.scores, key=freezing.scores.get)[:5]
+    assert freezing.frozen == chosen
+    assert all(freezing.moves[name] < 0.02 for name in chosen)
+    assert [r["frozen_layers"] for r in pruner.pruning_state.history] == [0, 5, 5]

@@ -122,7 +122,7 @@ class StepSpy(pl.Callback):
         self._handle.remove()
 
 
-def test_pruning_aware_lr_by_default_scales_the_users_cosine_schedule(digits, trainer_kwargs: dict) -> None:
+def test_pruning_aware_lr_by_default_caps_the_users_cosine_schedule(digits, trainer_kwargs: dict) -> None:
     pruner = IterativePruning(target_sparsity=0.5, step_ratio=0.3, warmup_epochs=1, export_dir=None)
     lr, spy, steps = PruningAwareLR(), LRSpy(), StepSpy()
     model = resnet_classifier(widths=(8, 16), scheduler="cosine")
@@ -131,13 +131,22 @@ def test_pruning_aware_lr_by_default_scales_the_users_cosine_schedule(digits, tr
     # the user's scheduler is never paused, and between steps the groups hold its rates
     assert [spy.scheduler_epochs[e] for e in range(5)] == [0, 1, 2, 3, 4]
     assert [spy.lrs[e][0] for e in range(5)] == pytest.approx(cosine)
-    # fine-tunes (epochs 1, 2 at x = 0.7, 0.5) step with the user's rate times LR(x) of base 1; the rest unscaled
+    # fine-tunes (epochs 1, 2 at x = 0.7, 0.5) step at most LR(x) of base 1 times the starting rate 0.05
     factors = {0: 1.0, 1: lr.lr_at(0.7), 2: lr.lr_at(0.5), 3: 1.0, 4: 1.0}
     assert factors[1] == pytest.approx(1 - SCALE_DELTA, abs=1e-3)  # sparser than p = 0.15: 1 - delta
-    for epoch, factor in factors.items():
-        (used,) = steps.step_lrs[epoch]  # one rate through the epoch
-        assert used == pytest.approx(cosine[epoch] * factor, rel=1e-9)
+    # one rate through each epoch: cosine's 0.045 capped at 0.035 in epoch 1; its 0.0345 already below, left as is
+    expected = [cosine[0], 0.05 * factors[1], cosine[2], cosine[3], cosine[4]]
+    assert [rate for epoch in range(5) for rate in steps.step_lrs[epoch]] == pytest.approx(expected, rel=1e-9)
     assert [r["lr_scale"] for r in lr.history] == pytest.approx([factors[1], factors[2]])
+    assert [r["lr"] for r in lr.history] == pytest.approx([0.05 * factors[1], cosine[2]])
+
+
+def test_pruning_aware_lr_by_default_cuts_a_constant_rate_as_the_paper(digits, trainer_kwargs: dict) -> None:
+    pruner = IterativePruning(target_sparsity=0.5, step_ratio=0.3, warmup_epochs=1, export_dir=None)
+    lr, steps = PruningAwareLR(), StepSpy()
+    fit([pruner, lr, steps], digits, trainer_kwargs, model=resnet_classifier(widths=(8, 16)), max_epochs=4)
+    expected = [0.05, 0.05 * lr.lr_at(0.7), 0.05 * lr.lr_at(0.5), 0.05]  # no scheduler: 0.05 outside fine-tunes
+    assert [rate for epoch in range(4) for rate in steps.step_lrs[epoch]] == pytest.approx(expected, rel=1e-9)
 
 
 def test_pruning_aware_lr_default_delta_follows_the_mode() -> None:

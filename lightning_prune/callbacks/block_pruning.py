@@ -15,8 +15,8 @@ from lightning_prune.core.masks import check_finite
 from lightning_prune.core.selection import DEFAULT_TYPES
 from lightning_prune.core.structured import (
     dependency_graph,
-    inner_convs,
-    l1_filter_scores,
+    group_l1_scores,
+    inner_groups,
     lowest_channels,
     remove_out_channels,
 )
@@ -156,7 +156,7 @@ class BlockPruning(StepwisePruning):
                 f"block_types={self.block_types} matched no module of {type(pl_module).__name__}: pass the class "
                 "names of your model's residual or transformer blocks, e.g. block_types=['MyBlock']"
             )
-        _check_prunable(pl_module, self._blocks)
+        _check_prunable(trainer, pl_module, self._blocks)
         check_spawn_reload(trainer, pl_module, "BlockPruning")
         resize_on_load(pl_module)
         if not keep:
@@ -171,8 +171,8 @@ class BlockPruning(StepwisePruning):
         units = mlp_layouts(pl_module.get_submodule(block), f"{block}.")
         if heads or units:
             return {"block": block, **self._transformer_plan(heads, units)}
-        convs = inner_convs(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), block)
-        scores = {name: l1_filter_scores(pl_module.get_submodule(name)) for name in convs}
+        groups = inner_groups(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), block)
+        scores = {group[0]: group_l1_scores(pl_module, group) for group in groups}
         check_finite(scores, "filter L1 norms")
         return {"block": block, "channels": {name: lowest_channels(s, self.step_ratio) for name, s in scores.items()}}
 
@@ -216,22 +216,35 @@ class BlockPruning(StepwisePruning):
         return {n: 1.0 - pl_module.get_parameter(n).numel() / self._original_numel[n] for n in self._names}
 
 
-def _check_prunable(pl_module: pl.LightningModule, blocks: Sequence[str]) -> None:
+def _check_prunable(trainer: pl.Trainer, pl_module: pl.LightningModule, blocks: Sequence[str]) -> None:
     """Refuse at fit start a block that holds nothing a step could remove, so no run "succeeds" removing nothing.
 
+    A block with no attention or MLP it recognises needs an inner conv group: a conv whose output channels
+    reach nothing outside the block. A conv on the residual width (ConvNeXt's depthwise 7x7 without its
+    MLP, a block that is one conv) has none.
+
     Raises:
-        ValueError: naming the blocks with no conv, no attention with removable heads and no MLP recognised.
+        ValueError: naming the blocks without a removable head, MLP unit or inner conv channel, and why.
     """
-    empty = [
+    convs_only = [
         name
         for name in blocks
-        if not any(isinstance(m, _CONVS) for m in pl_module.get_submodule(name).modules())
-        and not attention_layouts(pl_module, name)
-        and not mlp_layouts(pl_module.get_submodule(name))
+        if not attention_layouts(pl_module, name) and not mlp_layouts(pl_module.get_submodule(name))
     ]
+    empty = [name for name in convs_only if not _has(pl_module.get_submodule(name), _CONVS)]
+    traced = [name for name in convs_only if name not in empty]
+    if traced:
+        graph = dependency_graph(pl_module, example_input(trainer, pl_module))
+        empty += [name for name in traced if not inner_groups(pl_module, graph, name)]
     if empty:
         raise ValueError(
-            f"BlockPruning: block(s) {empty[:3]} hold nothing it can remove: no conv, no attention whose heads can "
-            "go (Hugging Face q/k/v/o or query/key/value, timm qkv) and no MLP it recognises (Linear -> activation "
-            "-> Linear, gate/up -> down, fc1 -> fc2, intermediate -> output); name other blocks in block_types"
+            f"BlockPruning: block(s) {empty[:3]} hold nothing it can remove: no attention whose heads can go "
+            "(Hugging Face q/k/v/o or query/key/value, timm qkv), no MLP it recognises (Linear -> activation -> "
+            "Linear, gate/up -> down, fc1 -> fc2, intermediate -> output) and no conv whose output channels stay "
+            "inside the block (a conv on the residual width cannot shrink without the rest of the network); name "
+            "other blocks in block_types"
         )
+
+
+def _has(module: nn.Module, types: tuple[type, ...]) -> bool:
+    return any(isinstance(m, types) for m in module.modules())

@@ -45,19 +45,38 @@ def coupled_modules(model: nn.Module, graph: tp.DependencyGraph, module_name: st
     return sorted({names[item.dep.target.module] for item in group if item.dep.target.module in names})
 
 
-def inner_convs(model: nn.Module, graph: tp.DependencyGraph, block_name: str) -> list[str]:
-    """Convs of a block whose output channels can be removed without touching anything outside it.
+def inner_groups(model: nn.Module, graph: tp.DependencyGraph, block_name: str) -> list[list[str]]:
+    """A block's coupled channel groups removable without touching anything outside it, each listed once.
 
-    In a residual block these are all convs but the last: the last feeds the residual add, whose width
-    is shared with the rest of the network (ICE-Pruning keeps residual widths untouched).
+    A group is one set of coupled output channels: its first conv is the one the removal goes through,
+    the others are the convs whose output filters are the same channels (a depthwise conv after a 1x1
+    expand, a squeeze-excitation's gate conv), so the group is scored over all of them and removed once;
+    asking each member conv for its own fraction would remove the group's channels twice. In a residual
+    block the conv feeding the residual add is left out: that width is shared with the rest of the network
+    (ICE-Pruning keeps residual widths untouched).
     """
-    prefix = f"{block_name}."
-    inner = []
+    prefix, names = f"{block_name}.", {module: name for name, module in model.named_modules()}
+    groups: list[list[str]] = []
+    seen: set[str] = set()
     for name, module in model.get_submodule(block_name).named_modules():
         full = f"{prefix}{name}"
-        if isinstance(module, _CONV) and all(m.startswith(prefix) for m in coupled_modules(model, graph, full)):
-            inner.append(full)
-    return inner
+        if not isinstance(module, _CONV) or full in seen:
+            continue
+        items = [(names.get(item.dep.target.module), item.dep) for item in _out_channel_group(graph, module, [0])]
+        members = [n for n, dep in items if n and isinstance(model.get_submodule(n), _CONV) and _removes_out(dep)]
+        seen.update(members)
+        if all(n.startswith(prefix) for n, _ in items if n is not None):  # None: a functional op (add, mul)
+            groups.append([full, *sorted(set(members) - {full})])
+    return groups
+
+
+def _removes_out(dep: tp.Dependency) -> bool:
+    return dep.handler.__name__ == "prune_out_channels"
+
+
+def group_l1_scores(model: nn.Module, group: Sequence[str]) -> Tensor:
+    """L1 norm of each channel of a coupled group: the sum of its member convs' filter norms."""
+    return sum(l1_filter_scores(model.get_submodule(name)) for name in group)
 
 
 def l1_filter_scores(module: nn.Module) -> Tensor:

@@ -10,7 +10,7 @@ from lightning_prune.core.structured import (
     count_parameters,
     coupled_modules,
     dependency_graph,
-    inner_convs,
+    inner_groups,
     l1_filter_scores,
     lowest_channels,
     remove_out_channels,
@@ -25,10 +25,10 @@ def resnet() -> ResNet:
     return ResNet((1, 8, 8), 10, blocks=(2, 2), widths=(8, 16)).eval()
 
 
-def test_inner_convs_exclude_the_conv_feeding_the_residual_add():
+def test_inner_groups_exclude_the_conv_feeding_the_residual_add():
     net = resnet()
     graph = dependency_graph(net, EXAMPLE)
-    assert inner_convs(net, graph, "stages.0.1") == ["stages.0.1.conv1"]
+    assert inner_groups(net, graph, "stages.0.1") == [["stages.0.1.conv1"]]
     assert "stages.0.0.bn2" in coupled_modules(net, graph, "stages.0.1.conv2")
     assert "stem.0" in coupled_modules(net, graph, "stages.0.1.conv2")
 

@@ -45,38 +45,40 @@ def coupled_modules(model: nn.Module, graph: tp.DependencyGraph, module_name: st
     return sorted({names[item.dep.target.module] for item in group if item.dep.target.module in names})
 
 
-def inner_groups(model: nn.Module, graph: tp.DependencyGraph, block_name: str) -> list[list[str]]:
-    """A block's coupled channel groups removable without touching anything outside it, each listed once.
+def inner_groups(model: nn.Module, graph: tp.DependencyGraph, block_name: str) -> list[str]:
+    """A block's coupled channel groups removable without touching anything outside it, each named once.
 
-    A group is one set of coupled output channels: its first conv is the one the removal goes through,
-    the others are the convs whose output filters are the same channels (a depthwise conv after a 1x1
-    expand, a squeeze-excitation's gate conv), so the group is scored over all of them and removed once;
-    asking each member conv for its own fraction would remove the group's channels twice. In a residual
-    block the conv feeding the residual add is left out: that width is shared with the rest of the network
-    (ICE-Pruning keeps residual widths untouched).
+    A group is one set of coupled output channels, named by its first conv (the one its removal goes
+    through); the convs whose output filters are the same channels (a depthwise conv after a 1x1 expand,
+    a squeeze-excitation's gate conv) are in it and not listed again: asking each for its own fraction
+    would remove the group's channels twice. In a residual block the conv feeding the residual add is
+    left out: that width is shared with the rest of the network (ICE-Pruning keeps residual widths untouched).
     """
     prefix, names = f"{block_name}.", {module: name for name, module in model.named_modules()}
-    groups: list[list[str]] = []
+    groups: list[str] = []
     seen: set[str] = set()
     for name, module in model.get_submodule(block_name).named_modules():
         full = f"{prefix}{name}"
         if not isinstance(module, _CONV) or full in seen:
             continue
         items = [(names.get(item.dep.target.module), item.dep) for item in _out_channel_group(graph, module, [0])]
-        members = [n for n, dep in items if n and isinstance(model.get_submodule(n), _CONV) and _removes_out(dep)]
-        seen.update(members)
+        seen.update(n for n, dep in items if n and dep.handler.__name__ == "prune_out_channels")
         if all(n.startswith(prefix) for n, _ in items if n is not None):  # None: a functional op (add, mul)
-            groups.append([full, *sorted(set(members) - {full})])
+            groups.append(full)
     return groups
 
 
-def _removes_out(dep: tp.Dependency) -> bool:
-    return dep.handler.__name__ == "prune_out_channels"
+def group_scores(model: nn.Module, graph: tp.DependencyGraph, conv_name: str) -> Tensor:
+    """Each channel's L1 magnitude over its whole coupled group (torch-pruning's ``GroupMagnitudeImportance``).
 
-
-def group_l1_scores(model: nn.Module, group: Sequence[str]) -> Tensor:
-    """L1 norm of each channel of a coupled group: the sum of its member convs' filter norms."""
-    return sum(l1_filter_scores(model.get_submodule(name)) for name in group)
+    Every layer of the group counts (their L1 sums averaged): the convs' filters, the BatchNorm scales and
+    the next layer's input columns. A conv's filter norm alone says little behind a BatchNorm, which
+    rescales the channel whatever the filter's size: on from-scratch depthwise CNNs (zoo, seeds 0-3) it
+    ranked channels worse than chance, 5.9 pt below plain training on average against 1.6 pt for this score.
+    """
+    module = model.get_submodule(conv_name)
+    group = _out_channel_group(graph, module, range(module.out_channels))
+    return tp.importance.GroupMagnitudeImportance(p=1)(group).detach()
 
 
 def l1_filter_scores(module: nn.Module) -> Tensor:

@@ -9,6 +9,7 @@ scores and removes what these layouts name.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from torch import nn
@@ -160,10 +161,6 @@ def _two_linear_sequential(module: nn.Sequential) -> tuple[nn.Linear, nn.Linear]
     ConvNeXt's block is ``dwconv, Permute, LayerNorm, Linear, GELU, Linear, Permute``: its MLP is the
     middle of the Sequential. A norm or a third Linear between two Linears is not a plain MLP.
     """
-    weighted = [(i, m) for i, m in enumerate(module) if list(m.parameters())]
-    pairs = [
-        (first, second)
-        for (_, first), (_, second) in zip(weighted, weighted[1:])
-        if isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
-    ]
-    return pairs[0] if len(pairs) == 1 and sum(isinstance(m, nn.Linear) for _, m in weighted) == 2 else None
+    weighted = [m for m in module if list(m.parameters())]
+    pairs = [(a, b) for a, b in itertools.pairwise(weighted) if isinstance(a, nn.Linear) and isinstance(b, nn.Linear)]
+    return pairs[0] if len(pairs) == 1 and sum(isinstance(m, nn.Linear) for m in weighted) == 2 else None

@@ -37,8 +37,8 @@ class ResidualConv(nn.Module):
 
 
 def _classifier(*blocks: nn.Module, width: int = 8) -> Classifier:
-    net = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
-    return Classifier(net, 10, (1, 8, 8))
+    stem, head = nn.Conv2d(1, width, 3, padding=1), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(nn.Sequential(stem, *blocks, head, nn.Linear(width, 10)), 10, (1, 8, 8))
 
 
 def _fit(model: pl.LightningModule, block_types: list[str], digits, trainer_kwargs) -> BlockPruning:

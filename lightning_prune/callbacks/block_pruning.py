@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,14 +10,15 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_prune.callbacks._stepwise import StepwisePruning
-from lightning_prune.callbacks._trainer import check_spawn_reload, example_input, rebuild_after_shrink, resize_on_load
+from lightning_prune.callbacks._trainer import check_spawn_reload, example_input, resize_on_load
+from lightning_prune.callbacks.odf2nna.carry import carried_optimizer
 from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.masks import check_finite
 from lightning_prune.core.selection import DEFAULT_TYPES
 from lightning_prune.core.structured import (
     dependency_graph,
-    inner_convs,
-    l1_filter_scores,
+    group_scores,
+    inner_groups,
     lowest_channels,
     remove_out_channels,
 )
@@ -38,17 +40,21 @@ class BlockPruning(StepwisePruning):
     """Prune the model's blocks one per step, in network order, removing a fraction of each block's inner filters.
 
     ICE-Pruning's setting (Hu, Henderson, Cano, arXiv 2505.07411, Sec. IV): at each step the next block
-    (a module whose class is in ``block_types``) loses ``step_ratio`` of the output filters of its inner
-    convs, those with the lowest L1 norms, removed physically through torch-pruning's dependency graph
-    (the block's output width, and so the residual path, is untouched); the optimizer is rebuilt after
-    each shrink. A transformer block (one holding an attention or an MLP that
-    :mod:`~lightning_prune.core.structured_transformers` recognises) loses instead ``step_ratio`` of its
-    attention heads (whole key/value groups under grouped-query attention, at least one kept) and of its
-    MLP hidden units, the lowest L1 norms; heads of ``nn.MultiheadAttention`` stay (its projections are the
-    residual width), only its block's MLP units go. A step runs at the start of an epoch, after
-    ``warmup_epochs`` dense epochs and then every ``finetune_epochs`` epochs; after the last block's
-    fine-tune, training goes on to ``max_epochs`` (or stops there with ``stop_when_done=True``, as the ICE
-    recipe does). ICE's
+    (a module whose class is in ``block_types``) loses ``step_ratio`` of the channels of each of its inner
+    coupled groups (a conv's output channels with everything sharing them: its BatchNorm, a depthwise conv
+    after a 1x1 expand, a squeeze-excitation gate), those with the lowest L1 magnitude over the whole group,
+    removed physically through torch-pruning's dependency graph (the block's output width, and so the
+    residual path, is untouched). The paper ranks by filter L1 norms alone; behind a BatchNorm those
+    ranked channels worse than chance from scratch (see :func:`~lightning_prune.core.structured.group_scores`).
+    The optimizer is rebuilt after each shrink with the surviving entries' state (momentum, Adam moments)
+    and the schedulers where they were, as if nothing had been removed. A transformer block (one holding
+    an attention or an MLP that :mod:`~lightning_prune.core.structured_transformers` recognises) loses
+    instead ``step_ratio`` of its attention heads (whole key/value groups under grouped-query attention,
+    at least one kept) and of its MLP hidden units (ConvNeXt's channels-last Linear MLP included), the
+    lowest L1 norms; heads of ``nn.MultiheadAttention`` stay (its projections are the residual width),
+    only its block's MLP units go. A step runs at the start of an epoch, after ``warmup_epochs`` dense
+    epochs and then every ``finetune_epochs`` epochs; after the last block's fine-tune, training goes on
+    to ``max_epochs`` (or stops there with ``stop_when_done=True``, as the ICE recipe does). ICE's
     :class:`~lightning_prune.AccuracyGate`, :class:`~lightning_prune.LayerFreezing` and
     :class:`~lightning_prune.PruningAwareLR` act around these steps.
 
@@ -84,7 +90,7 @@ class BlockPruning(StepwisePruning):
     Raises:
         ValueError: for arguments out of range (numbers given as strings included), an ``export_dir`` that
             cannot be a directory; at fit start for ``block_types`` matching no module or a block holding
-            nothing a step can remove, a selection matching
+            nothing a step can remove (no head, no MLP unit, no conv channel inside it), a selection matching
             nothing, a Trainer whose ``max_epochs``/``max_steps`` cannot fit one step per block or whose
             training data yields no batch, a second pruning callback, or a model other than the one pruned.
         FloatingPointError: when the weights are not finite after a step or at fit end (nothing is exported).
@@ -156,12 +162,17 @@ class BlockPruning(StepwisePruning):
                 f"block_types={self.block_types} matched no module of {type(pl_module).__name__}: pass the class "
                 "names of your model's residual or transformer blocks, e.g. block_types=['MyBlock']"
             )
-        _check_prunable(pl_module, self._blocks)
+        _check_prunable(trainer, pl_module, self._blocks)
         check_spawn_reload(trainer, pl_module, "BlockPruning")
         resize_on_load(pl_module)
         if not keep:
             self.pruning_state.num_steps = len(self._blocks)
         self._check_budget(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed from a checkpoint taken once the schedule was done: the uninterrupted run stopped there.
+        if trainer.ckpt_path is not None and self.pruning_state.phase == "done":
+            trainer.should_stop = trainer.should_stop or self.stop_when_done
 
     # ---------------------------------------------------------------- a step
 
@@ -171,9 +182,9 @@ class BlockPruning(StepwisePruning):
         units = mlp_layouts(pl_module.get_submodule(block), f"{block}.")
         if heads or units:
             return {"block": block, **self._transformer_plan(heads, units)}
-        convs = inner_convs(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), block)
-        scores = {name: l1_filter_scores(pl_module.get_submodule(name)) for name in convs}
-        check_finite(scores, "filter L1 norms")
+        graph = dependency_graph(pl_module, example_input(trainer, pl_module))
+        scores = {name: group_scores(pl_module, graph, name) for name in inner_groups(pl_module, graph, block)}
+        check_finite(scores, "channel group L1 magnitudes")
         return {"block": block, "channels": {name: lowest_channels(s, self.step_ratio) for name, s in scores.items()}}
 
     def _transformer_plan(self, heads: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
@@ -189,24 +200,16 @@ class BlockPruning(StepwisePruning):
     def _apply(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]
     ) -> None:
-        if "channels" in plan:
-            remove_out_channels(pl_module, example_input(trainer, pl_module), plan["channels"])
-        else:
-            self._apply_transformer(pl_module, plan, record)
-        rebuild_after_shrink(trainer)
-        record["block"] = plan["block"]
+        """Shrink the block, then rebuild the optimizer with the surviving entries' state and the schedule's place.
 
-    def _apply_transformer(self, pl_module: pl.LightningModule, plan: dict[str, Any], record: dict[str, Any]) -> None:
-        layouts = attention_layouts(pl_module, plan["block"])
-        for name, groups in plan["heads"].items():
-            per_group = layouts[name].num_heads // layouts[name].num_kv_heads
-            remove_head_groups(layouts[name], groups)
-            record.setdefault("heads_removed", {})[name] = len(groups) * per_group
-        mlps = mlp_layouts(pl_module.get_submodule(plan["block"]), f"{plan['block']}.")
-        for name, idxs in plan["units"].items():
-            remove_units(mlps[name], idxs)
-            record.setdefault("units_removed", {})[name] = len(idxs)
-        sync_config(pl_module)
+        A fresh optimizer from ``configure_optimizers`` would restart its scheduler: a cosine over ``max_epochs``
+        rebuilt at epoch 2 of 4 runs the last epochs at the full rate again, and a from-scratch ResNet-18 ended
+        19-56 pt below plain training that way (its momentum lost too), 2 pt with both kept.
+        """
+        example = example_input(trainer, pl_module) if "channels" in plan else None
+        with carried_optimizer(trainer, pl_module, functools.partial(_shrink, plan=plan), example, carry=True):
+            record.update(_shrink(pl_module, example, plan))
+        record["block"] = plan["block"]
 
     def _current_sparsity(self, pl_module: pl.LightningModule) -> float:
         present = sum(pl_module.get_parameter(name).numel() for name in self._names)
@@ -216,22 +219,57 @@ class BlockPruning(StepwisePruning):
         return {n: 1.0 - pl_module.get_parameter(n).numel() / self._original_numel[n] for n in self._names}
 
 
-def _check_prunable(pl_module: pl.LightningModule, blocks: Sequence[str]) -> None:
+def _shrink(model: nn.Module, example: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """Remove what ``plan`` names from ``model`` (the module, or a copy of it to trace where entries go).
+
+    Returns the heads and units removed per layer, for the step's record.
+    """
+    if "channels" in plan:
+        remove_out_channels(model, example, plan["channels"])
+        return {}
+    record: dict[str, Any] = {}
+    layouts = attention_layouts(model, plan["block"])
+    for name, groups in plan["heads"].items():
+        per_group = layouts[name].num_heads // layouts[name].num_kv_heads
+        remove_head_groups(layouts[name], groups)
+        record.setdefault("heads_removed", {})[name] = len(groups) * per_group
+    mlps = mlp_layouts(model.get_submodule(plan["block"]), f"{plan['block']}.")
+    for name, idxs in plan["units"].items():
+        remove_units(mlps[name], idxs)
+        record.setdefault("units_removed", {})[name] = len(idxs)
+    sync_config(model)
+    return record
+
+
+def _check_prunable(trainer: pl.Trainer, pl_module: pl.LightningModule, blocks: Sequence[str]) -> None:
     """Refuse at fit start a block that holds nothing a step could remove, so no run "succeeds" removing nothing.
 
+    A block with no attention or MLP it recognises needs an inner conv group: a conv whose output channels
+    reach nothing outside the block. A conv on the residual width (ConvNeXt's depthwise 7x7 without its
+    MLP, a block that is one conv) has none.
+
     Raises:
-        ValueError: naming the blocks with no conv, no attention with removable heads and no MLP recognised.
+        ValueError: naming the blocks without a removable head, MLP unit or inner conv channel, and why.
     """
-    empty = [
+    convs_only = [
         name
         for name in blocks
-        if not any(isinstance(m, _CONVS) for m in pl_module.get_submodule(name).modules())
-        and not attention_layouts(pl_module, name)
-        and not mlp_layouts(pl_module.get_submodule(name))
+        if not attention_layouts(pl_module, name) and not mlp_layouts(pl_module.get_submodule(name))
     ]
+    empty = [name for name in convs_only if not _has(pl_module.get_submodule(name), _CONVS)]
+    traced = [name for name in convs_only if name not in empty]
+    if traced:
+        graph = dependency_graph(pl_module, example_input(trainer, pl_module))
+        empty += [name for name in traced if not inner_groups(pl_module, graph, name)]
     if empty:
         raise ValueError(
-            f"BlockPruning: block(s) {empty[:3]} hold nothing it can remove: no conv, no attention whose heads can "
-            "go (Hugging Face q/k/v/o or query/key/value, timm qkv) and no MLP it recognises (Linear -> activation "
-            "-> Linear, gate/up -> down, fc1 -> fc2, intermediate -> output); name other blocks in block_types"
+            f"BlockPruning: block(s) {empty[:3]} hold nothing it can remove: no attention whose heads can go "
+            "(Hugging Face q/k/v/o or query/key/value, timm qkv), no MLP it recognises (Linear -> activation -> "
+            "Linear, gate/up -> down, fc1 -> fc2, intermediate -> output) and no conv whose output channels stay "
+            "inside the block (a conv on the residual width cannot shrink without the rest of the network); name "
+            "other blocks in block_types"
         )
+
+
+def _has(module: nn.Module, types: tuple[type, ...]) -> bool:
+    return any(isinstance(m, types) for m in module.modules())

@@ -9,6 +9,7 @@ scores and removes what these layouts name.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from torch import nn
@@ -131,7 +132,8 @@ def mlp_layout(module: nn.Module) -> MLPLayout | None:
 
     Gated (``gate_proj``/``up_proj`` -> ``down_proj``: Llama), ``fc1`` -> ``fc2`` (ViT, CLIP), BERT-style
     (``intermediate.dense`` -> ``output.dense``), ``nn.TransformerEncoderLayer`` (``linear1`` -> ``linear2``)
-    and an ``nn.Sequential`` of two Linears with parameter-free layers between them.
+    and an ``nn.Sequential`` holding exactly two Linears, with parameter-free layers between them (anything
+    before or after: ConvNeXt's block).
     """
     if (gated := _linears(module, "gate_proj", "up_proj", "down_proj")) is not None:
         return MLPLayout(gated[:2], gated[2])
@@ -154,9 +156,11 @@ def _bert_mlp(module: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
 
 
 def _two_linear_sequential(module: nn.Sequential) -> tuple[nn.Linear, nn.Linear] | None:
-    layers = list(module)
-    if len(layers) < 2 or not isinstance(layers[0], nn.Linear) or not isinstance(layers[-1], nn.Linear):
-        return None
-    if any(list(m.parameters()) for m in layers[1:-1]) or layers[0].out_features != layers[-1].in_features:
-        return None  # a norm or a third Linear between them: not a plain MLP
-    return layers[0], layers[-1]
+    """The one Linear -> (parameter-free layers) -> Linear pair of a Sequential, wherever it sits in it.
+
+    ConvNeXt's block is ``dwconv, Permute, LayerNorm, Linear, GELU, Linear, Permute``: its MLP is the
+    middle of the Sequential. A norm or a third Linear between two Linears is not a plain MLP.
+    """
+    weighted = [m for m in module if list(m.parameters())]
+    pairs = [(a, b) for a, b in itertools.pairwise(weighted) if isinstance(a, nn.Linear) and isinstance(b, nn.Linear)]
+    return pairs[0] if len(pairs) == 1 and sum(isinstance(m, nn.Linear) for m in weighted) == 2 else None

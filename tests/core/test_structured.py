@@ -10,7 +10,8 @@ from lightning_prune.core.structured import (
     count_parameters,
     coupled_modules,
     dependency_graph,
-    inner_convs,
+    group_scores,
+    inner_groups,
     l1_filter_scores,
     lowest_channels,
     remove_out_channels,
@@ -25,10 +26,10 @@ def resnet() -> ResNet:
     return ResNet((1, 8, 8), 10, blocks=(2, 2), widths=(8, 16)).eval()
 
 
-def test_inner_convs_exclude_the_conv_feeding_the_residual_add():
+def test_inner_groups_exclude_the_conv_feeding_the_residual_add():
     net = resnet()
     graph = dependency_graph(net, EXAMPLE)
-    assert inner_convs(net, graph, "stages.0.1") == ["stages.0.1.conv1"]
+    assert inner_groups(net, graph, "stages.0.1") == ["stages.0.1.conv1"]
     assert "stages.0.0.bn2" in coupled_modules(net, graph, "stages.0.1.conv2")
     assert "stem.0" in coupled_modules(net, graph, "stages.0.1.conv2")
 
@@ -106,3 +107,19 @@ def test_write_summary_merges_sections(tmp_path):
     write_summary(path, "a", {"x": torch.tensor([1.5]), "nan": float("nan")})
     write_summary(path, "b", {"y": (1, 2)})
     assert json.loads(path.read_text()) == {"a": {"x": [1.5], "nan": None}, "b": {"y": [1, 2]}}
+
+
+def test_group_scores_count_the_batchnorm_scale_a_filter_norm_misses():
+    net = resnet()
+    block = net.stages[0][1]
+    with torch.no_grad():
+        block.conv1.weight.fill_(0.05)  # trained-filter sizes: 72 weights of 0.05, an L1 of 3.6
+        block.conv2.weight.fill_(0.05)
+        block.conv1.weight[2] *= 0.01  # the smallest filter ...
+        block.bn1.weight.fill_(1.0)
+        block.bn1.weight[2] = 20.0  # ... behind the largest BatchNorm scale
+    graph = dependency_graph(net, EXAMPLE)
+    scores = group_scores(net, graph, "stages.0.1.conv1")
+    assert l1_filter_scores(block.conv1).argmin() == 2
+    assert scores.shape == (8,)
+    assert scores.argmax() == 2

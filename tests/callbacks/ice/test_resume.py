@@ -52,7 +52,9 @@ def test_ice_resume_gives_the_same_decisions(stop_epoch: int, digits, trainer_kw
     strip = lambda history: [{k: r.get(k) for k in keys} for r in history]  # noqa: E731
     assert strip(pruner2.pruning_state.history) == strip(pruner.pruning_state.history)
     assert parts2[1].frozen == parts[1].frozen
-    torch.testing.assert_close(resumed.callback_metrics["val/acc"], full.callback_metrics["val/acc"])
+    # Stopped where the uninterrupted run stopped, even when the cut came after the schedule was done (no epoch
+    # left to run, so no metric logged: the weights below say the models are the same).
+    assert resumed.current_epoch == full.current_epoch
     for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
 

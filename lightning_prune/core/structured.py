@@ -37,14 +37,6 @@ def _out_channel_group(graph: tp.DependencyGraph, module: nn.Module, idxs: Seque
     return graph.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
 
 
-def coupled_modules(model: nn.Module, graph: tp.DependencyGraph, module_name: str) -> list[str]:
-    """Names of every module whose shape changes when ``module_name``'s output channels are removed."""
-    names = {module: name for name, module in model.named_modules()}
-    module = model.get_submodule(module_name)
-    group = _out_channel_group(graph, module, [0])
-    return sorted({names[item.dep.target.module] for item in group if item.dep.target.module in names})
-
-
 def inner_groups(model: nn.Module, graph: tp.DependencyGraph, block_name: str) -> list[str]:
     """A block's coupled channel groups removable without touching anything outside it, each named once.
 

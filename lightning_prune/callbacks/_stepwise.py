@@ -151,6 +151,11 @@ class StepwisePruning(PruningCallback):
             if not self._more_steps():
                 self._finish(trainer)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed from a checkpoint taken once the schedule was done: the uninterrupted run stopped there.
+        if trainer.ckpt_path is not None and self.pruning_state.phase == "done":
+            trainer.should_stop = trainer.should_stop or self.stop_when_done
+
     def _finish(self, trainer: pl.Trainer) -> None:
         self.pruning_state.phase = "done"
         trainer.should_stop = trainer.should_stop or self.stop_when_done

@@ -169,11 +169,6 @@ class BlockPruning(StepwisePruning):
             self.pruning_state.num_steps = len(self._blocks)
         self._check_budget(trainer)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Resumed from a checkpoint taken once the schedule was done: the uninterrupted run stopped there.
-        if trainer.ckpt_path is not None and self.pruning_state.phase == "done":
-            trainer.should_stop = trainer.should_stop or self.stop_when_done
-
     # ---------------------------------------------------------------- a step
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

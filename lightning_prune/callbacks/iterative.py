@@ -169,6 +169,7 @@ class IterativePruning(StepwisePruning):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._masks.bind(pl_module).apply()  # after a resume or in a fit continuing an earlier one
+        super().on_train_start(trainer, pl_module)
 
     # ---------------------------------------------------------------- the loop
 

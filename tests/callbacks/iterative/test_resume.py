@@ -58,3 +58,16 @@ def test_a_dense_checkpoint_can_be_continued_with_pruning(digits, trainer_kwargs
         digits, trainer_kwargs, tmp_path / "pruned", cnn_classifier, args, ckpt_path=tmp_path / "dense" / "last.ckpt"
     )
     assert pruning.pruning_state.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_run_resumed_after_its_schedule_ended_stops_as_the_uninterrupted_one_did(digits, trainer_kwargs, tmp_path):
+    """stop_when_done: the last checkpoint was written when the schedule ended; resuming it trains no further."""
+    args = {"target_sparsity": 0.5, "step_ratio": 0.5, "warmup_epochs": 1, "stop_when_done": True}
+    full, full_model, full_trainer = fit_with_checkpoints(digits, trainer_kwargs, tmp_path, cnn_classifier, args)
+    assert full.pruning_state.phase == "done"
+    assert full_trainer.current_epoch < 12  # stopped when done, not at max_epochs
+    _, resumed_model, resumed_trainer = fit_with_checkpoints(
+        digits, trainer_kwargs, tmp_path, cnn_classifier, args, ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
+    assert resumed_trainer.current_epoch == full_trainer.current_epoch
+    torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())

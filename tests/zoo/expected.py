@@ -45,10 +45,6 @@ COUPLED = (
     "coupled group, the step removes half of the group through the first and then asks for half of the (already "
     "halved) depthwise conv again: ValueError 'would leave a coupled layer empty' at the first step, mid-training"
 )
-LLAMA_TRACE = (
-    "crashes at setup tracing LlamaForCausalLM: torch-pruning's graph reads .grad_fn of the model's output, a tuple "
-    "(AttributeError: 'tuple' object has no attribute 'grad_fn')"
-)
 
 
 def _app(seen: str, short: str) -> XFail:
@@ -145,7 +141,6 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
         "unreachable or met",
         strict=False,
     ),
-    ("hf_llama_gqa", "latency_budget"): XFail(f"LatencyBudgetPruning {LLAMA_TRACE}", "crash"),
 }
 
 

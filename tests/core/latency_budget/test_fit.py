@@ -55,10 +55,15 @@ def test_after_a_fit_the_table_answers_any_width_without_timing(tmp_path):
     assert table.timing_s >= 0
 
 
-def test_the_whole_model_fit_goes_through_both_networks_or_falls_back_to_proportional():
+def test_the_whole_model_fit_goes_through_both_networks_whatever_its_intercept_or_falls_back_to_proportional():
     overhead, scale = whole_model_fit(dense_ms=10.0, dense_table=8.0, small_ms=7.0, small_table=2.0)
     assert overhead + scale * 8.0 == pytest.approx(10.0)
     assert overhead + scale * 2.0 == pytest.approx(7.0)
+    # layers timed alone priced with more fixed cost than the network has: the intercept goes negative
+    overhead, scale = whole_model_fit(dense_ms=0.72, dense_table=0.81, small_ms=0.40, small_table=0.69)
+    assert overhead < 0
+    assert overhead + scale * 0.69 == pytest.approx(0.40)
+    assert overhead + scale * 0.81 == pytest.approx(0.72)
     # the smallest network measured slower than the dense one (load): no slope to fit
     assert whole_model_fit(10.0, 8.0, 11.0, 2.0) == (0.0, 10.0 / 8.0)
 

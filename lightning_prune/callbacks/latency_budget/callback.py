@@ -19,7 +19,13 @@ from lightning_prune.callbacks._trainer import (
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks.latency_budget.checks import check_arguments, check_budget, check_paths, check_trainer
+from lightning_prune.callbacks.latency_budget.checks import (
+    check_arguments,
+    check_budget,
+    check_paths,
+    check_trainer,
+    warn_deep_cut,
+)
 from lightning_prune.callbacks.latency_budget.report import REQUESTER, check_at_fit_end, export, final_check, log_state
 from lightning_prune.callbacks.latency_budget.state import BudgetState
 from lightning_prune.callbacks.protocol import PruningState
@@ -193,6 +199,7 @@ class LatencyBudgetPruning(StepwisePruning):
         budget = self._budget_for(numbers["dense"])
         where = f"on {device_name(resolve_device(self.device, pl_module))} at batch {self.batch_size}"
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
+        warn_deep_cut(budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
         self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape, numbers["overhead"])

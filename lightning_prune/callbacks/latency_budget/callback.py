@@ -298,12 +298,14 @@ class LatencyBudgetPruning(StepwisePruning):
         """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan.
 
         Each plan is built on a copy and measured first; one far under ``target_ms`` (by more than the
-        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.planner.lift_plan`).
+        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.planner.lift_plan`);
+        on the last step a plan measured within the budget counts as under, though the step aims below it.
         """
+        state, budget = self.pruning_state, self._budget
+        ceiling = budget.budget_ms if state.step + 1 == state.num_steps else None  # the last step: the budget
         with progress("latency table + knapsack") as advance:
-            budget = self._budget
             rules = (budget.scale, budget.dense_ms, self.tolerance, advance, budget.overhead)
-            return planner.decide_measured(pl_module, example, target_ms, *rules)
+            return planner.decide_measured(pl_module, example, target_ms, *rules, ceiling_ms=ceiling)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         log_state(self, pl_module)

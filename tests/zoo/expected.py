@@ -126,14 +126,15 @@ EXPECTED: dict[tuple[str, str], Refused | XFail] = {
         strict=False,
     ),
     ("tv_convnext", "latency_budget"): XFail(
-        "on ConvNeXt's depthwise 7x7 blocks the planner overshoots (0.73-0.76 of dense for a 0.8 budget, 61-95 % of "
-        "the parameters removed, 8-43 pt below plain training) or misses the budget (1.08-1.12 of dense)",
+        "on ConvNeXt's depthwise 7x7 blocks the planner overshoots (0.73-0.77 of dense for a 0.8 budget, 61-95 % of "
+        "the parameters removed, 8-43 pt below plain training), misses the budget (1.08-1.12 of dense) or refuses "
+        "it as unreachable (its smallest network measured 0.94 of dense once)",
         "overshoots / misses",
         strict=False,
     ),
     ("tv_resnet18", "latency_budget"): XFail(
-        "overshoots a 0.8 budget on ResNet-18: 0.72 of dense latency with 57 % of the parameters removed, 12 pt "
-        "below plain training",
+        "overshoots a 0.8 budget on ResNet-18: 0.68-0.72 of dense latency with 51-57 % of the parameters removed, "
+        "12-20 pt below plain training",
         "overshoots",
         strict=False,
     ),

@@ -54,8 +54,9 @@ class LatencyBudgetPruning(StepwisePruning):
     knapsack on the device's SIMD grid, removes the rest physically, rebuilds the optimizer, measures side
     by side with an untouched dense copy (rank 0), and rescales. The last step re-plans up to
     ``max_corrections`` times while over budget; at fit end the final measurement is checked against the
-    budget (``tolerance``) and a miss is reported with its size. A budget not below the dense latency, or
-    below the smallest network's, is refused before training. Steps run at epoch start after
+    budget (``tolerance``) and a miss is reported with its size (an overshoot beyond it warns too). A budget not
+    below the dense latency, or below the smallest network's, is refused before training; one asking more than
+    half of what removing channels can save warns (most channels will go). Steps run at epoch start after
     ``warmup_epochs``, then every ``finetune_epochs``; checkpoints hold the architecture (resized on load).
 
     Requires from your LightningModule: an ``example_input_array`` (or a validation batch; tensors, tuples

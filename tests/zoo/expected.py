@@ -50,10 +50,6 @@ class XFail:
 
 NO_HIDDEN = "has no hidden layer: no nn.Linear feeds another nn.Linear"
 UNREACHABLE = "is unreachable: the smallest network allowed"
-LLAMA_TRACE = (
-    "crashes at setup tracing LlamaForCausalLM: torch-pruning's graph reads .grad_fn of the model's output, a tuple "
-    "(AttributeError: 'tuple' object has no attribute 'grad_fn')"
-)
 
 
 # Warned before any step (the user is told the cause and the fix; the accuracy is recorded, not bounded)
@@ -107,27 +103,37 @@ EXPECTED: dict[tuple[str, str], Refused | Warned | XFail] = {
     # -- LatencyBudgetPruning (budget 0.8 of dense). How much the planner cuts follows the timing of a shared CPU,
     # so these vary from run to run and are not strict; its crashes are.
     ("depthwise_cnn", "latency_budget"): XFail(
-        "overshoots a 0.8 budget on depthwise blocks: 0.66-0.75 of dense latency with 78-93 % of the parameters "
-        "removed, accuracy 44-65 pt below plain training",
+        "a 0.8 budget asks 62 % of what removing channels can save (the smallest network measures 0.68 of dense at "
+        "batch 64; warned at fit start) and the half-width network that meets it ends 10 pt below when trained from "
+        "scratch as long: 0.62-0.76 of dense with 54-93 % of the parameters removed, 17-65 pt below plain training",
         "overshoots",
         strict=False,
     ),
     ("resnet", "latency_budget"): XFail(
-        "overshoots a 0.8 budget: 0.57-0.78 of dense latency with 60-96 % of the parameters removed, accuracy 3 to "
-        "49 pt below plain training from run to run",
+        "plans the table prices alike measure 0.48-0.76 of dense (cutting the residual width saves far more than the "
+        "per-layer table says, the inner convs almost nothing): 0.56-0.90 of dense for a 0.8 budget with 60-96 % of "
+        "the parameters removed, 8 to 60 pt below plain training from run to run",
         "overshoots",
         strict=False,
     ),
     ("tv_convnext", "latency_budget"): XFail(
-        "on ConvNeXt's depthwise 7x7 blocks the planner overshoots (0.73-0.76 of dense for a 0.8 budget, 61-95 % of "
-        "the parameters removed, 8-43 pt below plain training) or misses the budget (1.08-1.12 of dense)",
+        "on ConvNeXt's depthwise 7x7 blocks the planner overshoots (0.73-0.77 of dense for a 0.8 budget, 61-95 % of "
+        "the parameters removed, 8-43 pt below plain training), misses the budget (1.08-1.12 of dense) or refuses "
+        "it as unreachable (its smallest network measured 0.94 of dense once)",
         "overshoots / misses",
         strict=False,
     ),
     ("tv_resnet18", "latency_budget"): XFail(
-        "overshoots a 0.8 budget on ResNet-18: 0.73 of dense latency with 48 % of the parameters removed, 22 pt "
-        "below plain training (before main's bounded calibration: past the cell's CPU limit)",
+        "overshoots a 0.8 budget on ResNet-18: 0.68-0.72 of dense latency with 51-57 % of the parameters removed, "
+        "12-20 pt below plain training",
         "overshoots",
+        strict=False,
+    ),
+    ("hf_llama_gqa", "latency_budget"): XFail(
+        "a 0.8 budget lies within a few % of what the smallest allowed network measures (MLP units cut, attention "
+        "kept whole: 0.86-0.91 of dense at batch 64): refused as unreachable in most runs, met in others (0.86 of "
+        "dense, 58 % of the parameters removed, +0.3 pt)",
+        "unreachable or met",
         strict=False,
     ),
     ("timm_vit", "latency_budget"): XFail(
@@ -136,7 +142,6 @@ EXPECTED: dict[tuple[str, str], Refused | Warned | XFail] = {
         "unreachable or met",
         strict=False,
     ),
-    ("hf_llama_gqa", "latency_budget"): XFail(f"LatencyBudgetPruning {LLAMA_TRACE}", "crash"),
 }
 
 

@@ -19,7 +19,13 @@ from lightning_prune.callbacks._trainer import (
     rebuild_after_shrink,
     resize_on_load,
 )
-from lightning_prune.callbacks.latency_budget.checks import check_arguments, check_budget, check_paths, check_trainer
+from lightning_prune.callbacks.latency_budget.checks import (
+    check_arguments,
+    check_budget,
+    check_paths,
+    check_trainer,
+    warn_deep_cut,
+)
 from lightning_prune.callbacks.latency_budget.report import REQUESTER, check_at_fit_end, export, final_check, log_state
 from lightning_prune.callbacks.latency_budget.state import BudgetState
 from lightning_prune.callbacks.protocol import PruningState
@@ -48,8 +54,9 @@ class LatencyBudgetPruning(StepwisePruning):
     knapsack on the device's SIMD grid, removes the rest physically, rebuilds the optimizer, measures side
     by side with an untouched dense copy (rank 0), and rescales. The last step re-plans up to
     ``max_corrections`` times while over budget; at fit end the final measurement is checked against the
-    budget (``tolerance``) and a miss is reported with its size. A budget not below the dense latency, or
-    below the smallest network's, is refused before training. Steps run at epoch start after
+    budget (``tolerance``) and a miss is reported with its size (an overshoot beyond it warns too). A budget not
+    below the dense latency, or below the smallest network's, is refused before training; one asking more than
+    half of what removing channels can save warns (most channels will go). Steps run at epoch start after
     ``warmup_epochs``, then every ``finetune_epochs``; checkpoints hold the architecture (resized on load).
 
     Requires from your LightningModule: an ``example_input_array`` (or a validation batch; tensors, tuples
@@ -193,6 +200,7 @@ class LatencyBudgetPruning(StepwisePruning):
         budget = self._budget_for(numbers["dense"])
         where = f"on {device_name(resolve_device(self.device, pl_module))} at batch {self.batch_size}"
         check_budget(self, budget, numbers["dense"], numbers["smallest"], where)
+        warn_deep_cut(budget, numbers["dense"], numbers["smallest"], where)
         budgets = exponential_latency(numbers["dense"], budget, self.num_steps)
         shape = (weight_count(pl_module), architecture_spec(pl_module), count_parameters(pl_module))
         self._budget = BudgetState(numbers["dense"], budget, numbers["scale"], budgets, *shape, numbers["overhead"])
@@ -291,12 +299,14 @@ class LatencyBudgetPruning(StepwisePruning):
         """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan.
 
         Each plan is built on a copy and measured first; one far under ``target_ms`` (by more than the
-        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.planner.lift_plan`).
+        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.planner.lift_plan`);
+        on the last step a plan measured within the budget counts as under, though the step aims below it.
         """
+        state, budget = self.pruning_state, self._budget
+        ceiling = budget.budget_ms if state.step + 1 == state.num_steps else None  # the last step: the budget
         with progress("latency table + knapsack") as advance:
-            budget = self._budget
             rules = (budget.scale, budget.dense_ms, self.tolerance, advance, budget.overhead)
-            return planner.decide_measured(pl_module, example, target_ms, *rules)
+            return planner.decide_measured(pl_module, example, target_ms, *rules, ceiling_ms=ceiling)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         log_state(self, pl_module)

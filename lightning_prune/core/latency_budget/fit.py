@@ -38,8 +38,22 @@ class AffineFit:
 
 
 def grid(count: int, fraction: float, round_to: int, lowest: int) -> int:
-    """``fraction`` of ``count`` rounded to the ``round_to`` grid, at least ``lowest``, at most ``count``."""
-    rounded = round_to * max(1, round(count * fraction / round_to))
+    """``fraction`` of ``count`` on the planner's channel options, at least ``lowest``, at most ``count``.
+
+    A multiple of ``round_to``, or below one block the power of two under it, as the planner's options are
+    (:func:`~lightning_prune.core.latency_budget.plan.option_counts`). Rounding up to a full block instead
+    sampled a 16-channel layer on a 16-grid only at 16: its fit had no slope in its width, and the table
+    priced cutting the zoo ResNet's 16-channel residual width to 4 at nothing where it measured 19 % of the
+    whole model.
+
+    Example::
+
+        >>> [grid(16, f, 16, 4) for f in (1.0, 0.75, 0.5, 0.25)], [grid(64, f, 16, 4) for f in (0.75, 0.25)]
+        ([16, 8, 8, 4], [48, 16])
+    """
+    wanted = count * fraction
+    below_block = 1 << max(0, int(wanted).bit_length() - 1)
+    rounded = round_to * round(wanted / round_to) if wanted >= round_to else below_block
     return min(count, max(min(lowest, count), rounded))
 
 

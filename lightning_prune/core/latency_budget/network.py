@@ -66,6 +66,9 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
     attention = attention_modules(model)
     grouped = {n: m for m, n in names.items() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and _grouped(m)}
     inside = {sub for module in attention.values() for sub in module.modules()} | set(grouped.values())
+    # A layer inside attention roots no group (its groups are kept whole below), and torch-pruning never
+    # finishes tracing a Llama's q/k/v projections through the rotary embedding and the GQA repeat.
+    ignored += [m for m in inside if isinstance(m, _TIMED) and m not in ignored]
     groups, out_group, in_group, scores = {}, {}, {}, {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_TIMED):
         if any(item.dep.target.module in inside for item in group):

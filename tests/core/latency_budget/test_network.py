@@ -55,3 +55,22 @@ def test_trace_finds_groups_and_the_head_reads_from_one(make, groups, head):
 def test_weight_count_counts_conv_and_linear_weights_only():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     assert weight_count(model) == 4 * 9 + 4 * 2
+
+
+def test_a_causal_lm_is_traced_through_its_output_and_keeps_its_attention_whole():
+    """LlamaForCausalLM's output holds a cache tuple (torch-pruning read its .grad_fn), and torch-pruning never
+    finished grouping its q/k/v projections (rotary embedding, grouped-query repeat): its MLPs are the groups."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    example = {"input_ids": torch.randint(0, 32, (1, 16)), "attention_mask": torch.ones(1, 16, dtype=torch.long)}
+    network = trace_network(model, example)
+    assert network.groups == {"model.layers.0.mlp.up_proj": 64, "model.layers.1.mlp.up_proj": 64}
+    assert network.attention == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    mlp = {layer.name: layer for layer in network.layers if ".mlp." in layer.name and "layers.0" in layer.name}
+    assert mlp["model.layers.0.mlp.gate_proj"].out_group == "model.layers.0.mlp.up_proj"
+    assert mlp["model.layers.0.mlp.down_proj"].in_group == "model.layers.0.mlp.up_proj"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,16 +14,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.callbacks._contract import FittedModel
 from lightning_prune.callbacks._trainer import broadcast, example_input, info, output_dir
+from lightning_prune.callbacks.latency_report import first_measurement, logged_metrics, speedup, write_record
 from lightning_prune.callbacks.protocol import PruningCallback, PruningListener, PruningState
 from lightning_prune.core.devices import check_device, device_name, resolve_device
-from lightning_prune.core.export import to_jsonable, write_summary
 from lightning_prune.core.ort_timing import (
     PARITY_TOLERANCE,
     OrtExportError,
     OrtModel,
     check_backends,
     parity,
-    runtime_info,
 )
 from lightning_prune.core.timing import (
     TimingSettings,
@@ -34,7 +32,6 @@ from lightning_prune.core.timing import (
 from lightning_prune.core.validate import check_int, check_output_dir, check_output_file, is_int
 
 log = logging.getLogger(__name__)
-_LOGGED = ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb")
 
 
 class LatencyBenchmark(PruningListener, Callback):
@@ -159,16 +156,12 @@ class LatencyBenchmark(PruningListener, Callback):
     @property
     def reference(self) -> dict[str, Any] | None:
         """The fit-start measurement every eager speed-up is relative to."""
-        return self._reference("results")
+        return first_measurement(self.records, "results")
 
     @property
     def ort_reference(self) -> dict[str, Any] | None:
         """The first ONNX Runtime measurement (fit start) every ONNX Runtime speed-up is relative to."""
-        return self._reference("ort")
-
-    def _reference(self, key: str) -> dict[str, Any] | None:
-        first = next((record[key] for record in self.records if key in record), None)
-        return first["results"] if key == "ort" and first is not None else first
+        return first_measurement(self.records, "ort")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         measured = self._model() if self._model is not None else None
@@ -186,7 +179,7 @@ class LatencyBenchmark(PruningListener, Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.records:
-            for name, value in self._metrics(self.records[-1]).items():
+            for name, value in logged_metrics(self.records[-1]).items():
                 pl_module.log(name, value, on_step=False, on_epoch=True)
 
     @staticmethod
@@ -197,7 +190,7 @@ class LatencyBenchmark(PruningListener, Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record = self._record(trainer, pl_module, "fit_end", self._pruner_step(trainer))
         for logger in trainer.loggers:
-            logger.log_metrics(self._metrics(record), step=trainer.global_step)
+            logger.log_metrics(logged_metrics(record), step=trainer.global_step)
             logger.save()
         if trainer.is_global_zero and not trainer.fast_dev_run:
             self._write(trainer, pl_module)
@@ -217,12 +210,12 @@ class LatencyBenchmark(PruningListener, Callback):
         record = {"when": when, "step": step, "epoch": trainer.current_epoch, "global_step": trainer.global_step}
         if "eager" in measured:
             record["results"] = measured["eager"]
-            record["speedup"] = _speedup(self.reference or measured["eager"], measured["eager"])
+            record["speedup"] = speedup(self.reference or measured["eager"], measured["eager"])
         if "onnxruntime" in measured:
             ort = measured["onnxruntime"]
-            record["ort"] = {"results": ort, "speedup": _speedup(self.ort_reference or ort, ort)}
+            record["ort"] = {"results": ort, "speedup": speedup(self.ort_reference or ort, ort)}
             if "eager" in measured:
-                record["ort"]["vs_eager"] = _speedup(measured["eager"], ort)
+                record["ort"]["vs_eager"] = speedup(measured["eager"], ort)
             if "parity" in measured:
                 record["ort"]["parity"] = measured["parity"]
         self.records.append(record)
@@ -263,69 +256,17 @@ class LatencyBenchmark(PruningListener, Callback):
             )
         return {**checked, "onnx_bytes": session.file_bytes}
 
-    @staticmethod
-    def _metrics(record: dict[str, Any]) -> dict[str, float]:
-        metrics = {}
-        ort = record.get("ort", {})
-        for prefix, measured in (("latency", record), ("latency/ort", ort)):
-            for batch, result in measured.get("results", {}).items():
-                metrics.update({f"{prefix}/{batch}/{k}": float(result[k]) for k in _LOGGED if result[k] is not None})
-                metrics[f"{prefix}/{batch}/speedup"] = float(measured["speedup"][batch])
-        metrics.update({f"latency/ort/{batch}/vs_eager": float(v) for batch, v in ort.get("vs_eager", {}).items()})
-        return metrics
-
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        directory = output_dir(trainer, self.export_dir)
-        final = self.records[-1]
         settings = {**self.settings.__dict__, "rounds": self.rounds, "batch_sizes": self.batch_sizes}
-        payload = {
-            "device": device_name(resolve_device(self.device, pl_module)),
-            "torch": torch.__version__,
-            "settings": {**settings, "backend": self.backends},
-            "reference": self.reference,
-            "final": final.get("results"),
-            "speedup": final.get("speedup"),
-            "records": self.records,
-        }
-        if "ort" in final:
-            first = next(record["ort"] for record in self.records if "ort" in record)
-            payload["onnxruntime"] = {
-                **runtime_info(),
-                "reference": self.ort_reference,
-                "final": final["ort"]["results"],
-                "speedup": final["ort"]["speedup"],
-                "vs_eager": final["ort"].get("vs_eager"),
-                "parity": first.get("parity"),
-            }
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / self.filename).write_text(json.dumps(to_jsonable(payload), indent=2))
-        history = [_history(record) for record in self.records]
-        summary = {k: payload[k] for k in ("device", "torch", "settings", "speedup")}
-        if "onnxruntime" in payload:
-            summary["ort_speedup"] = payload["onnxruntime"]["speedup"]
-        write_summary(directory / "summary.json", "latency_benchmark", {**summary, "history": history})
+        device = device_name(resolve_device(self.device, pl_module))
+        directory = output_dir(trainer, self.export_dir)
+        write_record(directory, self.filename, device, {**settings, "backend": self.backends}, self.records)
 
     def state_dict(self) -> dict[str, Any]:
         return {"records": self.records}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", self.records))
-
-
-def _speedup(reference: dict[str, Any], results: dict[str, Any]) -> dict[str, float]:
-    """Per batch size, the reference's p50 over the results' p50."""
-    return {b: reference[b]["p50_ms"] / results[b]["p50_ms"] for b in results}
-
-
-def _history(record: dict[str, Any]) -> dict[str, Any]:
-    """A record in brief for ``summary.json``: when, p50 and speed-up per runtime."""
-    brief = {"step": record["step"], "epoch": record["epoch"], "when": record["when"]}
-    if "results" in record:
-        brief.update(p50_ms={b: v["p50_ms"] for b, v in record["results"].items()}, speedup=record["speedup"])
-    if "ort" in record:
-        ort = record["ort"]
-        brief.update(ort_p50_ms={b: v["p50_ms"] for b, v in ort["results"].items()}, ort_speedup=ort["speedup"])
-    return brief
 
 
 def _refuse_a_second_benchmark(trainer: pl.Trainer, me: LatencyBenchmark) -> None:

@@ -6,7 +6,7 @@ and the smaller layers travel with it. What cannot be seen as folded is refused,
 ``torch.nn.utils.prune`` reparametrisation (``weight_orig * weight_mask``) or a ``parametrize`` wrapper.
 
 - ``safetensors``: ``<stem>.safetensors`` (tensors only) and ``<stem>.safetensors.json``, the model record of
-  :mod:`~lightning_prune.core.export` (class path and constructor arguments) plus the layer shapes;
+  :mod:`~lightning_prune.core.model_record` (class path and constructor arguments) plus the layer shapes;
   :func:`load_safetensors` rebuilds the model, shrinks its layers to the saved shapes and loads the tensors,
   with no pickle anywhere.
 - ``onnx``: ``<stem>.onnx`` from ``torch.onnx.export(..., dynamo=True)``, weights inside the file, batch
@@ -104,7 +104,7 @@ def export_for_deploy(
 
     Every format is tried; if some fail, the others are still written and one error names each failure.
     ``example`` (default ``model.example_input_array``) traces the graph formats; ``record`` (default
-    :func:`~lightning_prune.core.export.model_record`) says how to rebuild the model from the safetensors.
+    :func:`~lightning_prune.core.model_record.model_record`) says how to rebuild the model from the safetensors.
 
     Raises:
         ValueError: for an unknown format, an output path that is a directory, unfolded masks, no example.
@@ -177,7 +177,7 @@ def save_safetensors(
     """Write the tensors to ``path`` (``.safetensors``) and the record that rebuilds the model to ``path + .json``.
 
     ``record`` is ``{"model": {"_target_": ..., **kwargs}}`` or ``{"model": None, "reason": ...}``; by default
-    it comes from the model's saved hyper-parameters (:func:`~lightning_prune.core.export.model_record`).
+    it comes from the model's saved hyper-parameters (:func:`~lightning_prune.core.model_record.model_record`).
     """
     from safetensors.torch import save
 

@@ -1,20 +1,19 @@
-"""Exported pruned models, the record that rebuilds them, and run summaries: nothing pickled.
+"""Exported pruned models: the weights and their layer spec, saved and loaded with nothing pickled.
 
 A pruned model is saved as ``{"architecture": spec, "state_dict": tensors}`` (``torch.load(...,
-weights_only=True)`` reads it) and, beside it, a JSON *model record* (``pruned_model.json``) naming how to
-rebuild the model: its class import path and constructor arguments, nested for modules passed as
-arguments (``{"_target_": "lightning_prune.models.Classifier", "num_classes": 10, "net": {"_target_":
-...}}``), taken from a LightningModule's saved hyper-parameters (or written by the app from its Hydra
-config). :func:`load_model` rebuilds the model from the record; :func:`load_pruned` loads the weights into
-a model you built yourself. The summary is one JSON file that each callback adds its section to.
+weights_only=True)`` reads it) and, beside it, a JSON *model record* (``pruned_model.json``, see
+:mod:`~lightning_prune.core.model_record`) naming how to rebuild the model. :func:`load_model` rebuilds the
+model from the record; :func:`load_pruned` loads the weights into a model you built yourself.
+
+This module is also the one import path for what an export is written with: the record
+(:mod:`~lightning_prune.core.model_record`), the size figures (:mod:`~lightning_prune.core.model_size`) and the
+run summary (:mod:`~lightning_prune.core.summary`) live in their own modules and are re-exported here, where
+callbacks, the app and users have always imported them.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,11 +22,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core.hf_record import is_pretrained, pretrained_record
-from lightning_prune.core.structured import architecture_spec, count_parameters, resize_like
+from lightning_prune.core.model_record import RECORD_FORMAT, build_from_record, model_record, write_model_record
+from lightning_prune.core.model_size import count_macs, model_size, parameter_counts, zero_fraction
+from lightning_prune.core.structured import architecture_spec, resize_like
+from lightning_prune.core.summary import to_jsonable, write_summary
 
-RECORD_FORMAT = "lightning_prune.model_record/1"
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+__all__ = [
+    "RECORD_FORMAT",
+    "build_from_record",
+    "count_macs",
+    "export_pruned",
+    "load_checked",
+    "load_model",
+    "load_pruned",
+    "model_record",
+    "model_size",
+    "parameter_counts",
+    "to_jsonable",
+    "write_model_record",
+    "write_summary",
+    "zero_fraction",
+]
 
 
 def export_pruned(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -105,209 +120,3 @@ def load_model(path: str | os.PathLike) -> nn.Module:
         )
     model = build_from_record(record["model"])
     return load_pruned(model, weights).eval()
-
-
-def build_from_record(spec: Any) -> Any:
-    """Instantiate ``{"_target_": "pkg.Class", **kwargs}`` (nested dicts and lists too); other values as they are."""
-    if isinstance(spec, list):
-        return [build_from_record(item) for item in spec]
-    if not isinstance(spec, dict):
-        return spec
-    kwargs = {key: build_from_record(value) for key, value in spec.items() if key != "_target_"}
-    if "_target_" not in spec:
-        return kwargs
-    module_name, _, name = str(spec["_target_"]).rpartition(".")
-    return getattr(importlib.import_module(module_name), name)(**kwargs)
-
-
-def model_record(model: nn.Module) -> dict[str, Any]:
-    """``{"model": {"_target_": ..., **kwargs}}`` from saved hyper-parameters, or ``{"model": None, "reason": why}``.
-
-    A constructor argument comes from ``model.hparams`` (LightningModule's ``save_hyperparameters``); one
-    left out of them (``ignore=["net"]``) is rebuilt from the attribute of the same name when that is a
-    module with saved hyper-parameters itself; arguments with defaults may be absent.
-    """
-    try:
-        return {"model": _constructor(model, type(model).__name__)}
-    except _NotRebuildableError as err:
-        return {"model": None, "reason": str(err)}
-
-
-class _NotRebuildableError(Exception):
-    pass
-
-
-def _constructor(obj: nn.Module, where: str) -> dict[str, Any]:
-    if is_pretrained(obj):  # a transformers model: its (pruned) config rebuilds it
-        return pretrained_record(obj)
-    return _arguments(obj, where)
-
-
-def _arguments(obj: nn.Module, where: str) -> dict[str, Any]:
-    cls = type(obj)
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise _NotRebuildableError(f"{where} is {cls.__qualname__} from {cls.__module__}: not importable by name")
-    signature = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    if any(p.kind is p.VAR_POSITIONAL for p in signature):
-        raise _NotRebuildableError(
-            f"{where} is a {cls.__qualname__}, built from positional *args that no record holds (wrap it in a "
-            "module whose constructor takes named arguments)"
-        )
-    parameters = signature
-    hparams = getattr(obj, "hparams", None)
-    if not isinstance(hparams, Mapping):
-        if parameters:
-            raise _NotRebuildableError(
-                f"{where} is a {cls.__qualname__}, a plain nn.Module: nothing records its constructor arguments "
-                f"(a LightningModule records its own with self.save_hyperparameters())"
-            )
-        hparams = {}
-    spec: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
-    for param in parameters:
-        if param.kind is param.VAR_KEYWORD:
-            spec.update({k: _json_value(v, f"{where}.{k}") for k, v in hparams.items() if k not in spec})
-        elif param.name in hparams:
-            spec[param.name] = _json_value(hparams[param.name], f"{where}.{param.name}")
-        elif isinstance(getattr(obj, param.name, None), nn.Module):
-            spec[param.name] = _constructor(getattr(obj, param.name), f"{where}.{param.name}")
-        elif param.default is param.empty:
-            raise _NotRebuildableError(
-                f"{where} needs the argument {param.name!r}, which its saved hyper-parameters lack "
-                f"(self.save_hyperparameters() in {cls.__qualname__}.__init__ records it)"
-            )
-    return spec
-
-
-def _json_value(value: Any, where: str) -> Any:
-    if isinstance(value, nn.Module):
-        return _constructor(value, where)
-    plain = to_jsonable(value)
-    try:
-        json.dumps(plain)
-    except TypeError:
-        raise _NotRebuildableError(f"{where} = {value!r} is not JSON data (a {type(value).__name__})") from None
-    return plain
-
-
-def write_model_record(
-    weights: str | os.PathLike, record: Mapping[str, Any], source: str, size: Mapping[str, Any] | None = None
-) -> Path:
-    """Write the record of the export ``weights`` beside it (``.json``); ``source`` says where the model came from.
-
-    ``record`` is what :func:`model_record` returns (``model``, and ``reason`` when ``model`` is None).
-    """
-    weights = Path(weights)
-    payload = {
-        "format": RECORD_FORMAT,
-        "weights": weights.name,
-        "source": source,
-        **record,
-        "load": "lightning_prune.load_model(path)"
-        if record.get("model")
-        else "lightning_prune.load_pruned(model, path)",
-    }
-    if size is not None:
-        payload["size"] = dict(size)
-    path = weights.with_suffix(".json")
-    path.write_text(json.dumps(to_jsonable(payload), indent=2))
-    return path
-
-
-def model_size(model: nn.Module, example: Any = None) -> dict[str, int | None]:
-    """Parameters, nonzero parameters and, with an ``example`` input, MACs per example.
-
-    MACs are the multiply-accumulates of the Conv and Linear layers for one example (forward hooks; other
-    layers are not counted); zeros still count, as dense kernels multiply them: only layers that pruning
-    physically shrank lower the figure. ``None`` when no example is given or the forward pass fails on it.
-    """
-    return {**parameter_counts(model), "macs": count_macs(model, example)}
-
-
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Parameters and nonzero parameters: the model's size as every summary reports it."""
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return {"params": count_parameters(model), "params_nonzero": nonzero}
-
-
-def count_macs(model: nn.Module, example: Any) -> int | None:
-    """Conv and Linear multiply-accumulates of one forward pass on ``example``, per example (see :func:`model_size`)."""
-    if example is None:
-        return None
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    example = _to_device(example, device)
-    first = _first_tensor(example)
-    batch = first.shape[0] if first is not None and first.dim() > 0 else 1
-    total = [0]
-
-    def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if isinstance(module, _CONV):
-            channels = module.out_channels if module.transposed else module.in_channels
-            source = inputs[0] if module.transposed else output
-            total[0] += source.numel() * channels * math.prod(module.kernel_size) // module.groups
-        elif isinstance(output, Tensor):
-            total[0] += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (*_CONV, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if isinstance(example, Mapping):
-                model(**example)
-            elif isinstance(example, (tuple, list)):
-                model(*example)
-            else:
-                model(example)
-    except (RuntimeError, TypeError, ValueError):
-        return None
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return total[0] // max(batch, 1)
-
-
-def _to_device(example: Any, device: torch.device) -> Any:
-    if isinstance(example, Tensor):
-        return example.to(device)
-    if isinstance(example, Mapping):
-        return {k: _to_device(v, device) for k, v in example.items()}
-    if isinstance(example, (tuple, list)):
-        return type(example)(_to_device(v, device) for v in example)
-    return example
-
-
-def _first_tensor(example: Any) -> Tensor | None:
-    if isinstance(example, Tensor):
-        return example
-    values = example.values() if isinstance(example, Mapping) else example if isinstance(example, (tuple, list)) else []
-    return next((t for t in (_first_tensor(v) for v in values) if t is not None), None)
-
-
-def zero_fraction(model: nn.Module, names: list[str]) -> dict[str, float]:
-    """Measured fraction of exactly-zero values in each named parameter (what the export really holds)."""
-    return {name: float((model.get_parameter(name) == 0).float().mean()) for name in names}
-
-
-def write_summary(path: str | os.PathLike, section: str, data: Mapping[str, Any]) -> Path:
-    """Merge ``data`` under ``section`` into the JSON summary at ``path`` (created if missing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    summary[section] = to_jsonable(data)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
-
-
-def to_jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return to_jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -11,7 +11,7 @@ at the end of every run of the app, and at the end of every sweep (the Hydra cal
 What the report reads
 ---------------------
 ``summary.json``: one JSON object, one section per callback (written with
-:func:`lightning_prune.core.export.write_summary`), plus ``run`` from the app. Every key is optional.
+:func:`lightning_prune.core.summary.write_summary`), plus ``run`` from the app. Every key is optional.
 
 ``run`` (the app; in your own Trainer, :func:`lightning_prune.report.console.run_record` writes the same)
     ``metrics`` ``{name: float}`` (e.g. ``test/acc``, ``test/loss``), ``wall_s``, ``seed``, ``epochs``;

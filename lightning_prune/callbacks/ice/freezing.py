@@ -10,26 +10,21 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
 
-from lightning_prune.callbacks._trainer import (
-    broadcast,
-    ddp_without_unused_parameters,
-    example_input,
-    info,
-    output_dir,
+from lightning_prune.callbacks._trainer import broadcast, ddp_without_unused_parameters, info, output_dir
+from lightning_prune.callbacks.ice.layers import (
+    CONV_TYPES,
+    candidate_types,
+    freeze_layers,
+    norms_after,
+    release_layers,
 )
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.selection import select_parameters, validate_selector
-from lightning_prune.core.structured import dependency_graph
-from lightning_prune.core.transformer_layout import attention_layouts, fixed_width_attentions
 from lightning_prune.core.validate import check_fraction, check_output_dir, is_number
 
 log = logging.getLogger(__name__)
-CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class LayerFreezing(Callback, PruningListener):
@@ -213,7 +208,7 @@ class LayerFreezing(Callback, PruningListener):
             moves = self._moves(pl_module) if self.max_move is not None else {}
             frozen = [name for name in chosen if moves.get(name, 0.0) < (self.max_move or math.inf)]
             decision = {"scores": scores, "moves": moves, "frozen": frozen}
-            decision["norm_of"] = _norms_after(trainer, pl_module, frozen)
+            decision["norm_of"] = norms_after(trainer, pl_module, frozen)
         decision = broadcast(trainer, decision)
         self.scores, self.moves, self.frozen = decision["scores"], decision["moves"], decision["frozen"]
         self._norm_of, self._pre_weights = decision["norm_of"], {}
@@ -225,26 +220,13 @@ class LayerFreezing(Callback, PruningListener):
 
     def _freeze(self, pl_module: pl.LightningModule) -> None:
         """``requires_grad=False`` (and no stale gradient) on the frozen convs and their norms; norms in eval."""
-        for conv_name in self.frozen or []:
-            for module_name in (conv_name, self._norm_of.get(conv_name)):
-                if module_name is None:
-                    continue
-                module = pl_module.get_submodule(module_name)
-                for param_name, param in module.named_parameters(recurse=False):
-                    if param.requires_grad:
-                        param.requires_grad_(False)
-                        param.grad = None
-                        self._frozen_params.append(f"{module_name}.{param_name}")
-                if isinstance(module, _NORMS) and module.training:
-                    module.eval()
-                    self._eval_norms.append(module_name)
+        params, norms = freeze_layers(pl_module, self.frozen or [], self._norm_of)
+        self._frozen_params += params
+        self._eval_norms += norms
 
     def _release(self, pl_module: pl.LightningModule) -> None:
         """Undo exactly what :meth:`_freeze` changed (parameters the user froze stay frozen)."""
-        for name in self._frozen_params:
-            pl_module.get_parameter(name).requires_grad_(True)
-        for name in self._eval_norms:
-            pl_module.get_submodule(name).train(pl_module.training)
+        release_layers(pl_module, self._frozen_params, self._eval_norms)
         self._frozen_params, self._eval_norms = [], []
 
     @property
@@ -300,32 +282,3 @@ class LayerFreezing(Callback, PruningListener):
         self._probe_step = state_dict.get("probe_step", self._probe_step)
         self._frozen_params = list(state_dict.get("frozen_params", self._frozen_params))
         self._eval_norms = list(state_dict.get("eval_norms", self._eval_norms))
-
-
-def candidate_types(model: nn.Module) -> tuple[str, ...]:
-    """Convs, as in the paper; a transformer's Linears too (its blocks are made of them); an MLP's Linears."""
-    if fixed_width_attentions(model) or attention_layouts(model):
-        return (*CONV_TYPES, "Linear")
-    return CONV_TYPES if any(isinstance(module, _CONVS) for module in model.modules()) else ("Linear",)
-
-
-def _norms_after(trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: Sequence[str]) -> dict[str, str]:
-    """The BatchNorm after each frozen conv; none is looked for after a Linear, so no graph is traced for it.
-
-    Tracing a Hugging Face decoder is what torch-pruning cannot do in reasonable time.
-    """
-    convs = [name for name in frozen if isinstance(pl_module.get_submodule(name), _CONVS)]
-    if not convs:
-        return {}
-    return _following_norms(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), convs)
-
-
-def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict[str, str]:
-    """For each conv, the BatchNorm that directly reads its output (from torch-pruning's traced graph)."""
-    names = {module: name for name, module in model.named_modules()}
-    norms = {}
-    for conv in convs:
-        for node in graph.module2node[model.get_submodule(conv)].outputs:
-            if isinstance(node.module, _NORMS) and node.module in names:
-                norms[conv] = names[node.module]
-    return norms

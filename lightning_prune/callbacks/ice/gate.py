@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
 
-from lightning_prune.callbacks._trainer import eval_mode, has_validation_data, info, output_dir, validation_loader
+from lightning_prune.callbacks._trainer import has_validation_data, info, output_dir, validation_loader
 from lightning_prune.callbacks.ice.hold import FirstStepHold
+from lightning_prune.callbacks.ice.measure import (
+    MetricFn,
+    batch_accuracy,
+    chance_level,
+    check_first_batch,
+    pooled_score,
+    refuse_chance_level,
+    resolve_metric,
+)
 from lightning_prune.callbacks.protocol import PruningListener, PruningState, find_pruner
-from lightning_prune.core import model_io
 from lightning_prune.core.export import write_summary
 from lightning_prune.core.validate import check_int, check_output_dir, is_number
 
 log = logging.getLogger(__name__)
-CHANCE_MARGIN = 0.05  # A0 below 1/classes + this (at most half of 1/classes) is an untrained net's
-MetricFn = Callable[[pl.LightningModule, Any], tuple[Any, Any]]
-
-
-def batch_accuracy(pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, int]:
-    """The default metric: ``(correct, total)`` of a batch, read as every callback reads it (``core/model_io``).
-
-    ``(x, y)`` tuples, Hugging Face dict batches with ``labels``, outputs with ``.logits`` and the module's
-    ``split_batch`` hook all work. A custom ``metric_fn`` has the same signature and returns a score summed
-    over the batch and the number of samples it covers, so batches and ranks can be pooled exactly.
-    """
-    return model_io.correct_and_total(pl_module, batch)
 
 
 class AccuracyGate(Callback, PruningListener):
@@ -124,12 +117,8 @@ class AccuracyGate(Callback, PruningListener):
         check_int("val_batches", val_batches, low=1, optional=True)
         self.threshold, self.val_batches, self.metric_fn = threshold, val_batches, metric_fn
         self.export_dir = check_output_dir("export_dir", export_dir)
-        flags = (
-            ("finetune_last", finetune_last),
-            ("hold_untrained", hold_untrained),
-            ("require_settled", require_settled),
-        )
-        for flag, value in flags:
+        flags = {"finetune_last": finetune_last, "hold_untrained": hold_untrained, "require_settled": require_settled}
+        for flag, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be true or false, got {value!r}")
         self.finetune_last, self.hold_untrained, self.require_settled = finetune_last, hold_untrained, require_settled
@@ -164,23 +153,7 @@ class AccuracyGate(Callback, PruningListener):
         self._loader = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Module and data are set up, no optimizer step has run: catch unusable batches now, not at the first step.
-        with torch.random.fork_rng(devices=[]):  # creating an iterator draws a seed: keep the run's stream as it was
-            first = next(iter(self._validation_loader(trainer)), None)
-        if first is None:
-            raise ValueError("AccuracyGate: the validation data yields no batches; it needs at least one to measure on")
-        if self._metric is batch_accuracy:
-            try:
-                with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pl_module):
-                    batch_accuracy(pl_module, trainer.strategy.batch_to_device(first))
-            except (ValueError, TypeError, KeyError, RuntimeError) as err:
-                raise ValueError(
-                    f"AccuracyGate with metric_fn=None cannot score the first validation batch "
-                    f"({model_io.describe(first)}): {err}. Define split_batch(self, batch) -> (inputs, targets) on "
-                    "your LightningModule, or give metric_fn=<a callable (pl_module, batch) -> (score_sum, count), "
-                    "or its "
-                    "dotted import path>"
-                ) from None
+        check_first_batch(trainer, pl_module, self._validation_loader, default_metric=self._metric is batch_accuracy)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The epoch before the first step is due: the accuracy A0 will be compared with (``require_settled``).
@@ -202,13 +175,14 @@ class AccuracyGate(Callback, PruningListener):
         if not self.hold_untrained or self.reference_acc is not None or self._metric is not batch_accuracy:
             return True
         accuracy = self.evaluate(trainer, pl_module, state)
-        return self.hold.ready(trainer, state, self._pruner, accuracy, self._chance_level(trainer, pl_module)[1])
+        untrained = chance_level(trainer, pl_module, self._validation_loader(trainer))[1]
+        return self.hold.ready(trainer, state, self._pruner, accuracy, untrained)
 
     def on_prune_step_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         if self.reference_acc is None:
             accuracy = self.evaluate(trainer, pl_module, state)
             if self._metric is batch_accuracy:
-                self._refuse_chance_level(trainer, pl_module, accuracy)
+                refuse_chance_level(trainer, pl_module, self._validation_loader(trainer), accuracy, self._pruner)
             self.reference_acc = accuracy
             self.reference_gain_pt = self.hold.gain_pt(trainer.current_epoch, accuracy)
             info(log, f"accuracy gate: reference accuracy A0 = {self.reference_acc:.4f}")
@@ -234,27 +208,6 @@ class AccuracyGate(Callback, PruningListener):
         gain = self.reference_gain_pt
         return not self.require_settled or gain is None or gain < self.threshold
 
-    def _chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[int, float]:
-        """``(classes, accuracy at or below which the net counts as untrained)`` from the logits' width."""
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pl_module):  # keep the run's RNG stream
-            batch = trainer.strategy.batch_to_device(next(iter(self._validation_loader(trainer))))
-            inputs, _ = model_io.split_batch(pl_module, batch)
-            classes = model_io.forward_logits(pl_module, inputs).shape[-1]
-        chance = 1.0 / classes
-        return classes, (chance + min(CHANCE_MARGIN, chance / 2) if classes >= 2 else -1.0)
-
-    def _refuse_chance_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule, accuracy: float) -> None:
-        """An untrained net's A0 makes every drop look small and skips every fine-tune: refuse it, before step 1."""
-        classes, untrained = self._chance_level(trainer, pl_module)
-        chance = 1.0 / classes
-        if accuracy < untrained:
-            raise ValueError(
-                f"AccuracyGate: the reference accuracy A0 = {accuracy:.3f}, measured before the first pruning step, is "
-                f"at chance level (1/{classes} classes = {chance:.3f}): the network is untrained, so every step's drop "
-                "would look small and every fine-tune would be skipped. Train it first (warmup_epochs=N on "
-                f"{type(self._pruner).__name__}) or start from trained weights (load them before trainer.fit)."
-            )
-
     def on_prune_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> None:
         accuracy = self.evaluate(trainer, pl_module, state)
         drop_pt = 100.0 * (self.reference_acc - accuracy)
@@ -274,19 +227,8 @@ class AccuracyGate(Callback, PruningListener):
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: PruningState) -> float:
         """Accuracy (``metric_fn``) on the first ``val_batches`` validation batches, pooled over ranks."""
-        with state.timed("evaluate"), torch.no_grad(), eval_mode(pl_module):
-            totals = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
-            for index, batch in enumerate(self._validation_loader(trainer)):
-                if self.val_batches is not None and index >= self.val_batches:
-                    break
-                if index % trainer.world_size != trainer.global_rank:
-                    continue
-                score, count = self._metric(pl_module, trainer.strategy.batch_to_device(batch))
-                totals += torch.tensor([float(score), float(count)], dtype=torch.float64, device=totals.device)
-            totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        if totals[1] <= 0:
-            raise ValueError("AccuracyGate: the validation data yielded no samples to measure accuracy on")
-        return float(totals[0] / totals[1])
+        with state.timed("evaluate"):
+            return pooled_score(trainer, pl_module, self._validation_loader(trainer), self._metric, self.val_batches)
 
     def _validation_loader(self, trainer: pl.Trainer) -> Any:
         if self._loader is None:
@@ -356,29 +298,3 @@ def _pruning_over(state: PruningState) -> bool:
     """No pruning step is left (the last fine-tune, if any, has just run)."""
     reached = state.target_sparsity is not None and state.sparsity >= state.target_sparsity - 1e-6
     return state.phase == "done" or state.step >= state.num_steps or reached
-
-
-def resolve_metric(metric_fn: str | MetricFn | None) -> MetricFn:
-    """``metric_fn`` as a callable: the default accuracy, the callable itself, or an imported dotted path.
-
-    Raises:
-        ValueError: when a dotted path cannot be imported or does not name a callable.
-        TypeError: when ``metric_fn`` is of another type.
-    """
-    if metric_fn is None:
-        return batch_accuracy
-    if callable(metric_fn):
-        return metric_fn
-    if not isinstance(metric_fn, str):
-        raise TypeError(f"metric_fn must be None, a callable or a dotted import path, got {type(metric_fn).__name__}")
-    module_name, _, attr = metric_fn.rpartition(".")
-    try:
-        resolved = getattr(importlib.import_module(module_name), attr) if module_name else None
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"metric_fn={metric_fn!r} cannot be imported ({err}); give the dotted import path of a callable "
-            "(pl_module, batch) -> (score_sum, count), e.g. 'my_pkg.metrics.f1'"
-        ) from None
-    if not callable(resolved):
-        raise ValueError(f"metric_fn={metric_fn!r} must be the dotted path of a callable, e.g. 'my_pkg.metrics.f1'")
-    return resolved

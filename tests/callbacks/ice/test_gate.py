@@ -208,7 +208,7 @@ def test_accuracy_gate_finetune_last_fine_tunes_after_the_last_step_only(digits,
 
 def test_accuracy_gate_metric_fn(digits, trainer_kwargs: dict) -> None:
     runs = {}
-    for name, metric in [("default", None), ("path", "lightning_prune.callbacks.ice.gate.batch_accuracy")]:
+    for name, metric in [("default", None), ("path", "lightning_prune.callbacks.ice.measure.batch_accuracy")]:
         pl.seed_everything(0)
         gate = AccuracyGate(threshold=100.0, val_batches=2, metric_fn=metric)
         fit([block_pruner(), gate], digits, trainer_kwargs)

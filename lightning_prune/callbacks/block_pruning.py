@@ -14,9 +14,9 @@ from lightning_prune.callbacks._trainer import check_spawn_reload, example_input
 from lightning_prune.callbacks.odf2nna.carry import carried_optimizer
 from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.masks import check_finite
+from lightning_prune.core.odf2nna.tracing import trace_graph
 from lightning_prune.core.selection import DEFAULT_TYPES
 from lightning_prune.core.structured import (
-    dependency_graph,
     group_scores,
     inner_groups,
     lowest_channels,
@@ -177,7 +177,7 @@ class BlockPruning(StepwisePruning):
         units = mlp_layouts(pl_module.get_submodule(block), f"{block}.")
         if heads or units:
             return {"block": block, **self._transformer_plan(heads, units)}
-        graph = dependency_graph(pl_module, example_input(trainer, pl_module))
+        graph = trace_graph(pl_module, example_input(trainer, pl_module))
         scores = {name: group_scores(pl_module, graph, name) for name in inner_groups(pl_module, graph, block)}
         check_finite(scores, "channel group L1 magnitudes")
         return {"block": block, "channels": {name: lowest_channels(s, self.step_ratio) for name, s in scores.items()}}
@@ -254,7 +254,7 @@ def _check_prunable(trainer: pl.Trainer, pl_module: pl.LightningModule, blocks: 
     empty = [name for name in convs_only if not _has(pl_module.get_submodule(name), _CONVS)]
     traced = [name for name in convs_only if name not in empty]
     if traced:
-        graph = dependency_graph(pl_module, example_input(trainer, pl_module))
+        graph = trace_graph(pl_module, example_input(trainer, pl_module))
         empty += [name for name in traced if not inner_groups(pl_module, graph, name)]
     if empty:
         raise ValueError(

@@ -15,34 +15,11 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from lightning_prune.core import model_io
-from lightning_prune.core.odf2nna.tracing import tensor_outputs
+from lightning_prune.core.odf2nna.tracing import trace_graph
 from lightning_prune.core.structured_transformers import attention_spec, sync_all
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def dependency_graph(model: nn.Module, example_inputs: Tensor) -> tp.DependencyGraph:
-    """Trace ``model`` in eval mode, so tracing does not move BatchNorm running statistics.
-
-    The inputs are passed as every callback passes them (:func:`~lightning_prune.core.model_io.call`) and
-    every tensor of the output is traced: a causal LM's output holds a cache object that torch-pruning
-    cannot flatten (it read ``.grad_fn`` of a tuple).
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
-                model,
-                example_inputs=example_inputs,
-                forward_fn=model_io.call,
-                output_transform=tensor_outputs,
-                verbose=False,
-            )
-    finally:
-        model.train(was_training)
 
 
 def _out_channel_group(graph: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) -> tp.Group:
@@ -104,7 +81,7 @@ def lowest_channels(scores: Tensor, ratio: float) -> list[int]:
 
 def remove_out_channels(model: nn.Module, example_inputs: Tensor, removals: Mapping[str, Sequence[int]]) -> None:
     """Physically remove the given output channels of each named module, with everything coupled to them."""
-    graph = dependency_graph(model, example_inputs)
+    graph = trace_graph(model, example_inputs)
     for module_name, idxs in removals.items():
         if not idxs:
             continue

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from lightning_prune.core.export import export_pruned, load_pruned, write_summary
+from lightning_prune.core.odf2nna.tracing import trace_graph
 from lightning_prune.core.structured import (
     architecture_spec,
     count_parameters,
-    dependency_graph,
     group_scores,
     inner_groups,
     l1_filter_scores,
@@ -27,7 +27,7 @@ def resnet() -> ResNet:
 
 def test_inner_groups_exclude_the_conv_feeding_the_residual_add():
     net = resnet()
-    graph = dependency_graph(net, EXAMPLE)
+    graph = trace_graph(net, EXAMPLE)
     assert inner_groups(net, graph, "stages.0.1") == ["stages.0.1.conv1"]
 
 
@@ -45,7 +45,7 @@ def test_removing_inner_channels_shrinks_the_block_and_keeps_the_net_working():
 def test_training_mode_is_restored_and_bn_stats_untouched_by_tracing():
     net = resnet().train()
     stats = net.stem[1].running_mean.clone()
-    dependency_graph(net, EXAMPLE * 100)
+    trace_graph(net, EXAMPLE * 100)
     assert net.training
     torch.testing.assert_close(net.stem[1].running_mean, stats)
 
@@ -115,7 +115,7 @@ def test_group_scores_count_the_batchnorm_scale_a_filter_norm_misses():
         block.conv1.weight[2] *= 0.01  # the smallest filter ...
         block.bn1.weight.fill_(1.0)
         block.bn1.weight[2] = 20.0  # ... behind the largest BatchNorm scale
-    graph = dependency_graph(net, EXAMPLE)
+    graph = trace_graph(net, EXAMPLE)
     scores = group_scores(net, graph, "stages.0.1.conv1")
     assert l1_filter_scores(block.conv1).argmin() == 2
     assert scores.shape == (8,)

@@ -8,14 +8,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch_pruning as tp
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lightning_prune import LatencyBudgetPruning
 from lightning_prune.bench._common import default_data, trainer
 from lightning_prune.bench.latency.baselines import OneShotPruning, highest_ratio, probe
 from lightning_prune.bench.latency.matching import Match, bisect_ratio
+from lightning_prune.bench.latency_budget.compare import describe, ours_pruner
 from lightning_prune.core.latency_budget.measure import correlation
 from lightning_prune.core.latency_budget.network import trace_network
 from lightning_prune.core.latency_budget.plan import predict_ms
@@ -42,21 +41,7 @@ def one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     trainer(cfg.pretrain_epochs, accelerator=accelerator).fit(dense, datamodule=datamodule)
     epochs = cfg.steps * cfg.finetune_epochs + cfg.final_epochs
     ours = copy.deepcopy(dense)
-    pruning = LatencyBudgetPruning(
-        budget_fraction=cfg.budget_fraction,
-        num_steps=cfg.steps,
-        finetune_epochs=cfg.finetune_epochs,
-        warmup_epochs=0,
-        round_to=cfg.round_to,
-        batch_size=cfg.batch_size,
-        device=device,
-        threads=threads,
-        repeats=cfg.repeats,
-        lut_repeats=cfg.lut_repeats,
-        lut_path=cfg.lut_path,
-        export_dir=cfg.export_dir,
-        **cfg.pruning,
-    )
+    pruning = ours_pruner(cfg, device, threads)
     _progress("ours: LatencyBudgetPruning")
     fit(ours, epochs, [pruning])
     inputs = batch_of(dense.example_input_array, cfg.batch_size).to(device)
@@ -76,9 +61,7 @@ def one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     fit(dense, epochs, [])  # the dense arm trains as long as the others
     _progress("final round-robin timing and test")
     final = interleaved_latency({n: m.to(device).eval() for n, m in arms.items()}, inputs, timing, rounds=cfg.rounds)
-    described = {
-        name: describe(model, final[name].quiet_p50_ms, datamodule, accelerator) for name, model in arms.items()
-    }
+    described = {name: describe(model, final[name], datamodule, accelerator) for name, model in arms.items()}
     for name in arms:
         if name != "dense":
             speedup = described["dense"]["measured_ms"] / described[name]["measured_ms"]
@@ -114,15 +97,6 @@ def match_baseline(
     high = min(cfg.max_ratio, highest_ratio(dense, cfg.round_to))  # past it latency rises again
     match = bisect_ratio(relative, high=high, tolerance=cfg.match_tolerance, max_probes=cfg.max_probes)
     return match, tried[match.ratio]
-
-
-def describe(model: Classifier, measured_ms: float, datamodule: Any, accelerator: str) -> dict[str, Any]:
-    """An arm's final figures: its round-robin latency, test accuracy on the whole test split, MACs, parameters."""
-    tested = trainer(1, accelerator=accelerator).test(model, datamodule=datamodule, verbose=False)
-    example = model.example_input_array.to(next(model.parameters()).device)
-    macs, params = tp.utils.count_ops_and_params(model, example)
-    return {"measured_ms": measured_ms, "test_acc": float(tested[0]["test/acc"]), "macs": int(macs),
-            "params": int(params)}  # fmt: skip
 
 
 def _table_r(

@@ -94,6 +94,25 @@ class UniformPruning(pl.Callback):
             self.done += 1
 
 
+def ours_pruner(cfg: DictConfig, device: str, threads: int | None) -> LatencyBudgetPruning:
+    """Arm ours: :class:`LatencyBudgetPruning` as the benchmark's config sets it (both latency benchmarks)."""
+    return LatencyBudgetPruning(
+        budget_fraction=cfg.budget_fraction,
+        num_steps=cfg.steps,
+        finetune_epochs=cfg.finetune_epochs,
+        warmup_epochs=0,
+        round_to=cfg.round_to,
+        batch_size=cfg.batch_size,
+        device=device,
+        threads=threads,
+        repeats=cfg.repeats,
+        lut_repeats=cfg.lut_repeats,
+        lut_path=cfg.lut_path,
+        export_dir=cfg.export_dir,
+        **cfg.pruning,
+    )
+
+
 def _one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     """One comparison: pretrain, ours, dense, uniform tuned to ours, final timing and test."""
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
@@ -110,21 +129,7 @@ def _one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     trainer(cfg.pretrain_epochs, accelerator=accelerator).fit(dense, datamodule=datamodule)
     arms = {name: copy.deepcopy(dense) for name in ARMS}
     epochs = cfg.steps * cfg.finetune_epochs + cfg.final_epochs
-    pruning = LatencyBudgetPruning(
-        budget_fraction=cfg.budget_fraction,
-        num_steps=cfg.steps,
-        finetune_epochs=cfg.finetune_epochs,
-        warmup_epochs=0,
-        round_to=cfg.round_to,
-        batch_size=cfg.batch_size,
-        device=device,
-        threads=threads,
-        repeats=cfg.repeats,
-        lut_repeats=cfg.lut_repeats,
-        lut_path=cfg.lut_path,
-        export_dir=cfg.export_dir,
-        **cfg.pruning,
-    )
+    pruning = ours_pruner(cfg, device, threads)
     fit(arms["ours"], epochs, [pruning])
     fit(arms["dense"], epochs, [])
 
@@ -139,7 +144,7 @@ def _one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     if cfg.onnxruntime:  # ONNX Runtime sessions of the same three models, timed in the same rounds
         timed |= {f"{name}/ort": OrtModel(arms[name], dense.example_input_array, cfg.threads) for name in ARMS}
     final = interleaved_latency(timed, inputs, timing, rounds=cfg.rounds)
-    results = {name: _describe(arms[name], final[name], datamodule, accelerator) for name in ARMS}
+    results = {name: describe(arms[name], final[name], datamodule, accelerator) for name in ARMS}
     if cfg.onnxruntime:
         for name in ARMS:
             session = timed[f"{name}/ort"]
@@ -191,7 +196,7 @@ def _sweep_uniform(
     ]
 
 
-def _describe(model: Classifier, latency: Any, datamodule: Any, accelerator: str) -> dict[str, Any]:
+def describe(model: Classifier, latency: Any, datamodule: Any, accelerator: str) -> dict[str, Any]:
     """An arm's final figures: its round-robin latency, test accuracy, MACs and parameters."""
     tested = trainer(1, accelerator=accelerator).test(model, datamodule=datamodule, verbose=False)
     example = model.example_input_array.to(next(model.parameters()).device)

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from lightning_prune.callbacks._trainer import example_input
-from lightning_prune.core.structured import dependency_graph
+from lightning_prune.core.odf2nna.tracing import trace_graph
 from lightning_prune.core.transformer_layout import attention_layouts, fixed_width_attentions
 
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
@@ -38,7 +38,7 @@ def norms_after(trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: Sequ
     convs = [name for name in frozen if isinstance(pl_module.get_submodule(name), _CONVS)]
     if not convs:
         return {}
-    return _following_norms(pl_module, dependency_graph(pl_module, example_input(trainer, pl_module)), convs)
+    return _following_norms(pl_module, trace_graph(pl_module, example_input(trainer, pl_module)), convs)
 
 
 def _following_norms(model: nn.Module, graph: Any, convs: Sequence[str]) -> dict[str, str]:

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from lightning_prune.core import model_io
 from lightning_prune.core.latency_budget.table import LayerSpec, layer_spec
+from lightning_prune.core.odf2nna.tracing import trace_graph
 from lightning_prune.core.scores import sp_lamp
 from lightning_prune.core.selection import head_module_name
-from lightning_prune.core.structured import dependency_graph
 
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -59,7 +59,7 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
 
     The output layer (last conv/linear) and layers matching ``exclude_names`` keep their output channels.
     """
-    graph = dependency_graph(model, example)
+    graph = trace_graph(model, example)
     names = {module: name for name, module in model.named_modules()}
     head = head_module_name(model)
     ignored = [m for m, n in names.items() if isinstance(m, _TIMED) and (n == head or _matches(n, exclude_names))]

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from lightning_prune.bench.__main__ import dispatch
 from lightning_prune.bench._common import default_data
 from lightning_prune.bench._compose import compose_benchmark
-from lightning_prune.bench.ice import arms
+from lightning_prune.bench.ice import arms, tables
 from lightning_prune.callbacks.ice.tuning import STAGE1_SPACE
 
 ARM_KEYS = {"wall_s", "test_acc", "sparsity", "finetune_epochs"}
@@ -143,3 +143,17 @@ def test_the_depth_axis_refuses_bad_lists_before_training(tmp_path: Path, overri
     with pytest.raises(ValueError, match=match):
         dispatch(["ice", "scale=quick", f"out={tmp_path / 'ice.json'}", override, *extra])
     assert not (tmp_path / "ice.json").exists()
+
+
+def test_the_depth_tables_render_from_a_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run(tmp_path, "axis=depth", "depths=[1]", "deepest_seeds=[0]")
+    monkeypatch.setattr(tables, "load_result", lambda relative: result)
+    rows = tables.depth().splitlines()[2:]
+    (row,) = rows
+    assert row.startswith("| 2 | 0 | **")
+    assert f"{result['depths'][0]['speedup']:.2f}x" in row
+    verdict = tables.depth_verdict()
+    assert verdict.startswith("At 2 blocks (1 seeds):")
+    assert ("**met**" in verdict) == (
+        result["depths"][0]["speedup"] >= 5 and result["depths"][0]["acc_delta_pt"] >= -0.5
+    )

@@ -12,6 +12,9 @@ SEEDS = {0: "seed0", 1: "seed1"}
 # The only run with the freezing-only and LR-only ablations: an older version of the benchmark (dense
 # pre-training not seeded, stage-1 trials scored on the gate's batches), same workload and seed 0.
 OLDER = "seed0_unseeded_pretraining"
+# The depth axis (axis=depth): one narrow ResNet family at several depths, distillation in every fine-tune.
+DEPTH = "depth"
+DEPTH_TARGET = (5.0, 0.5)  # issue 18: at the deepest point, at least 5x at no more than 0.5 pt lost
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -148,6 +151,41 @@ def headline() -> dict[str, str]:
     }
 
 
+def depth() -> str:
+    """ICE's speed-up and accuracy as the network deepens (stage-1 search included), means over each depth's seeds."""
+    r = _load(DEPTH)
+    runs = r["runs"]
+    rows = []
+    for row in r["depths"]:
+        mine = [run for run in runs if run["blocks"] == row["blocks"]]
+        rows.append(
+            [
+                str(row["blocks"]),
+                ", ".join(str(seed) for seed in row["seeds"]),
+                f"**{row['speedup']:.2f}x**",
+                f"{row['acc_delta_pt']:+.2f}",
+                f"{row['speedup_without_search']:.2f}x",
+                f"{100 * row['search_share']:.0f} %",
+                ", ".join(run["finetunes"] for run in mine),
+                ", ".join(f"{run['baseline_s']:.0f} / {run['ice_s']:.0f}" for run in mine),
+            ]
+        )
+    header = ["blocks", "seeds", "speed-up", "Δ acc (pt)", "without search", "search share", "fine-tunes run"]
+    return _lines([*header, "baseline s / ICE s"], rows)
+
+
+def depth_verdict() -> str:
+    """The deepest point against issue 18's target, in one sentence."""
+    deepest = max(_load(DEPTH)["depths"], key=lambda row: row["blocks"])
+    speedup, loss = DEPTH_TARGET
+    met = deepest["speedup"] >= speedup and deepest["acc_delta_pt"] >= -loss
+    return (
+        f"At {deepest['blocks']} blocks ({len(deepest['seeds'])} seeds): {deepest['speedup']:.2f}x at "
+        f"{deepest['acc_delta_pt']:+.2f} pt against a target of at least {speedup:g}x at no more than {loss:g} pt "
+        f"lost: **{'met' if met else 'missed'}**.\n"
+    )
+
+
 TABLES = {
     "claim": claim,
     "workload": workload,
@@ -155,4 +193,6 @@ TABLES = {
     "time_split": time_split,
     "search": search,
     "ablations": ablations,
+    "depth": depth,
+    "depth_verdict": depth_verdict,
 }

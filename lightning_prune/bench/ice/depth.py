@@ -73,6 +73,7 @@ def run_row(result: dict[str, Any]) -> dict[str, Any]:
         "sparsity": ice["sparsity"],
         "finetunes": f"{ice['finetune_epochs']} of {ice['steps']}",
         "best_params": result["search"]["best_params"],
+        "trials": result["search"]["trials"],  # why stage 1 chose what it chose
     }
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import nn
 
+from lightning_prune.callbacks._carry import carried_optimizer
 from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.callbacks._trainer import check_spawn_reload, example_input, resize_on_load
-from lightning_prune.callbacks.odf2nna.carry import carried_optimizer
 from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.masks import check_finite
 from lightning_prune.core.odf2nna.tracing import trace_graph

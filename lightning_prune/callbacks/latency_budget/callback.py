@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
+from lightning_prune.callbacks._carry import carried_optimizer
 from lightning_prune.callbacks._contract import check_refit, count_epochs_on, refuse_nonfinite, refuse_other_pruners
 from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.callbacks._trainer import (
@@ -28,7 +29,6 @@ from lightning_prune.callbacks.latency_budget.checks import (
 )
 from lightning_prune.callbacks.latency_budget.report import REQUESTER, check_at_fit_end, export, final_check, log_state
 from lightning_prune.callbacks.latency_budget.state import BudgetState
-from lightning_prune.callbacks.odf2nna.carry import carried_optimizer
 from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.devices import device_name, resolve_device
 from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled

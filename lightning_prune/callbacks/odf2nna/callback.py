@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_prune.callbacks._carry import carried_optimizer, scale_learning_rates
 from lightning_prune.callbacks._contract import (
     check_refit,
     check_training_budget,
@@ -18,7 +19,6 @@ from lightning_prune.callbacks._contract import (
     refuse_other_pruners,
 )
 from lightning_prune.callbacks._trainer import broadcast, check_spawn_reload, example_input, info, resize_on_load
-from lightning_prune.callbacks.odf2nna.carry import carried_optimizer, scale_learning_rates
 from lightning_prune.callbacks.odf2nna.report import REQUESTER, check_at_fit_end, epochs_needed, export, log_skipped
 from lightning_prune.callbacks.odf2nna.scoring import training_moments
 from lightning_prune.callbacks.odf2nna.trigger import RebuildTrigger

@@ -1,4 +1,4 @@
-"""Carry the optimizer's and schedulers' state over a physical shrink, entry by entry.
+"""Carry the optimizer's and schedulers' state over a physical shrink, entry by entry (every shrinking callback).
 
 A shrink replaces parameters, so Lightning's optimizer must be rebuilt; a fresh Adam then restarts its
 moments and bias correction and its first steps move every weight by about the learning rate, whatever

@@ -192,6 +192,7 @@ class LatencyBudgetPruning(StepwisePruning):
             self._calibrate(trainer, pl_module)
         elif architecture is not None and architecture_spec(pl_module) != architecture:
             raise ValueError("the checkpoint's pruned architecture does not match the model after loading it")
+        super().on_train_start(trainer, pl_module)
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Measure the dense model, fix the budget and the schedule; fail on budgets that make no sense."""

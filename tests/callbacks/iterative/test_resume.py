@@ -71,3 +71,20 @@ def test_a_run_resumed_after_its_schedule_ended_stops_as_the_uninterrupted_one_d
     )
     assert resumed_trainer.current_epoch == full_trainer.current_epoch
     torch.testing.assert_close(resumed_model.state_dict(), full_model.state_dict())
+
+
+def test_latency_budget_pruning_resumed_after_its_schedule_ended_stops_too(digits, trainer_kwargs, tmp_path):
+    """The same shared rule for the latency pruner, which overrides on_train_start (it calibrates there)."""
+    from lightning_prune import LatencyBudgetPruning
+
+    args = {"budget_fraction": 0.95, "num_steps": 1, "warmup_epochs": 1, "stop_when_done": True, "threads": 1}
+    args |= {"repeats": 3, "rounds": 1, "lut_repeats": 3, "tolerance": 0.5, "export_dir": str(tmp_path / "out")}
+    full, _, full_trainer = fit_with_checkpoints(
+        digits, trainer_kwargs, tmp_path, cnn_classifier, args, pruner=LatencyBudgetPruning
+    )
+    assert full.pruning_state.phase == "done"
+    _, _, resumed_trainer = fit_with_checkpoints(
+        digits, trainer_kwargs, tmp_path, cnn_classifier, args, ckpt_path=tmp_path / "ckpt" / "last.ckpt",
+        pruner=LatencyBudgetPruning,
+    )  # fmt: skip
+    assert resumed_trainer.current_epoch == full_trainer.current_epoch < 12

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lightning_prune.bench._common import default_data, trainer
 from lightning_prune.bench.latency.baselines import OneShotPruning, highest_ratio, probe
 from lightning_prune.bench.latency.matching import Match, bisect_ratio
-from lightning_prune.bench.latency_budget.compare import describe, ours_pruner
+from lightning_prune.bench.latency_budget.compare import describe, ours_pruner, seed_record
 from lightning_prune.core.latency_budget.measure import correlation
 from lightning_prune.core.latency_budget.network import trace_network
 from lightning_prune.core.latency_budget.plan import predict_ms
@@ -68,12 +68,8 @@ def one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
             described[name]["speedup_over_mac_cut"] = speedup / (described["dense"]["macs"] / described[name]["macs"])
     for name, match in matches.items():
         described[name] |= match
-    state = pruning.state_dict()
     return {
-        "seed": seed,
-        "dataset": dataset,
-        "dense_ms": state["dense_ms"],
-        "budget_ms": state["budget_ms"],
+        **seed_record(seed, dataset, pruning),
         "budget_tolerance": cfg.pruning.tolerance,
         "tolerance": cfg.match_tolerance,
         "arms": described,

@@ -113,6 +113,12 @@ def ours_pruner(cfg: DictConfig, device: str, threads: int | None) -> LatencyBud
     )
 
 
+def seed_record(seed: int, dataset: str, pruning: LatencyBudgetPruning) -> dict[str, Any]:
+    """What every seed's record starts with: the seed, the data, ours' dense latency and budget."""
+    state = pruning.state_dict()
+    return {"seed": seed, "dataset": dataset, "dense_ms": state["dense_ms"], "budget_ms": state["budget_ms"]}
+
+
 def _one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     """One comparison: pretrain, ours, dense, uniform tuned to ours, final timing and test."""
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
@@ -159,19 +165,15 @@ def _one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
     predicted = [scale * predict_ms(trace_network(s["model"], inputs[:1]), table, {}) for s in sweep]
     predicted += [scale * tabled[name] for name in ARMS]
     measured = [s["measured_ms"] for s in sweep] + [results[name]["measured_ms"] for name in ARMS]
-    state = pruning.state_dict()
     return {
-        "seed": seed,
-        "dataset": dataset,
-        "dense_ms": state["dense_ms"],
-        "budget_ms": state["budget_ms"],
+        **seed_record(seed, dataset, pruning),
         **results,
         "uniform_ratio": chosen["ratio"],
         "uniform_matches_its_probe": architecture_spec(arms["uniform"]) == architecture_spec(chosen["model"]),
         "noise_max_spread": max(final[name].spread for name in ARMS),
         "sweep": [{k: v for k, v in s.items() if k != "model"} for s in sweep],
         "lut_points": {"predicted_ms": predicted, "measured_ms": measured},
-        "ours_history": state["pruning_state"]["history"],
+        "ours_history": pruning.state_dict()["pruning_state"]["history"],
     }
 
 

@@ -49,13 +49,32 @@ def entry_origins(pl_module: pl.LightningModule, reshape: Reshape, example: Any)
     ``reshape`` runs on a float64 copy whose parameters hold their own flat indices, so whatever it
     slices (weights, biases, norms, the next layer's inputs) is traced exactly, without knowing how.
     """
-    trainer = pl_module.trainer
-    probe = copy.deepcopy(pl_module, {id(trainer): trainer}).double()
+    probe = _hookless_copy(pl_module).double()
     with torch.no_grad():
         for param in probe.parameters():
             param.copy_(torch.arange(param.numel(), dtype=torch.float64, device=param.device).view_as(param))
     reshape(probe, floating_to(example, torch.float64))
     return {name: param.detach().flatten().long() for name, param in probe.named_parameters()}
+
+
+# Every hook table of an nn.Module: the probe leaves them behind.
+_HOOK_TABLES = tuple(name for name in vars(nn.Module()) if name.endswith("_hooks") or "_hooks_" in name)
+
+
+def _hookless_copy(pl_module: pl.LightningModule) -> pl.LightningModule:
+    """A deep copy without the trainer and without hooks.
+
+    Callbacks' hooks (distillation's on the logits, a gate's, a freezer's) hold the callbacks, and copying
+    them copied a teacher model and every saved weight: 0.27 s of a 0.6 s pruning step on a 48-block ResNet.
+    The probe needs none of them, and running them on it would feed the callbacks a copy's outputs.
+    """
+    memo: dict[int, Any] = {id(pl_module.trainer): pl_module.trainer}
+    for module in pl_module.modules():
+        for table in _HOOK_TABLES:
+            original = getattr(module, table, None)
+            if original is not None:
+                memo[id(original)] = type(original)()
+    return copy.deepcopy(pl_module, memo)
 
 
 @dataclass

@@ -60,3 +60,30 @@ def test_rebuild_carries_the_kept_units_optimizer_state(cancer, trainer_kwargs) 
         torch.testing.assert_close(after.state["net.layers.1.bias"][key], before.state["net.layers.1.bias"][key][rows1])
     assert after.state[first]["step"] == before.state[first]["step"] > 0
     assert after.lr == before.lr < 1e-2  # the cosine schedule's position, not a restart
+
+
+def test_origins_probe_runs_and_copies_no_hook(trainer_kwargs) -> None:
+    """The probe that traces the shrink leaves hooks behind: they hold callbacks (a teacher model, saved
+    weights) that copying cost a 48-block ResNet half of each pruning step, and they must not see a copy's outputs."""
+    from lightning_prune.callbacks._carry import entry_origins
+    from lightning_prune.models import MLP, Classifier
+
+    model = Classifier(MLP((4,), 3, hidden=(5,)), 3, (1, 4))
+    model.trainer = pl.Trainer(**trainer_kwargs)
+    calls = []
+    hook = model.net.layers[1].register_forward_hook(lambda module, args, out: calls.append(out.dtype))
+
+    def keep_rows(probe, example) -> None:  # the shrink: keep units 1 and 3 of the hidden layer
+        first, second = probe.net.layers[1], probe.net.layers[3]
+        first.weight = torch.nn.Parameter(first.weight[[1, 3]])
+        first.bias = torch.nn.Parameter(first.bias[[1, 3]])
+        second.weight = torch.nn.Parameter(second.weight[:, [1, 3]])
+        probe(example)
+
+    origins = entry_origins(model, keep_rows, torch.zeros(1, 4))
+    assert origins["net.layers.1.weight"].tolist() == [4, 5, 6, 7, 12, 13, 14, 15]
+    assert origins["net.layers.3.weight"].tolist() == [1, 3, 6, 8, 11, 13]
+    assert calls == []  # the probe ran the forward without the user's hook
+    model(torch.zeros(1, 4))
+    assert calls == [torch.float32]  # and the model kept it
+    hook.remove()

@@ -96,10 +96,13 @@ def pooled_score(
 ) -> float:
     """``metric`` on the first ``val_batches`` batches of ``loader``, every rank scoring its share, summed over ranks.
 
+    The random stream is forked: each new loader iterator draws a seed from it, and that draw shifted every
+    later training batch, so a gate that skipped nothing still trained on other data than the pruner alone.
+
     Raises:
         ValueError: when those batches hold no sample.
     """
-    with torch.no_grad(), eval_mode(pl_module):
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pl_module):
         totals = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
         for index, batch in enumerate(loader):
             if val_batches is not None and index >= val_batches:

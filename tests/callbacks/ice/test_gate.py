@@ -270,3 +270,21 @@ def test_accuracy_gate_fine_tunes_while_the_reference_still_rises(digits, traine
     _, paper = still_learning_run(digits, trainer_kwargs, require_settled=False)  # the paper's gate skips them
     assert [d["skipped"] for d in paper.decisions] == [True, True]
     assert paper.reference_acc == first["acc_reference"]  # measuring the epoch before left the run's data order alone
+
+
+class NeverSkips(AccuracyGate):
+    def skip_finetune(self, trainer, pl_module, state) -> bool:
+        return False
+
+
+def test_a_gate_that_skips_nothing_leaves_the_run_unchanged(digits, trainer_kwargs: dict) -> None:
+    """The gate's evaluations draw nothing from the run's random stream: with a user's shuffling loader (no
+    generator of its own) the data order, and so every weight, is the pruner's alone."""
+    models = [resnet_classifier(widths=(8, 16)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    for model, extra in zip(models, ([], [NeverSkips(val_batches=2, require_settled=False)])):
+        pl.seed_everything(0)
+        trainer = pl.Trainer(max_epochs=WARMUP + 4, callbacks=[block_pruner(), *extra], **trainer_kwargs)
+        train = DataLoader(digits.train_set, batch_size=64, shuffle=True)
+        trainer.fit(model, train, DataLoader(digits.val_set, batch_size=64))
+    torch.testing.assert_close(models[1].state_dict(), models[0].state_dict(), rtol=0, atol=0)

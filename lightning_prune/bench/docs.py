@@ -28,7 +28,7 @@ from lightning_prune.bench._compose import REPO
 
 MARKER = re.compile(r"(<!-- bench-table: (\S+) (\S+) -->\n)(.*?)(<!-- /bench-table -->)", re.S)
 # Modules whose headline() gives a row of the README's results table, in the README's order.
-HEADLINE_MODULES = ("ice", "latency_budget", "instant_soup", "odf2nna", "anytime_progressive", "iterative")
+HEADLINE_MODULES = ("ice", "latency_budget", "latency", "instant_soup", "odf2nna", "anytime_progressive", "iterative")
 
 
 def load_result(relative: str) -> dict[str, Any]:

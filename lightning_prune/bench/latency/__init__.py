@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 from lightning_prune.bench._common import environment, print_table, quiet
 from lightning_prune.bench.latency.baselines import BASELINES
 from lightning_prune.bench.latency.seed import one_seed
+from lightning_prune.bench.latency.tables import TABLES, headline
 from lightning_prune.core.devices import device_name
 
-TABLES: dict[str, Callable[[], str]] = {}  # no committed JSON yet: docs tables come with the first measured run
+__all__ = ["TABLES", "headline", "run"]
 
 
 def run(cfg: DictConfig, record: Callable[..., Any]) -> None:

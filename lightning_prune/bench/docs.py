@@ -36,6 +36,14 @@ def load_result(relative: str) -> dict[str, Any]:
     return json.loads((REPO / relative).read_text())
 
 
+def settings_table(rows: list[tuple[str, Any]], provenance: dict[str, Any] | None = None) -> str:
+    """A benchmark's setup as a two-column table; with ``provenance``, the host load its run started under."""
+    host = (provenance or {}).get("host_load") or {}
+    if host.get("at_start"):
+        rows = [*rows, ("host load average (1, 5, 15 min) at start; CPUs", f"{host['at_start']}; {host['cpus']}")]
+    return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+
+
 def documents(root: Path = REPO) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 

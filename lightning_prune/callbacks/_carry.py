@@ -65,8 +65,9 @@ def _hookless_copy(pl_module: pl.LightningModule) -> pl.LightningModule:
     """A deep copy without the trainer and without hooks.
 
     Callbacks' hooks (distillation's on the logits, a gate's, a freezer's) hold the callbacks, and copying
-    them copied a teacher model and every saved weight: 0.27 s of a 0.6 s pruning step on a 48-block ResNet.
-    The probe needs none of them, and running them on it would feed the callbacks a copy's outputs.
+    them copied a teacher model and every saved weight: 0.27 s of each 0.42 s pruning step on a 48-block
+    ResNet (0.14 s without them). The probe needs none of them, and running them on it would feed the
+    callbacks a copy's outputs.
     """
     memo: dict[int, Any] = {id(pl_module.trainer): pl_module.trainer}
     for module in pl_module.modules():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from lightning_prune.bench.docs import load_result
+from lightning_prune.bench.docs import load_result, settings_table
 
 MAIN = "docs/bench/instant_soup/instant_soup.json"
 NO_DENOISING = "docs/bench/instant_soup/instant_soup_no_denoising.json"
@@ -64,7 +64,7 @@ def _setup_table() -> str:
         ("seeds", ", ".join(str(s) for s in result["seeds"])),
         ("torch threads", str(result["environment"]["cpu_threads"])),
     ]
-    return "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    return settings_table(rows)
 
 
 def _claims_table() -> str:

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from lightning_prune.bench.docs import load_result
+from lightning_prune.bench.docs import load_result, settings_table
 
 RESULT = "docs/bench/latency.json"
 NAMES = {"uniform": "uniform", "global_magnitude": "global magnitude", "global_taylor": "global Taylor"}
 
 
-def _baselines(result: dict[str, Any]) -> list[str]:
-    return list(result["summary"])
-
-
 def paired_table() -> str:
     """Per seed: ours against its budget, then each baseline's accuracy and latency relative to ours."""
     result = load_result(RESULT)
-    baselines = _baselines(result)
+    baselines = list(result["summary"])
     header = ["seed", "budget ms", "ours ms", "ours acc", *(f"{NAMES[b]} acc (ms / ours')" for b in baselines)]
     lines = ["| " + " | ".join(header) + " |", "|---:|" + "---:|" * (len(header) - 1)]
     for row in result["paired"]:
@@ -74,10 +68,7 @@ def setup_table() -> str:
         ("table r, predicted vs measured, per seed", ", ".join(f"{r:.2f}" for r in result["lut_r_per_seed"])),
         ("seeds", len(result["paired"])),
     ]
-    host = result["provenance"].get("host_load") or {}
-    if host.get("at_start"):
-        rows.append(("host load average (1, 5, 15 min) at start; CPUs", f"{host['at_start']}; {host['cpus']}"))
-    return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+    return settings_table(rows, result["provenance"])
 
 
 def headline() -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_prune.bench.docs import load_result
+from lightning_prune.bench.docs import load_result, settings_table
 
 MAIN = "docs/bench/latency_budget/main.json"
 ARMS = ("dense", "ours", "uniform")
@@ -62,10 +62,7 @@ def setup_table() -> str:
         ("seeds", seeds),
         ("runtimes timed side by side", _runtimes(result, cfg)),
     ]
-    host = result["provenance"].get("host_load") or {}
-    if host.get("at_start"):
-        rows.append(("host load average (1, 5, 15 min) at start; CPUs", f"{host['at_start']}; {host['cpus']}"))
-    return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+    return settings_table(rows, result["provenance"])
 
 
 def _runtimes(result: dict[str, Any], cfg: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from lightning_prune.core.odf2nna.tracing import trace_graph
-from lightning_prune.core.structured_transformers import attention_spec, sync_all
+from lightning_prune.core.structured_transformers import attention_spec, remove_head_groups, sync_all, sync_config
+from lightning_prune.core.transformer_layout import attention_layout
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -89,6 +90,22 @@ def remove_out_channels(model: nn.Module, example_inputs: Tensor, removals: Mapp
         if not graph.check_pruning_group(group):
             raise ValueError(f"removing {len(idxs)} channels of {module_name!r} would leave a coupled layer empty")
         group.prune()
+
+
+def remove_channels_and_heads(model: nn.Module, example_inputs: Tensor, removals: Mapping[str, Sequence[int]]) -> None:
+    """:func:`remove_out_channels`, where a name that is an attention layer removes its key/value groups instead.
+
+    A latency plan names both (:mod:`lightning_prune.core.latency_budget.network`): heads go by layout, the
+    attributes and any Hugging Face ``config`` follow; the remaining channels go through the dependency graph.
+    """
+    heads = {name: idxs for name, idxs in removals.items() if idxs and attention_layout(model, name) is not None}
+    for name, idxs in heads.items():
+        remove_head_groups(attention_layout(model, name), list(idxs))
+    if heads:
+        sync_config(model)
+    channels = {name: idxs for name, idxs in removals.items() if name not in heads}
+    if any(channels.values()):
+        remove_out_channels(model, example_inputs, channels)
 
 
 _SHAPE_ATTRS = (

@@ -36,7 +36,7 @@ from lightning_prune.core.latency_budget.network import weight_count
 from lightning_prune.core.latency_budget.planner import BudgetPlanner, simd_channels, step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
-from lightning_prune.core.structured import architecture_spec, count_parameters, remove_out_channels
+from lightning_prune.core.structured import architecture_spec, count_parameters, remove_channels_and_heads
 from lightning_prune.progress import progress
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ class LatencyBudgetPruning(StepwisePruning):
     shapes (``lut_path``; seconds and entries in the summary's ``calibration``). The budget is
     ``budget_fraction`` of the dense latency or ``latency_budget_ms``. Each of ``num_steps`` steps scores
     torch-pruning's channel groups (a depthwise conv with the convs feeding and reading it; residual adds;
-    attention and grouped convs kept whole) by SP-LAMP, picks the channels each keeps by an exact group
-    knapsack on the device's SIMD grid, removes the rest physically, rebuilds the optimizer, measures side
+    Hugging Face and timm attention as whole heads; ``nn.MultiheadAttention`` and grouped convs kept whole)
+    by SP-LAMP, picks the channels each keeps by an exact group knapsack on the device's SIMD grid, removes
+    the rest physically, rebuilds the optimizer, measures side
     by side with an untouched dense copy (rank 0), and rescales. The last step re-plans up to
     ``max_corrections`` times while over budget; at fit end the final measurement is checked against the
     budget (``tolerance``) and a miss is reported with its size (an overshoot beyond it warns too). A budget not
@@ -341,4 +342,4 @@ class LatencyBudgetPruning(StepwisePruning):
 
 def _remove(model: nn.Module, example: Tensor, removals: dict[str, list[int]]) -> None:
     """Remove ``removals`` from ``model`` (the module, or the copy that traces where optimizer entries go)."""
-    remove_out_channels(model, example, removals)
+    remove_channels_and_heads(model, example, removals)

@@ -96,10 +96,18 @@ def check_budget(cb: Any, budget_ms: float, dense_ms: float, smallest_ms: float,
         )
     if smallest_ms > budget_ms:
         round_to = cb._calibration.get("round_to", cb.round_to)
+        kept = cb._calibration.get("attention_kept") or []
+        whole = (
+            f"; attention kept whole: {', '.join(kept)} (heads are removed only where q/k/v projections and a "
+            "head size attribute are found, as in Hugging Face and timm; nn.MultiheadAttention ties its width to the "
+            "residual's)"
+            if kept
+            else ""
+        )
         raise ValueError(
             f"the latency budget {budget_ms:.4g} ms is unreachable: the smallest network allowed (min_channels="
             f"{cb.min_channels}, round_to={round_to}) measures {smallest_ms:.4g} ms {where} "
-            f"(dense: {dense_ms:.4g} ms); raise the budget or lower min_channels"
+            f"(dense: {dense_ms:.4g} ms){whole}; raise the budget or lower min_channels"
         )
 
 

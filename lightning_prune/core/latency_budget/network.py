@@ -5,6 +5,13 @@ together: a conv's filters, its BatchNorm, the next layer's inputs, every layer 
 and *timed layers* (every conv and linear, each reading its input channels from one group and writing
 its output channels to another). A layer's latency is looked up in the :class:`LatencyTable` at its
 (c_in, c_out); :mod:`lightning_prune.core.latency_budget.plan` decides how many channels each group keeps.
+
+Attention is not traced (torch-pruning cannot remove single q/k/v channels without breaking the
+``num_heads x head_dim`` reshape, and never finishes tracing a Llama's rotary path): an attention whose
+layout is known (:mod:`lightning_prune.core.transformer_layout`: Hugging Face, timm) becomes a *head group*
+named after its module, one unit per key/value group, whose q/k/v rows and output columns move a whole head
+at a time. On the zoo's tiny BERT the heads hold most of what pruning can save (heads 4 -> 1 measured 0.65 of
+dense, MLP units 64 -> 4 0.89). ``nn.MultiheadAttention`` ties its width to the residual's: it is kept whole.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from lightning_prune.core.latency_budget.table import LayerSpec, layer_spec
 from lightning_prune.core.odf2nna.tracing import trace_graph
 from lightning_prune.core.scores import sp_lamp
 from lightning_prune.core.selection import head_module_name
+from lightning_prune.core.transformer_layout import AttentionLayout, attention_layouts
 
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -38,6 +46,7 @@ class TimedLayer:
     in_group: str | None = None
     out_group: str | None = None
     in_per_channel: int = 1
+    out_per_channel: int = 1  # a head group's unit is a whole head: head_dim rows per kept unit (x3 fused)
 
 
 @dataclass
@@ -48,6 +57,7 @@ class Network:
     groups: dict[str, int]
     scores: dict[str, Tensor] = field(default_factory=dict)
     attention: list[str] = field(default_factory=list)  # attention modules whose channels are kept whole
+    heads: list[str] = field(default_factory=list)  # groups that are attention modules (units: key/value groups)
     grouped: list[str] = field(default_factory=list)  # grouped convs (not depthwise) whose channels are kept whole
 
     def widths(self) -> dict[str, int]:
@@ -57,7 +67,8 @@ class Network:
 def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str] = ()) -> Network:
     """Timed layers, channel groups and SP-LAMP scores of ``model`` (traced on ``example``).
 
-    The output layer (last conv/linear) and layers matching ``exclude_names`` keep their output channels.
+    The output layer (last conv/linear) and layers matching ``exclude_names`` keep their output channels;
+    attention with a known layout becomes a head group (:func:`_add_head_groups`), other attention is kept whole.
     """
     graph = trace_graph(model, example)
     names = {module: name for name, module in model.named_modules()}
@@ -86,7 +97,47 @@ def trace_network(model: nn.Module, example: Tensor, exclude_names: Sequence[str
         layer.out_group, layer.in_group = out_group.get(layer.name), in_group.get(layer.name)
         if layer.in_group is not None and not layer.spec.depthwise:
             layer.in_per_channel = layer.c_in // groups[layer.in_group]
-    return Network(layers, groups, scores, sorted(attention), sorted(grouped))
+    layouts = {n: lay for n, lay in attention_layouts(model).items() if not _matches(n, exclude_names)}
+    _add_head_groups(layers, groups, scores, layouts, names)
+    kept = sorted(a for a in attention if not any(n == a or n.startswith(f"{a}.") for n in layouts))
+    return Network(layers, groups, scores, attention=kept, heads=sorted(layouts), grouped=sorted(grouped))
+
+
+def _add_head_groups(
+    layers: list[TimedLayer],
+    groups: dict[str, int],
+    scores: dict[str, Tensor],
+    layouts: Mapping[str, AttentionLayout],
+    names: Mapping[nn.Module, str],
+) -> None:
+    """Make each attention layout a group of its key/value groups: q/k/v write it, the output projection reads it."""
+    writes: dict[str, tuple[str, int]] = {}  # projection name -> (group, rows per unit)
+    reads: dict[str, tuple[str, int]] = {}
+    for name, layout in layouts.items():
+        groups[name], scores[name] = layout.num_kv_heads, head_sp_lamp(layout)
+        for linear in (layout.q, layout.k, layout.v):
+            writes[names[linear]] = (name, linear.out_features // layout.num_kv_heads)
+        reads[names[layout.o]] = (name, layout.o.in_features // layout.num_kv_heads)
+    for layer in layers:
+        if layer.name in writes:
+            layer.out_group, layer.out_per_channel = writes[layer.name]
+        if layer.name in reads:
+            layer.in_group, layer.in_per_channel = reads[layer.name]
+
+
+def head_sp_lamp(layout: AttentionLayout) -> Tensor:
+    """SP-LAMP of each key/value group: every projection's LAMP over its output rows, summed over the group's rows.
+
+    Scored per row like a channel group (:func:`group_sp_lamp`), a head weighs as much as the channels it
+    removes, so the knapsack trades a head against MLP units at their width, not as one unit.
+    """
+    total = torch.zeros(layout.num_kv_heads, dtype=torch.float64)
+    with torch.no_grad():
+        for linear in {id(lin): lin for lin in (layout.q, layout.k, layout.v)}.values():
+            lamp = sp_lamp(linear.weight.detach().float().norm(dim=1)).double().cpu()
+            for group in range(layout.num_kv_heads):
+                total[group] += lamp[layout.rows([group])[0][linear]].sum()
+    return total.float()
 
 
 def _grouped(conv: nn.Module) -> bool:

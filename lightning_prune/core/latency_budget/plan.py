@@ -55,13 +55,27 @@ def option_counts(size: int, round_to: int, min_channels: int) -> list[int]:
     return sorted(grid | below | {size, lowest})
 
 
+def group_options(network: Network, round_to: int, min_channels: int) -> dict[str, list[int]]:
+    """Every group's keep-counts: channels on the ``round_to`` grid; heads one key/value group at a time."""
+    return {
+        g: option_counts(size, 1, 1) if g in network.heads else option_counts(size, round_to, min_channels)
+        for g, size in network.groups.items()
+    }
+
+
 def predict_ms(network: Network, table: LatencyTable, keep: Mapping[str, int], scale: float = 1.0) -> float:
     """``scale`` x the table's latency of ``network`` with ``keep[g]`` channels in group ``g`` (others as are)."""
     total = 0.0
     for layer in network.layers:
-        c_out = keep.get(layer.out_group, layer.c_out) if layer.out_group else layer.c_out
+        c_out = _c_out(layer, keep)
         total += table(layer.spec, _c_in(layer, keep, c_out), c_out)
     return scale * total
+
+
+def _c_out(layer: TimedLayer, keep: Mapping[str, int]) -> int:
+    if layer.out_group is None or layer.out_group not in keep:
+        return layer.c_out
+    return keep[layer.out_group] * layer.out_per_channel
 
 
 def _c_in(layer: TimedLayer, keep: Mapping[str, int], c_out: int) -> int:
@@ -94,7 +108,7 @@ def plan_keep_counts(
     into the remaining slack (:func:`_fill`); the higher-value result is returned. If nothing fits (the
     budget is below the smallest network), the plan predicted fastest, ``feasible=False``.
     """
-    options = {g: option_counts(size, round_to, min_channels) for g, size in network.groups.items()}
+    options = group_options(network, round_to, min_channels)
     values = {g: _kept_value(network.scores[g], options[g]) for g in options}
     smallest = {g: counts[0] for g, counts in options.items()}
     floor_ms = predict_ms(network, table, smallest, scale)
@@ -176,7 +190,7 @@ def _width_ladder(network: Network, table: LatencyTable, budget_ms: float, scale
 
 
 def _input_widths(network: Network, keep: Mapping[str, int]) -> dict[str, int]:
-    return {layer.name: _c_in(layer, keep, keep.get(layer.out_group, layer.c_out)) for layer in network.layers}
+    return {layer.name: _c_in(layer, keep, _c_out(layer, keep)) for layer in network.layers}
 
 
 def _kept_value(scores: Tensor, counts: Sequence[int]) -> list[float]:
@@ -193,8 +207,9 @@ def _option_costs(
     for layer in network.layers:
         if layer.out_group is not None:
             for j, k in enumerate(options[layer.out_group]):
-                c_in = k if layer.spec.depthwise else assumed_in[layer.name]
-                costs[layer.out_group][j] += table(layer.spec, c_in, k)
+                c_out = k * layer.out_per_channel
+                c_in = c_out if layer.spec.depthwise else assumed_in[layer.name]
+                costs[layer.out_group][j] += table(layer.spec, c_in, c_out)
         elif layer.in_group is not None:
             for j, k in enumerate(options[layer.in_group]):
                 costs[layer.in_group][j] += table(layer.spec, k * layer.in_per_channel, layer.c_out)
@@ -205,4 +220,4 @@ def _option_costs(
 
 def min_keep(network: Network, round_to: int, min_channels: int) -> dict[str, int]:
     """The smallest keep-count of every group: what "unreachable budget" is measured against."""
-    return {g: option_counts(size, round_to, min_channels)[0] for g, size in network.groups.items()}
+    return {g: counts[0] for g, counts in group_options(network, round_to, min_channels).items()}

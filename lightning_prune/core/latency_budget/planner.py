@@ -21,7 +21,7 @@ from lightning_prune.core.latency_budget.measure import DENSE_OVER_TABLE, Latenc
 from lightning_prune.core.latency_budget.network import Network, removal_indices, trace_network
 from lightning_prune.core.latency_budget.plan import min_keep, plan_keep_counts, predict_ms
 from lightning_prune.core.latency_budget.table import LatencyTable, LayerSpec
-from lightning_prune.core.structured import remove_out_channels
+from lightning_prune.core.structured import remove_channels_and_heads
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], Any]  # (description, total) -> a context manager yielding advance()
@@ -89,10 +89,11 @@ class BudgetPlanner:
         network = trace_network(model, example, self.exclude_names)
         if network.attention or network.grouped:
             log.info(
-                "latency budget: channels kept whole around attention (%s) and grouped convs (%s): heads and "
-                "conv groups are not pruned; MLP units and the other channel groups meet the budget",
+                "latency budget: channels kept whole around attention without a known head layout (%s) and "
+                "grouped convs (%s); heads are removed in %d attention layers, other channel groups as usual",
                 ", ".join(network.attention) or "none",
                 ", ".join(network.grouped) or "none",
+                len(network.heads),
             )
         cost = self.fit_layers(network, progress)
         tabled = predict_ms(network, self.table, {})
@@ -101,7 +102,11 @@ class BudgetPlanner:
         smallest = self._measure_smallest(model, network, example, dense)
         overhead, scale = whole_model_fit(dense, tabled, smallest, predict_ms(network, self.table, keep))
         self.table.save()
-        kept = {"attention_kept": list(network.attention), "grouped_kept": list(network.grouped)}
+        kept = {
+            "attention_kept": list(network.attention),
+            "grouped_kept": list(network.grouped),
+            "head_groups": list(network.heads),
+        }
         record = {**cost, "round_to": self.round_to, "overhead_ms": overhead, "smallest_ms": smallest, **kept}
         return {"dense": dense, "scale": scale, "overhead": overhead, "smallest": smallest, "calibration": record}
 
@@ -147,7 +152,8 @@ class BudgetPlanner:
     def _measure_smallest(self, model: nn.Module, network: Network, example: Tensor, dense_ms: float) -> float:
         smallest = copy.deepcopy(model)
         keep = min_keep(network, self.round_to, self.min_channels)
-        remove_out_channels(smallest, example, {g: removal_indices(network.scores[g], k) for g, k in keep.items()})
+        removals = {g: removal_indices(network.scores[g], k) for g, k in keep.items()}
+        remove_channels_and_heads(smallest, example, removals)
         return self.measure(smallest, example, dense_ms)["measured_ms"]
 
     def decide(
@@ -209,7 +215,7 @@ class BudgetPlanner:
             if not decision["removals"]:
                 return decision, self.measure(model, example, dense_ms)["measured_ms"]
             trial = copy.deepcopy(model)
-            remove_out_channels(trial, example, decision["removals"])
+            remove_channels_and_heads(trial, example, decision["removals"])
             return decision, self.measure(trial, example, dense_ms)["measured_ms"]
 
         return lift_plan(attempt, target_ms, tolerance, LIFT_TRIES if tries is None else tries, ceiling_ms)

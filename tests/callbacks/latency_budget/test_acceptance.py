@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_prune import LatencyBudgetPruning
+from lightning_prune.core.export import load_pruned
 from lightning_prune.core.latency_budget.fit import POINTS
 from lightning_prune.core.structured import count_parameters
 from lightning_prune.models.depthwise import DepthwiseCNN
@@ -195,13 +196,23 @@ def test_vit_meets_its_budget_through_mlp_units_with_attention_kept_whole(digits
     assert all(block.attn.num_heads == 4 for block in net.blocks)
 
 
-def test_a_tiny_bert_meets_its_budget_on_dict_batches(digits, tmp_path):
+def test_a_tiny_bert_meets_its_budget_through_heads_and_mlp_units_and_reloads_without_pickle(digits, tmp_path):
     pytest.importorskip("transformers")
     torch.manual_seed(0)
     model = UserBert()
     summary, removed = run(model, token_loaders(digits), 0.7, tmp_path)
     check(summary, 0.7)
     assert removed > 0
-    assert len(summary["calibration"]["attention_kept"]) == 2
+    layers = model.model.bert.encoder.layer
+    assert summary["calibration"]["head_groups"] == [f"model.bert.encoder.layer.{i}.attention.self" for i in (0, 1)]
+    heads = [layer.attention.self.num_attention_heads for layer in layers]
+    for layer, count in zip(layers, heads):  # attributes follow the weights: the reshape is num_heads x head size
+        assert layer.attention.self.query.out_features == layer.attention.self.all_head_size == count * 16
+        assert layer.attention.output.dense.in_features == count * 16
     ids = torch.zeros(2, 64, dtype=torch.long)
     assert model(ids, torch.ones_like(ids)).logits.shape == (2, 10)  # the pruned model still runs
+    fresh = UserBert()
+    load_pruned(fresh, summary["exported_model"])  # a fresh model resized to the export, weights_only
+    assert [layer.attention.self.num_attention_heads for layer in fresh.model.bert.encoder.layer] == heads
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(ids, torch.ones_like(ids)).logits, model(ids, torch.ones_like(ids)).logits)

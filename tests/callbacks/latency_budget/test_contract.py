@@ -117,13 +117,13 @@ class PoisonAtTrainEnd(pl.Callback):
 
 
 def test_nan_after_a_step_is_refused_and_nothing_is_exported(monkeypatch, digits, trainer_kwargs, tmp_path):
-    remove = callback_module.remove_out_channels
+    remove = callback_module.remove_channels_and_heads
 
     def remove_and_diverge(model, *args, **kwargs):
         remove(model, *args, **kwargs)
         poison(model)
 
-    monkeypatch.setattr(callback_module, "remove_out_channels", remove_and_diverge)
+    monkeypatch.setattr(callback_module, "remove_channels_and_heads", remove_and_diverge)
     trainer = pl.Trainer(max_epochs=1, callbacks=[pruner()], limit_train_batches=2, **trainer_kwargs)
     with pytest.raises(FloatingPointError, match=r"not finite after step 1 \(net\.layers\.1\.weight"):
         trainer.fit(mlp_classifier(), datamodule=digits)

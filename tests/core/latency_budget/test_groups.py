@@ -2,16 +2,19 @@
 
 A depthwise conv's channels are its feeding pointwise conv's outputs, so cutting that group must price (and
 remove) the expand conv's outputs, the depthwise conv and the project conv's inputs together; a residual add
-ties every block of a stage to the stem's width; attention and grouped convs move only in whole heads or
-groups, so the planner keeps their channels and meets the budget through the rest.
+ties every block of a stage to the stem's width; attention with a known layout (Hugging Face, timm) is a head
+group whose units are whole key/value heads; ``nn.MultiheadAttention`` and grouped convs move only with the
+residual width or in whole groups, so the planner keeps their channels and meets the budget through the rest.
 """
 
+import pytest
 import torch
 from torch import nn
 
+from lightning_prune.core.export import export_pruned, load_pruned
 from lightning_prune.core.latency_budget.network import removal_indices, trace_network
-from lightning_prune.core.latency_budget.plan import predict_ms
-from lightning_prune.core.structured import remove_out_channels
+from lightning_prune.core.latency_budget.plan import group_options, min_keep, predict_ms
+from lightning_prune.core.structured import remove_channels_and_heads, remove_out_channels
 from lightning_prune.models.depthwise import DepthwiseCNN
 from lightning_prune.models.vit import ViT
 
@@ -88,3 +91,56 @@ def test_a_grouped_conv_is_timed_at_its_shape_and_its_channels_are_kept():
     assert set(network.groups) == {"4", "6"}
     grouped = next(layer for layer in network.layers if layer.name == "2")
     assert (grouped.spec.groups, grouped.in_group, grouped.out_group) == (4, None, None)
+
+
+def tiny_bert(transformers):
+    config = transformers.BertConfig(
+        vocab_size=17, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, num_labels=3,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def test_bert_heads_are_a_group_priced_per_head_and_removed_with_the_mlp_units_in_one_plan(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tiny_bert(transformers)
+    ids = torch.randint(0, 17, (2, 16))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    network = trace_network(model, example)
+    attn = "bert.encoder.layer.0.attention.self"
+    assert network.heads == [attn, "bert.encoder.layer.1.attention.self"]
+    assert network.attention == []
+    assert network.groups[attn] == 4
+    assert network.scores[attn].shape == (4,)
+    assert group_options(network, 16, 4)[attn] == [1, 2, 3, 4]  # heads move one at a time, not on the channel grid
+    assert min_keep(network, 16, 4)[attn] == 1
+    lookups = Lookups()
+    predict_ms(network, lookups, {attn: 1})
+    query = next(layer for layer in network.layers if layer.name == f"{attn}.query")
+    assert lookups.asked[network.layers.index(query)] == (False, 32, 8)  # one head of size 8: the query writes 8 rows
+    output = next(layer for layer in network.layers if layer.name == "bert.encoder.layer.0.attention.output.dense")
+    assert lookups.asked[network.layers.index(output)] == (False, 8, 32)  # the output projection reads 8 columns
+
+    removals = {attn: removal_indices(network.scores[attn], keep=1)}
+    removals["bert.encoder.layer.1.intermediate.dense"] = list(range(48))
+    remove_channels_and_heads(model, example, removals)
+    layer0, layer1 = model.bert.encoder.layer
+    assert (layer0.attention.self.num_attention_heads, layer0.attention.self.all_head_size) == (1, 8)
+    assert (layer0.attention.self.query.out_features, layer0.attention.output.dense.in_features) == (8, 8)
+    assert layer1.attention.self.num_attention_heads == 4
+    assert layer1.intermediate.dense.out_features == 16
+    logits = model(**example).logits
+    path = export_pruned(model, tmp_path / "pruned_model.pt")
+    fresh = load_pruned(tiny_bert(transformers), path)  # resized from the export, weights_only
+    assert fresh.bert.encoder.layer[0].attention.self.num_attention_heads == 1
+    torch.testing.assert_close(fresh(**example).logits, logits)
+
+
+def test_a_layout_named_in_exclude_names_keeps_its_heads():
+    transformers = pytest.importorskip("transformers")
+    model = tiny_bert(transformers)
+    ids = torch.randint(0, 17, (1, 16))
+    network = trace_network(model, {"input_ids": ids}, exclude_names=[r"layer\.1\.attention"])
+    assert network.heads == ["bert.encoder.layer.0.attention.self"]
+    assert network.attention == ["bert.encoder.layer.1.attention"]

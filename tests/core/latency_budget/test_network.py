@@ -57,9 +57,10 @@ def test_weight_count_counts_conv_and_linear_weights_only():
     assert weight_count(model) == 4 * 9 + 4 * 2
 
 
-def test_a_causal_lm_is_traced_through_its_output_and_keeps_its_attention_whole():
+def test_a_causal_lm_is_traced_through_its_output_and_its_heads_are_groups_of_key_value_heads():
     """LlamaForCausalLM's output holds a cache tuple (torch-pruning read its .grad_fn), and torch-pruning never
-    finished grouping its q/k/v projections (rotary embedding, grouped-query repeat): its MLPs are the groups."""
+    finished grouping its q/k/v projections (rotary embedding, grouped-query repeat): its MLPs are traced groups,
+    its attention layers head groups found by layout, one unit per key/value head (two query heads each)."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -69,8 +70,23 @@ def test_a_causal_lm_is_traced_through_its_output_and_keeps_its_attention_whole(
     model = transformers.LlamaForCausalLM(config)
     example = {"input_ids": torch.randint(0, 32, (1, 16)), "attention_mask": torch.ones(1, 16, dtype=torch.long)}
     network = trace_network(model, example)
-    assert network.groups == {"model.layers.0.mlp.up_proj": 64, "model.layers.1.mlp.up_proj": 64}
-    assert network.attention == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert network.groups == {
+        "model.layers.0.mlp.up_proj": 64,
+        "model.layers.1.mlp.up_proj": 64,
+        "model.layers.0.self_attn": 2,
+        "model.layers.1.self_attn": 2,
+    }
+    assert network.heads == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert network.attention == []
+    attn = {layer.name.rpartition(".")[2]: layer for layer in network.layers if "layers.0.self_attn" in layer.name}
+    assert {name: (layer.out_group, layer.out_per_channel) for name, layer in attn.items() if name != "o_proj"} == {
+        "q_proj": ("model.layers.0.self_attn", 16),  # two query heads of size 8 per key/value head
+        "k_proj": ("model.layers.0.self_attn", 8),
+        "v_proj": ("model.layers.0.self_attn", 8),
+    }
+    assert (attn["o_proj"].in_group, attn["o_proj"].in_per_channel, attn["o_proj"].out_group) == (
+        "model.layers.0.self_attn", 16, None,
+    )  # fmt: skip
     mlp = {layer.name: layer for layer in network.layers if ".mlp." in layer.name and "layers.0" in layer.name}
     assert mlp["model.layers.0.mlp.gate_proj"].out_group == "model.layers.0.mlp.up_proj"
     assert mlp["model.layers.0.mlp.down_proj"].in_group == "model.layers.0.mlp.up_proj"

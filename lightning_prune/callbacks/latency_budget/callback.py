@@ -33,7 +33,8 @@ from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.devices import device_name, resolve_device
 from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled
 from lightning_prune.core.latency_budget.network import weight_count
-from lightning_prune.core.latency_budget.planner import BudgetPlanner, simd_channels, step_with_corrections
+from lightning_prune.core.latency_budget.planner import BudgetPlanner, simd_channels
+from lightning_prune.core.latency_budget.steps import step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.structured import architecture_spec, count_parameters, remove_channels_and_heads
@@ -305,7 +306,7 @@ class LatencyBudgetPruning(StepwisePruning):
         """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan.
 
         Each plan is built on a copy and measured first; one far under ``target_ms`` (by more than the
-        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.planner.lift_plan`);
+        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.steps.lift_plan`);
         on the last step a plan measured within the budget counts as under, though the step aims below it.
         """
         state, budget = self.pruning_state, self._budget

@@ -64,7 +64,8 @@ class LatencyBudgetPruning(StepwisePruning):
 
     Requires from your LightningModule: an ``example_input_array`` (or a validation batch; tensors, tuples
     and Hugging Face dicts) to trace the graph and shape timing inputs; a model torch-pruning can trace;
-    ``configure_optimizers`` over all parameters (called again after every shrink; a scheduler restarts).
+    ``configure_optimizers`` over all parameters (called again after every shrink; the surviving entries'
+    optimizer state and the schedulers' place carry over).
 
     Args:
         budget_fraction: budget as a fraction of the dense model's measured latency, in (0, 1).
@@ -75,7 +76,7 @@ class LatencyBudgetPruning(StepwisePruning):
         round_to: channel counts move in multiples of this (the latency table's grid); ``None``: the
             multiple the device's kernels are blocked by (16 on an AVX-512 CPU, 8 with AVX2 or on a GPU),
             where CPU latency drops; between two multiples it barely moves or rises.
-        min_channels: fewest channels a group may keep.
+        min_channels: fewest channels a group may keep (an attention layer keeps at least one head).
         batch_size: batch size latency is measured and tabled at.
         device: where latency is measured (``"cpu"``, ``"cuda:0"``); ``None``: the model's device.
         threads: CPU threads while timing (``None``: torch's current count; recorded either way).

@@ -81,7 +81,9 @@ class BudgetPlanner:
         figure decides whether the budget is reachable, and with the dense one it fits the whole model's
         latency as ``overhead + scale x table`` (:func:`whole_model_fit`): what the table does not hold
         (attention a plan cannot prune, activations, dispatch) is not all proportional to the channels.
-        ``budget_for`` is kept for callers that pass it; the smallest network is always measured now.
+        A smallest network measured over ``budget_for(dense)`` (the budget would be refused as unreachable) is
+        measured once more and the lower figure kept: one side-by-side measurement of the zoo's HF ViT read
+        0.93 of dense once in CI where eight others read about 0.67, and refusing a user's budget takes two.
         """
         network = trace_network(model, example, self.exclude_names)
         if network.attention or network.grouped:
@@ -96,7 +98,7 @@ class BudgetPlanner:
         tabled = predict_ms(network, self.table, {})
         dense = self.meter.alone(model, example, expected_ms=DENSE_OVER_TABLE * tabled)
         keep = min_keep(network, self.round_to, self.min_channels)
-        smallest = self._measure_smallest(model, network, example, dense)
+        smallest = self._measure_smallest(model, network, example, dense, budget_for(dense))
         overhead, scale = whole_model_fit(dense, tabled, smallest, predict_ms(network, self.table, keep))
         self.table.save()
         kept = {
@@ -146,12 +148,17 @@ class BudgetPlanner:
     def _grid(self) -> tuple[int, int]:
         return self.round_to, self.min_channels
 
-    def _measure_smallest(self, model: nn.Module, network: Network, example: Tensor, dense_ms: float) -> float:
+    def _measure_smallest(
+        self, model: nn.Module, network: Network, example: Tensor, dense_ms: float, budget_ms: float
+    ) -> float:
         smallest = copy.deepcopy(model)
         keep = min_keep(network, self.round_to, self.min_channels)
         removals = {g: removal_indices(network.scores[g], k) for g, k in keep.items()}
         remove_channels_and_heads(smallest, example, removals)
-        return self.measure(smallest, example, dense_ms)["measured_ms"]
+        measured = self.measure(smallest, example, dense_ms)["measured_ms"]
+        if measured > budget_ms:  # a refusal needs a second opinion
+            measured = min(measured, self.measure(smallest, example, dense_ms)["measured_ms"])
+        return measured
 
     def decide(
         self,

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -105,3 +107,24 @@ def test_calibration_shows_its_progress_and_reports_its_cost(tmp_path):
     again = planner_for(model, tmp_path).calibrate(model, torch.zeros(1, 16), lambda dense: 0.5 * dense, progress)
     assert again["calibration"]["entries_timed"] == 0  # the saved table already holds every sampled shape
     assert len(shown) == 1
+
+
+@pytest.mark.parametrize(("figures", "budget", "kept", "calls"), [([0.9, 0.5], 0.6, 0.5, 2), ([0.5, 0.9], 0.6, 0.5, 1)])
+def test_a_smallest_network_over_the_budget_is_measured_again_before_it_is_refused(
+    tmp_path, monkeypatch, figures, budget, kept, calls
+):
+    """One noisy side-by-side reading must not refuse a reachable budget; one under it needs no second."""
+    model = MLP((16,), 4, hidden=(64, 64))
+    planner = planner_for(model, tmp_path)
+    readings = iter(figures)
+    asked = []
+
+    def measure(candidate, example, dense_ms, calls_factor=1):
+        asked.append(candidate)
+        return {"measured_ms": next(readings) * dense_ms}
+
+    monkeypatch.setattr(planner, "meter", SimpleNamespace(alone=lambda *args, **kwargs: 1.0))
+    monkeypatch.setattr(planner, "measure", measure)
+    numbers = planner.calibrate(model, torch.zeros(1, 16), budget_for=lambda dense: budget * dense)
+    assert numbers["smallest"] == pytest.approx(kept)
+    assert len(asked) == calls

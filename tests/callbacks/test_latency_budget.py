@@ -289,7 +289,7 @@ def test_a_step_counts_the_channels_of_all_its_corrections(monkeypatch):
     def shrink_to(*args, **kwargs):
         return {"predicted_ms": 1.0, "measured_ms": 1.5, "feasible": True, "recalibrated": True, **next(outcomes)}
 
-    monkeypatch.setattr(pruning, "_shrink_to", shrink_to)
+    monkeypatch.setattr(module, "shrink_to", shrink_to)
     monkeypatch.setattr(module, "example_input", lambda trainer, pl_module: None)
 
     class Stub:

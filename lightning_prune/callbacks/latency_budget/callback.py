@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor, nn
+from torch import nn
 
-from lightning_prune.callbacks._carry import carried_optimizer
 from lightning_prune.callbacks._contract import check_refit, count_epochs_on, refuse_nonfinite, refuse_other_pruners
 from lightning_prune.callbacks._stepwise import StepwisePruning
 from lightning_prune.callbacks._trainer import (
@@ -28,16 +26,17 @@ from lightning_prune.callbacks.latency_budget.checks import (
     warn_deep_cut,
 )
 from lightning_prune.callbacks.latency_budget.report import REQUESTER, check_at_fit_end, export, final_check, log_state
+from lightning_prune.callbacks.latency_budget.shrink import remeasure, shrink_to
 from lightning_prune.callbacks.latency_budget.state import BudgetState
 from lightning_prune.callbacks.protocol import PruningState
 from lightning_prune.core.devices import device_name, resolve_device
-from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy, rescaled
+from lightning_prune.core.latency_budget.measure import LatencyMeter, frozen_copy
 from lightning_prune.core.latency_budget.network import weight_count
 from lightning_prune.core.latency_budget.planner import BudgetPlanner, simd_channels
 from lightning_prune.core.latency_budget.steps import step_with_corrections
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
-from lightning_prune.core.structured import architecture_spec, count_parameters, remove_channels_and_heads
+from lightning_prune.core.structured import architecture_spec, count_parameters
 from lightning_prune.progress import progress
 
 log = logging.getLogger(__name__)
@@ -241,13 +240,13 @@ class LatencyBudgetPruning(StepwisePruning):
             example = example_input(trainer, pl_module)
 
             def shrink(target_ms: float, rescale: bool) -> dict[str, Any]:
-                return self._shrink_to(trainer, pl_module, example, target_ms, rescale)
+                return shrink_to(self, trainer, pl_module, example, target_ms, rescale)
 
             budget_ms = self._budget.budget_ms
             margin = self.tolerance / 2  # the final check's room, half of it kept for its own noise
 
             def confirm(measured_ms: float) -> float:
-                return self._remeasure(trainer, pl_module, example, measured_ms)
+                return remeasure(self, trainer, pl_module, example, measured_ms)
 
             rules = (last, self.max_corrections, margin, confirm)
             record.update(step_with_corrections(shrink, target, budget_ms, *rules))
@@ -263,58 +262,6 @@ class LatencyBudgetPruning(StepwisePruning):
             f"{record['predicted_ms']:.3f} ms, measured {record['measured_ms']:.3f} ms, sparsity {state.sparsity:.3f}",
         )
         return True
-
-    def _shrink_to(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, target_ms: float, rescale: bool
-    ) -> dict[str, Any]:
-        """Plan on rank 0, apply everywhere, measure, and rescale the table's prediction to the measurement."""
-        planner = self._rank_zero(trainer, pl_module)
-        decision = broadcast(trainer, planner and self._decide(planner, pl_module, example, target_ms))
-        lifts = decision.pop("lifts", [])
-        decision.pop("current_ms", None)
-        if decision["removals"]:
-            # the optimizer's surviving state and the schedulers' place carry over (a fresh configure_optimizers
-            # would restart a cosine at its top, as BlockPruning measured: ResNet-18 -19 pt -> -2 pt)
-            shrink = functools.partial(_remove, removals=decision["removals"])
-            with carried_optimizer(trainer, pl_module, shrink, example, carry=True):
-                shrink(pl_module, example)
-            self._budget.architecture = architecture_spec(pl_module)
-        taken = broadcast(trainer, planner and planner.measure(pl_module, example, self._budget.dense_ms))
-        predicted, measured = decision["predicted_ms"], taken["measured_ms"]
-        fixed = self._budget.overhead  # the rescale moves the part that shrinks with channels
-        self._budget.scale, recalibrated = rescaled(self._budget.scale, measured - fixed, predicted - fixed, rescale)
-        return {
-            "predicted_ms": predicted,
-            "measured_ms": measured,
-            "ratio_to_dense": taken["ratio_to_dense"],
-            "removed": sum(len(idxs) for idxs in decision["removals"].values()),
-            "feasible": decision["feasible"],
-            "recalibrated": recalibrated,
-            **({"lifts": lifts} if len(lifts) > 1 else {}),
-        }
-
-    def _remeasure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Tensor, before: float) -> float:
-        """A second side-by-side measurement of the last step's network; the table's scale follows it."""
-        planner = self._rank_zero(trainer, pl_module)
-        measured = broadcast(trainer, planner and planner.measure(pl_module, example, self._budget.dense_ms))
-        fixed = self._budget.overhead
-        self._budget.scale, _ = rescaled(self._budget.scale, measured["measured_ms"] - fixed, before - fixed, True)
-        return measured["measured_ms"]
-
-    def _decide(
-        self, planner: BudgetPlanner, pl_module: pl.LightningModule, example: Tensor, target_ms: float
-    ) -> dict[str, Any]:
-        """Rank 0: SP-LAMP scores, table lookups (timing what is missing) and the knapsack, as a plan.
-
-        Each plan is built on a copy and measured first; one far under ``target_ms`` (by more than the
-        tolerance) is re-planned for a higher target (:func:`~lightning_prune.core.latency_budget.steps.lift_plan`);
-        on the last step a plan measured within the budget counts as under, though the step aims below it.
-        """
-        state, budget = self.pruning_state, self._budget
-        ceiling = budget.budget_ms if state.step + 1 == state.num_steps else None  # the last step: the budget
-        with progress("latency table + knapsack") as advance:
-            rules = (budget.scale, budget.dense_ms, self.tolerance, advance, budget.overhead)
-            return planner.decide_measured(pl_module, example, target_ms, *rules, ceiling_ms=ceiling)
 
     def _log_state(self, pl_module: pl.LightningModule) -> None:
         log_state(self, pl_module)
@@ -340,8 +287,3 @@ class LatencyBudgetPruning(StepwisePruning):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruning_state = PruningState.from_dict(state_dict.get("pruning_state", {}))
         self._budget = BudgetState.from_dict(state_dict)
-
-
-def _remove(model: nn.Module, example: Tensor, removals: dict[str, list[int]]) -> None:
-    """Remove ``removals`` from ``model`` (the module, or the copy that traces where optimizer entries go)."""
-    remove_channels_and_heads(model, example, removals)

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import lightning_prune.callbacks.latency_budget.callback as callback_module
+import lightning_prune.callbacks.latency_budget.shrink as shrink_module
 from lightning_prune import IterativePruning, LatencyBudgetPruning
 from lightning_prune.core.structured import architecture_spec, count_parameters
 from lightning_prune.models import MLP, Classifier
@@ -117,13 +117,13 @@ class PoisonAtTrainEnd(pl.Callback):
 
 
 def test_nan_after_a_step_is_refused_and_nothing_is_exported(monkeypatch, digits, trainer_kwargs, tmp_path):
-    remove = callback_module.remove_channels_and_heads
+    remove = shrink_module.remove_channels_and_heads
 
     def remove_and_diverge(model, *args, **kwargs):
         remove(model, *args, **kwargs)
         poison(model)
 
-    monkeypatch.setattr(callback_module, "remove_channels_and_heads", remove_and_diverge)
+    monkeypatch.setattr(shrink_module, "remove_channels_and_heads", remove_and_diverge)
     trainer = pl.Trainer(max_epochs=1, callbacks=[pruner()], limit_train_batches=2, **trainer_kwargs)
     with pytest.raises(FloatingPointError, match=r"not finite after step 1 \(net\.layers\.1\.weight"):
         trainer.fit(mlp_classifier(), datamodule=digits)

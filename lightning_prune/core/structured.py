@@ -98,9 +98,10 @@ def remove_channels_and_heads(model: nn.Module, example_inputs: Tensor, removals
     A latency plan names both (:mod:`lightning_prune.core.latency_budget.network`): heads go by layout, the
     attributes and any Hugging Face ``config`` follow; the remaining channels go through the dependency graph.
     """
-    heads = {name: idxs for name, idxs in removals.items() if idxs and attention_layout(model, name) is not None}
-    for name, idxs in heads.items():
-        remove_head_groups(attention_layout(model, name), list(idxs))
+    layouts = {name: attention_layout(model, name) for name, idxs in removals.items() if idxs}
+    heads = {name: layout for name, layout in layouts.items() if layout is not None}
+    for name, layout in heads.items():
+        remove_head_groups(layout, list(removals[name]))
     if heads:
         sync_config(model)
     channels = {name: idxs for name, idxs in removals.items() if name not in heads}

@@ -53,8 +53,8 @@ class LatencyBudgetPruning(StepwisePruning):
     torch-pruning's channel groups (a depthwise conv with the convs feeding and reading it; residual adds;
     Hugging Face and timm attention as whole heads; ``nn.MultiheadAttention`` and grouped convs kept whole)
     by SP-LAMP, picks the channels each keeps by an exact group knapsack on the device's SIMD grid, removes
-    the rest physically, rebuilds the optimizer, measures side
-    by side with an untouched dense copy (rank 0), and rescales. The last step re-plans up to
+    the rest physically, rebuilds the optimizer, measures side by side with an untouched dense copy (rank 0),
+    and rescales. The last step re-plans up to
     ``max_corrections`` times while over budget; at fit end the final measurement is checked against the
     budget (``tolerance``) and a miss is reported with its size (an overshoot beyond it warns too). A budget not
     below the dense latency, or below the smallest network's, is refused before training; one asking more than

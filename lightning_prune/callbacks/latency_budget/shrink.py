@@ -11,7 +11,7 @@ import functools
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_prune.callbacks._carry import carried_optimizer
 from lightning_prune.callbacks._trainer import broadcast
@@ -32,7 +32,8 @@ def shrink_to(
     if decision["removals"]:
         # the optimizer's surviving state and the schedulers' place carry over (a fresh configure_optimizers
         # would restart a cosine at its top, as BlockPruning measured: ResNet-18 -19 pt -> -2 pt)
-        shrink = functools.partial(remove, removals=decision["removals"])
+        # the same removal runs on the optimizer carry's probe copy, then on the module
+        shrink = functools.partial(remove_channels_and_heads, removals=decision["removals"])
         with carried_optimizer(trainer, pl_module, shrink, example, carry=True):
             shrink(pl_module, example)
         cb._budget.architecture = architecture_spec(pl_module)
@@ -74,8 +75,3 @@ def decide(
     with progress("latency table + knapsack") as advance:
         rules = (budget.scale, budget.dense_ms, cb.tolerance, advance, budget.overhead)
         return planner.decide_measured(pl_module, example, target_ms, *rules, ceiling_ms=ceiling)
-
-
-def remove(model: nn.Module, example: Tensor, removals: dict[str, list[int]]) -> None:
-    """Remove ``removals`` from ``model`` (the module, or the copy that traces where optimizer entries go)."""
-    remove_channels_and_heads(model, example, removals)

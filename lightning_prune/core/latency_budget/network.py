@@ -131,12 +131,12 @@ def head_sp_lamp(layout: AttentionLayout) -> Tensor:
     Scored per row like a channel group (:func:`group_sp_lamp`), a head weighs as much as the channels it
     removes, so the knapsack trades a head against MLP units at their width, not as one unit.
     """
+    rows = [layout.rows([group])[0] for group in range(layout.num_kv_heads)]  # per group: linear -> its rows
     total = torch.zeros(layout.num_kv_heads, dtype=torch.float64)
-    with torch.no_grad():
-        for linear in {id(lin): lin for lin in (layout.q, layout.k, layout.v)}.values():
-            lamp = sp_lamp(linear.weight.detach().float().norm(dim=1)).double().cpu()
-            for group in range(layout.num_kv_heads):
-                total[group] += lamp[layout.rows([group])[0][linear]].sum()
+    for linear in rows[0]:  # q, k, v (one fused qkv in timm)
+        lamp = sp_lamp(linear.weight.detach().float().norm(dim=1)).double().cpu()
+        for group, owned in enumerate(rows):
+            total[group] += lamp[owned[linear]].sum()
     return total.float()
 
 

@@ -15,10 +15,12 @@ import lightning.pytorch as pl
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.data.arrays import ArrayDataModule
 from lightning_prune.data.mnist import FILES
+from lightning_prune.models import ResNet
 
 DEFAULT_MNIST = Path("../shared/data/mnist")
 
@@ -51,6 +53,19 @@ def default_data(
         datamodule, name = DigitsDataModule(batch_size=batch_size, seed=seed, classes=classes), "digits"
     datamodule.setup()
     return datamodule, name
+
+
+def pooled_resnet(
+    shape: Sequence[int], classes: int, blocks: Sequence[int], widths: Sequence[int], pool: int = 1
+) -> nn.Module:
+    """A ResNet behind an average pool of ``pool`` (MNIST 28x28 -> 14x14 at 2).
+
+    Pooled, a net twice as wide costs what the unpooled one does, with channel steps half as large relative to
+    its widths: finer latency steps, and the benchmarks fit the CPU budget.
+    """
+    inner = (shape[0], shape[1] // pool, shape[2] // pool)
+    net = ResNet(inner, classes, blocks=tuple(blocks), widths=tuple(widths))
+    return nn.Sequential(nn.AvgPool2d(pool), net) if pool > 1 else net
 
 
 def quiet() -> None:

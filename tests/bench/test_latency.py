@@ -38,6 +38,13 @@ def test_a_stepwise_latency_returns_the_closest_probe_unmatched() -> None:
     assert len(match.probes) == 10
 
 
+def test_unmatched_the_baseline_keeps_more_latency_than_ours_not_less() -> None:
+    """Between a probe 20 % slower and one 10 % faster, the slower one: a faster baseline would lose on speed."""
+    match = bisect_ratio(lambda ratio: 1.2 if ratio < 0.5 else 0.9, tolerance=0.03)
+    assert not match.matched and match.relative == 1.2
+    assert bisect_ratio(lambda ratio: 0.9 - 0.1 * ratio, tolerance=0.03).relative == pytest.approx(0.9, abs=0.01)
+
+
 def test_a_baseline_slower_than_ours_even_at_the_highest_ratio_stops_at_once() -> None:
     match = bisect_ratio(lambda ratio: 1.5, high=0.9)
     assert not match.matched
@@ -102,3 +109,22 @@ def test_a_baseline_is_never_cut_past_the_ratio_where_torch_pruning_stops_cuttin
         widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
         assert min(widths) >= 4, kind
         assert sum(widths) < sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), kind
+
+
+def test_ours_takes_its_own_channel_grid_when_the_config_gives_one() -> None:
+    """``pruning.round_to`` is ours' grid alone (null: the callback's default, the CPU's kernel block)."""
+    from lightning_prune.bench._compose import compose_benchmark
+    from lightning_prune.bench.latency_budget.compare import ours_pruner
+
+    cfg = compose_benchmark("latency", ["+pruning.round_to=null"])
+    assert cfg.round_to == 4 and ours_pruner(cfg, "cpu", 1).round_to is None
+    cfg = compose_benchmark("latency", ["+pruning.round_to=16"])
+    assert ours_pruner(cfg, "cpu", 1).round_to == 16
+
+
+def test_a_pooled_resnet_sees_the_pooled_image() -> None:
+    from lightning_prune.bench._common import pooled_resnet
+
+    net = pooled_resnet((1, 28, 28), 10, [1, 1], [8, 16], pool=2)
+    assert isinstance(net[0], torch.nn.AvgPool2d) and net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert not isinstance(pooled_resnet((1, 28, 28), 10, [1], [8]), torch.nn.Sequential)

@@ -10,13 +10,12 @@ from typing import Any
 import lightning.pytorch as pl
 import optuna
 import torch
-from torch import nn
 
-from lightning_prune.bench._common import Stopwatch, trainer
+from lightning_prune.bench._common import Stopwatch, pooled_resnet, trainer
 from lightning_prune.callbacks import AccuracyGate, BlockPruning, Distillation, LayerFreezing, PruningAwareLR
 from lightning_prune.callbacks.ice.tuning import STAGE1_SPACE, bounded_time_objective
 from lightning_prune.data.arrays import ArrayDataModule
-from lightning_prune.models import Classifier, ResNet
+from lightning_prune.models import Classifier
 
 # ICE's parts by name, each with the prefix of its stage-1 parameters.
 PARTS = {"gate": "callbacks.ice_gate.", "freezing": "callbacks.ice_freezing.", "lr": "callbacks.ice_lr."}
@@ -42,12 +41,9 @@ class Workload:
 
 
 def build_model(datamodule: ArrayDataModule, work: Workload, lr: float, scheduler: str = "none") -> Classifier:
-    shape = tuple(datamodule.input_shape)
-    inner = (shape[0], shape[1] // work.pool, shape[2] // work.pool)
-    net = ResNet(inner, datamodule.num_classes, blocks=tuple(work.blocks), widths=tuple(work.widths))
-    if work.pool > 1:
-        net = nn.Sequential(nn.AvgPool2d(work.pool), net)
-    return Classifier(net, datamodule.num_classes, shape, lr=lr, scheduler=scheduler)
+    shape, classes = tuple(datamodule.input_shape), datamodule.num_classes
+    net = pooled_resnet(shape, classes, work.blocks, work.widths, work.pool)
+    return Classifier(net, classes, shape, lr=lr, scheduler=scheduler)
 
 
 def pretrain(datamodule: ArrayDataModule, work: Workload, seed: int, root: Path) -> dict[str, torch.Tensor]:

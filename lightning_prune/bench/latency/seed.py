@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lightning_prune.bench._common import default_data, trainer
+from lightning_prune.bench._common import default_data, pooled_resnet, trainer
 from lightning_prune.bench.latency.baselines import OneShotPruning, highest_ratio, probe
 from lightning_prune.bench.latency.matching import Match, bisect_ratio
 from lightning_prune.bench.latency_budget.compare import describe, ours_pruner, seed_record
@@ -20,7 +20,7 @@ from lightning_prune.core.latency_budget.network import trace_network
 from lightning_prune.core.latency_budget.plan import predict_ms
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.timing import TimingSettings, batch_of, interleaved_latency
-from lightning_prune.models import Classifier, ResNet
+from lightning_prune.models import Classifier
 
 
 def one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def one_seed(cfg: DictConfig, seed: int, device: str) -> dict[str, Any]:
 
     _progress(f"seed {seed}: {dataset}, {len(datamodule.train_set)} training images; dense pre-training")
     pl.seed_everything(seed, verbose=False)
-    dense = Classifier(ResNet(shape, classes, blocks=tuple(cfg.blocks), widths=tuple(cfg.widths)), classes, shape)
+    dense = Classifier(pooled_resnet(shape, classes, cfg.blocks, cfg.widths, cfg.pool), classes, shape)
     trainer(cfg.pretrain_epochs, accelerator=accelerator).fit(dense, datamodule=datamodule)
     epochs = cfg.steps * cfg.finetune_epochs + cfg.final_epochs
     ours = copy.deepcopy(dense)

@@ -95,13 +95,16 @@ class UniformPruning(pl.Callback):
 
 
 def ours_pruner(cfg: DictConfig, device: str, threads: int | None) -> LatencyBudgetPruning:
-    """Arm ours: :class:`LatencyBudgetPruning` as the benchmark's config sets it (both latency benchmarks)."""
+    """Arm ours: :class:`LatencyBudgetPruning` as the benchmark's config sets it (both latency benchmarks).
+
+    ``pruning.round_to``, when set, is ours' channel grid alone (the baselines keep ``round_to``).
+    """
+    settings = {"round_to": cfg.round_to, **cfg.pruning}
     return LatencyBudgetPruning(
         budget_fraction=cfg.budget_fraction,
         num_steps=cfg.steps,
         finetune_epochs=cfg.finetune_epochs,
         warmup_epochs=0,
-        round_to=cfg.round_to,
         batch_size=cfg.batch_size,
         device=device,
         threads=threads,
@@ -109,7 +112,7 @@ def ours_pruner(cfg: DictConfig, device: str, threads: int | None) -> LatencyBud
         lut_repeats=cfg.lut_repeats,
         lut_path=cfg.lut_path,
         export_dir=cfg.export_dir,
-        **cfg.pruning,
+        **settings,
     )
 
 

@@ -41,7 +41,8 @@ def test_a_stepwise_latency_returns_the_closest_probe_unmatched() -> None:
 def test_unmatched_the_baseline_keeps_more_latency_than_ours_not_less() -> None:
     """Between a probe 20 % slower and one 10 % faster, the slower one: a faster baseline would lose on speed."""
     match = bisect_ratio(lambda ratio: 1.2 if ratio < 0.5 else 0.9, tolerance=0.03)
-    assert not match.matched and match.relative == 1.2
+    assert not match.matched
+    assert match.relative == 1.2
     assert bisect_ratio(lambda ratio: 0.9 - 0.1 * ratio, tolerance=0.03).relative == pytest.approx(0.9, abs=0.01)
 
 
@@ -117,7 +118,8 @@ def test_ours_takes_its_own_channel_grid_when_the_config_gives_one() -> None:
     from lightning_prune.bench.latency_budget.compare import ours_pruner
 
     cfg = compose_benchmark("latency", ["+pruning.round_to=null"])
-    assert cfg.round_to == 4 and ours_pruner(cfg, "cpu", 1).round_to is None
+    assert cfg.round_to == 4
+    assert ours_pruner(cfg, "cpu", 1).round_to is None
     cfg = compose_benchmark("latency", ["+pruning.round_to=16"])
     assert ours_pruner(cfg, "cpu", 1).round_to == 16
 
@@ -126,5 +128,6 @@ def test_a_pooled_resnet_sees_the_pooled_image() -> None:
     from lightning_prune.bench._common import pooled_resnet
 
     net = pooled_resnet((1, 28, 28), 10, [1, 1], [8, 16], pool=2)
-    assert isinstance(net[0], torch.nn.AvgPool2d) and net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert isinstance(net[0], torch.nn.AvgPool2d)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert not isinstance(pooled_resnet((1, 28, 28), 10, [1], [8]), torch.nn.Sequential)

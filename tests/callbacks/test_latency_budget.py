@@ -70,6 +70,7 @@ def mlp_classifier(hidden=(128, 128)):
         ({"threads": True}, "threads must be an integer >= 1 or None, got True"),
         ({"stop_when_done": "no"}, "stop_when_done must be true or false, got 'no'"),
         ({"channels_last": 1}, "channels_last must be true or false, got 1"),
+        ({"value": "taylor"}, r"value must be one of \['sp_lamp', 'log_share'\], got 'taylor'"),
     ],
 )
 def test_latency_budget_bad_arguments(kwargs, message):

@@ -91,6 +91,9 @@ class LatencyBudgetPruning(StepwisePruning):
             [0, 1).
         max_corrections: extra re-plans of the last step while its measurement exceeds the budget.
         resolution: grid steps of the knapsack's latency axis.
+        value: what keeping a group's top channels is worth to the knapsack: ``"sp_lamp"`` (the paper's, the
+            SP-LAMP scores kept) or ``"log_share"`` (the log of the share of the group's score kept: no group is
+            emptied for a small latency gain; see :func:`~lightning_prune.core.latency_budget.plan.kept_value`).
         exclude_names: regular expressions of modules whose output channels are never pruned (the
             output layer never is).
         stop_when_done: stop training once the last step's fine-tune is over.
@@ -145,6 +148,7 @@ class LatencyBudgetPruning(StepwisePruning):
         tolerance: float = 0.05,
         max_corrections: int = 3,
         resolution: int = 1000,
+        value: str = "sp_lamp",
         exclude_names: Sequence[str] = (),
         stop_when_done: bool = False,
         monitor: str = "val/acc",
@@ -156,6 +160,7 @@ class LatencyBudgetPruning(StepwisePruning):
         self.threads, self.repeats, self.rounds, self.lut_repeats = threads, repeats, rounds, lut_repeats
         self.lut_path, self.amp_dtype, self.channels_last = lut_path, amp_dtype, channels_last
         self.tolerance, self.max_corrections, self.resolution = tolerance, max_corrections, resolution
+        self.value = value
         self.exclude_names, self.monitor, self.export_dir = list(exclude_names), monitor, export_dir
         self.stop_when_done = stop_when_done
         check_arguments(self)
@@ -222,7 +227,7 @@ class LatencyBudgetPruning(StepwisePruning):
             settings = self._meter.settings(self.lut_repeats, warmup=3)
             table = LatencyTable(resolve_device(self.device, pl_module), settings, self.batch_size, path)
             round_to = self.round_to or simd_channels(table.device)
-            rules = (round_to, self.min_channels, self.resolution, self.exclude_names)
+            rules = (round_to, self.min_channels, self.resolution, self.exclude_names, self.value)
             self._planner = BudgetPlanner(self._reference, table, self._meter, *rules)
         return self._planner
 

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_prune.callbacks._contract import check_training_budget
 from lightning_prune.callbacks._trainer import check_spawn_reload
 from lightning_prune.core.devices import check_device, resolve_device
+from lightning_prune.core.latency_budget.plan import VALUES
 from lightning_prune.core.selection import DEFAULT_TYPES, validate_selector
 from lightning_prune.core.validate import check_fraction, check_int, check_output_dir, check_output_file, is_number
 
@@ -45,6 +46,8 @@ def check_arguments(cb: Any) -> None:
         if not isinstance(getattr(cb, name), bool):
             raise ValueError(f"{name} must be true or false, got {getattr(cb, name)!r}")
     check_fraction("tolerance", cb.tolerance, closed_low=True)
+    if cb.value not in VALUES:
+        raise ValueError(f"value must be one of {list(VALUES)}, got {cb.value!r}")
     check_device(cb.device)
     validate_selector(DEFAULT_TYPES, None, cb.exclude_names)
 

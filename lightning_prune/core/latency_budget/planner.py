@@ -51,6 +51,7 @@ class BudgetPlanner:
         min_channels: fewest channels a group may keep.
         resolution: grid steps of the knapsack's latency axis.
         exclude_names: regular expressions of modules whose output channels are never pruned.
+        value: what an option is worth to the knapsack (:func:`~lightning_prune.core.latency_budget.plan.kept_value`).
     """
 
     def __init__(
@@ -62,10 +63,11 @@ class BudgetPlanner:
         min_channels: int,
         resolution: int,
         exclude_names: Sequence[str] = (),
+        value: str = "sp_lamp",
     ) -> None:
         self.reference, self.table, self.meter = reference, table, meter
         self.round_to, self.min_channels, self.resolution = round_to, min_channels, resolution
-        self.exclude_names = list(exclude_names)
+        self.exclude_names, self.value = list(exclude_names), value
 
     def calibrate(
         self,
@@ -178,9 +180,8 @@ class BudgetPlanner:
         self.table.on_timed = on_timed
         try:
             self.fit_layers(network)  # a resumed run's planner starts without fits
-            plan = plan_keep_counts(
-                network, self.table, target_ms - overhead, scale, self.round_to, self.min_channels, self.resolution
-            )
+            rules = (self.round_to, self.min_channels, self.resolution)
+            plan = plan_keep_counts(network, self.table, target_ms - overhead, scale, *rules, value=self.value)
         finally:
             self.table.on_timed = None
         self.table.save()

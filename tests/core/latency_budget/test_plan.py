@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from lightning_prune.core.latency_budget.network import removal_indices, trace_network
-from lightning_prune.core.latency_budget.plan import min_keep, option_counts, plan_keep_counts, predict_ms
+from lightning_prune.core.latency_budget.plan import kept_value, min_keep, option_counts, plan_keep_counts, predict_ms
 from lightning_prune.core.latency_budget.table import LatencyTable
 from lightning_prune.core.schedules import exponential_latency
 from lightning_prune.core.structured import remove_out_channels
@@ -48,6 +48,27 @@ def test_plan_fits_the_budget_and_beats_a_uniform_cut_of_equal_latency():
     shrunk = trace_network(model, example)
     assert shrunk.groups == {g: plan.keep[g] for g in shrunk.groups}
     assert predict_ms(shrunk, lut, {}) == pytest.approx(plan.predicted_ms)
+
+
+def test_log_share_prices_each_group_by_the_share_it_loses():
+    """SP-LAMP's sums favour the group with more channels whatever their share; log_share weighs shares alike."""
+    harmonic = 1.0 / torch.arange(1, 17, dtype=torch.float64)  # a trained group's SP-LAMP tail, about 1/k
+    assert kept_value(harmonic, [4, 16], "log_share")[1] == 0.0
+    assert kept_value(harmonic, [4, 16]) == pytest.approx([2.0833, 3.3807], abs=1e-4)
+    share = kept_value(harmonic, [1, 4, 8], "log_share")
+    assert share == sorted(share)
+    assert share[0] == pytest.approx(-1.2181, abs=1e-4)  # keeping the top channel of 16: 30 % of the score
+
+
+def test_log_share_keeps_more_of_a_group_than_sp_lamp_under_the_same_budget():
+    torch.manual_seed(0)
+    model = ResNet((1, 8, 8), 10, blocks=(2, 2), widths=(16, 32))
+    network, lut = trace_network(model, torch.zeros(1, 1, 8, 8)), table()
+    budget = 0.4 * predict_ms(network, lut, {})
+    plans = {v: plan_keep_counts(network, lut, budget, 1.0, 4, 4, value=v) for v in ("sp_lamp", "log_share")}
+    assert all(plan.feasible and plan.predicted_ms <= budget for plan in plans.values())
+    fewest = {v: min(k / network.groups[g] for g, k in plan.keep.items()) for v, plan in plans.items()}
+    assert fewest["log_share"] > fewest["sp_lamp"]  # no group cut as deep
 
 
 def test_unreachable_budget_gives_the_smallest_plan_marked_infeasible():

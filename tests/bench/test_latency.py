@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from lightning_prune.bench.__main__ import dispatch
+from lightning_prune.bench._common import pooled_resnet
+from lightning_prune.bench._compose import compose_benchmark
 from lightning_prune.bench.latency.matching import bisect_ratio
+from lightning_prune.bench.latency_budget.compare import ours_pruner
 
 
 def affine(ours_ms: float, fixed_ms: float = 0.2) -> callable:
@@ -114,9 +117,6 @@ def test_a_baseline_is_never_cut_past_the_ratio_where_torch_pruning_stops_cuttin
 
 def test_ours_takes_its_own_channel_grid_when_the_config_gives_one() -> None:
     """``pruning.round_to`` is ours' grid alone (null: the callback's default, the CPU's kernel block)."""
-    from lightning_prune.bench._compose import compose_benchmark
-    from lightning_prune.bench.latency_budget.compare import ours_pruner
-
     cfg = compose_benchmark("latency", ["+pruning.round_to=null"])
     assert cfg.round_to == 4
     assert ours_pruner(cfg, "cpu", 1).round_to is None
@@ -125,8 +125,6 @@ def test_ours_takes_its_own_channel_grid_when_the_config_gives_one() -> None:
 
 
 def test_a_pooled_resnet_sees_the_pooled_image() -> None:
-    from lightning_prune.bench._common import pooled_resnet
-
     net = pooled_resnet((1, 28, 28), 10, [1, 1], [8, 16], pool=2)
     assert isinstance(net[0], torch.nn.AvgPool2d)
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -214,13 +214,18 @@ def kept_value(scores: Tensor, counts: Sequence[int], value: str = "sp_lamp") ->
         >>> scores = torch.tensor([1.0, 0.5, 0.25, 0.25])
         >>> kept_value(scores, [1, 2, 4]), [round(v, 3) for v in kept_value(scores, [1, 2, 4], "log_share")]
         ([1.0, 1.5, 2.0], [-0.693, -0.288, 0.0])
+
+    Raises:
+        ValueError: for a ``value`` not in :data:`VALUES`.
     """
+    if value not in VALUES:
+        raise ValueError(f"value must be one of {list(VALUES)}, got {value!r}")
     cumulative = torch.cumsum(torch.sort(scores, descending=True).values.double(), 0)
     kept = [float(cumulative[k - 1]) for k in counts]
+    total = float(cumulative[-1])  # 0 only for a group whose weights are all zero: nothing to lose by cutting it
     if value == "sp_lamp":
         return kept
-    total = float(cumulative[-1]) if cumulative.numel() else 0.0
-    return [math.log(max(k, 1e-12) / total) if total > 0 else 0.0 for k in kept]
+    return [math.log(k / total) for k in kept] if total > 0 else [0.0] * len(kept)
 
 
 def _option_costs(

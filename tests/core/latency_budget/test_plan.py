@@ -58,6 +58,8 @@ def test_log_share_prices_each_group_by_the_share_it_loses():
     share = kept_value(harmonic, [1, 4, 8], "log_share")
     assert share == sorted(share)
     assert share[0] == pytest.approx(-1.2181, abs=1e-4)  # keeping the top channel of 16: 30 % of the score
+    with pytest.raises(ValueError, match=r"value must be one of \['sp_lamp', 'log_share'\], got 'taylor'"):
+        kept_value(harmonic, [4], "taylor")
 
 
 def test_log_share_keeps_more_of_a_group_than_sp_lamp_under_the_same_budget():
